@@ -1,0 +1,37 @@
+//! One error type for the whole crate, with messages a user can act on.
+
+use std::path::PathBuf;
+
+/// Everything that can go wrong while loading or running Janus-Pro.
+#[derive(Debug, thiserror::Error)]
+pub enum JanusError {
+    /// A file the model needs is not there.
+    #[error("{what} not found: {}", path.display())]
+    MissingFile { what: String, path: PathBuf },
+    /// A file exists but cannot be read or parsed.
+    #[error("cannot read {}: {reason}", path.display())]
+    BadFile { path: PathBuf, reason: String },
+    /// A config field holds a value this runtime does not know.
+    #[error("config: {0}")]
+    Config(String),
+    /// A weight is absent from the checkpoint or has the wrong shape.
+    #[error("weights: {0}")]
+    Weights(String),
+    /// An image could not be decoded or has an unusable size.
+    #[error("image {source_name}: {reason}")]
+    Image { source_name: String, reason: String },
+    /// The caller's input is unusable (prompt too long, too many images, ...).
+    #[error("{0}")]
+    Input(String),
+    /// The run was cancelled through a cancellation token.
+    #[error("cancelled")]
+    Cancelled,
+    /// An error from the tensor library.
+    #[error(transparent)]
+    Candle(#[from] candle_core::Error),
+    /// An I/O error while writing outputs.
+    #[error(transparent)]
+    Io(#[from] std::io::Error),
+}
+
+pub type Result<T> = std::result::Result<T, JanusError>;

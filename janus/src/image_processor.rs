@@ -1,0 +1,640 @@
+//! Image preprocessing for Janus-Pro's understanding path.
+//!
+//! This reproduces, byte for byte, what the official `VLMImageProcessor`
+//! (`janus/models/image_processing_vlm.py` in deepseek-ai/Janus) feeds the
+//! SigLIP encoder:
+//!
+//! 1. convert to RGB the way Pillow's `Image.convert("RGB")` does (alpha is
+//!    dropped, not composited; gray is replicated; 16-bit samples are reduced
+//!    to 8 bits as Pillow reduces them);
+//! 2. scale the longest side to `image_size`, keeping the aspect ratio, with
+//!    the same float arithmetic and `int()` truncation as the reference and a
+//!    floor of `min_size` pixels per side;
+//! 3. resize with Pillow's antialiased bicubic convolution (what torchvision's
+//!    `resize(..., BICUBIC, antialias=True)` does on a PIL image), including its
+//!    22-bit fixed-point coefficients, rounding and pass order;
+//! 4. pad to a square of the background colour, centred (`expand2square`);
+//! 5. convert to CHW `f32`, rescale by `rescale_factor` (computed in `f64`,
+//!    then rounded to `f32`, like Hugging Face's `rescale`) and normalise with
+//!    `(x - mean) / std` in `f32` (like Hugging Face's `normalize`).
+//!
+//! The resampler is our own implementation of Pillow's algorithm
+//! (`src/libImaging/Resample.c`): `fast_image_resize`'s `CatmullRom`
+//! convolution was tried and does not reproduce Pillow's bytes.
+
+use std::path::Path;
+
+use candle_core::{Device, Tensor};
+use image::{DynamicImage, ImageDecoder, ImageReader, RgbImage};
+use serde::Deserialize;
+
+use crate::{JanusError, Result};
+
+/// The largest image, in pixels, that [`ImageProcessor::open`] will decode
+/// (100 megapixels). Larger files are refused before their pixels are
+/// decoded, as a guard against decompression bombs.
+pub const MAX_IMAGE_PIXELS: u64 = 100_000_000;
+
+/// The CLIP/ImageNet mean the reference uses when a config gives none.
+const DEFAULT_IMAGE_MEAN: [f64; 3] = [0.48145466, 0.4578275, 0.40821073];
+/// The CLIP/ImageNet std the reference uses when a config gives none.
+const DEFAULT_IMAGE_STD: [f64; 3] = [0.26862954, 0.26130258, 0.27577711];
+
+/// The settings of Janus-Pro's image processor, as found in
+/// `preprocessor_config.json`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ImageProcessorConfig {
+    /// Side of the square image the vision encoder takes (384 for Janus-Pro).
+    pub image_size: usize,
+    /// No side of the resized (unpadded) image is smaller than this.
+    pub min_size: usize,
+    /// Per-channel mean subtracted after rescaling (RGB order).
+    pub image_mean: [f32; 3],
+    /// Per-channel standard deviation divided by after subtracting the mean.
+    pub image_std: [f32; 3],
+    /// Factor turning `0..=255` bytes into `0.0..=1.0` (normally `1/255`).
+    pub rescale_factor: f64,
+    /// Whether to apply `(x - mean) / std` after rescaling.
+    pub do_normalize: bool,
+    /// Colour of the padding added by `expand2square`.
+    pub background_color: [u8; 3],
+}
+
+/// The JSON shape of `preprocessor_config.json`; unknown fields are ignored.
+#[derive(Deserialize)]
+struct RawConfig {
+    image_size: usize,
+    #[serde(default = "default_min_size")]
+    min_size: usize,
+    #[serde(default = "default_mean")]
+    image_mean: Option<Vec<f64>>,
+    #[serde(default = "default_std")]
+    image_std: Option<Vec<f64>>,
+    #[serde(default = "default_rescale_factor")]
+    rescale_factor: f64,
+    #[serde(default = "default_do_normalize")]
+    do_normalize: bool,
+    #[serde(default)]
+    background_color: Option<Vec<i64>>,
+}
+
+fn default_min_size() -> usize {
+    14
+}
+fn default_mean() -> Option<Vec<f64>> {
+    Some(DEFAULT_IMAGE_MEAN.to_vec())
+}
+fn default_std() -> Option<Vec<f64>> {
+    Some(DEFAULT_IMAGE_STD.to_vec())
+}
+fn default_rescale_factor() -> f64 {
+    1.0 / 255.0
+}
+fn default_do_normalize() -> bool {
+    true
+}
+
+/// Three numbers from a config list, or a config error naming the field.
+fn three<T: Copy>(field: &str, values: &[T]) -> Result<[T; 3]> {
+    match values {
+        [a, b, c] => Ok([*a, *b, *c]),
+        _ => Err(JanusError::Config(format!(
+            "{field} must hold 3 values (one per RGB channel), found {}",
+            values.len()
+        ))),
+    }
+}
+
+impl ImageProcessorConfig {
+    /// Reads `preprocessor_config.json`.
+    ///
+    /// Recognised fields: `image_size` (required), `min_size` (default 14),
+    /// `image_mean` and `image_std` (default: the CLIP values the reference
+    /// uses), `rescale_factor` (default 1/255), `do_normalize` (default true)
+    /// and `background_color` (optional; when absent it is derived as
+    /// `int(mean * 255)` per channel, as the reference does, or 127 gray when
+    /// `image_mean` is `null`). Other fields are ignored.
+    ///
+    /// # Errors
+    /// [`JanusError::MissingFile`] if the file is absent,
+    /// [`JanusError::BadFile`] if it cannot be read or is not valid JSON of
+    /// the expected shape, and [`JanusError::Config`] for values out of range
+    /// (a zero `image_size`, `min_size` above `image_size`, lists that do not
+    /// hold three values, a zero or non-finite std, ...).
+    pub fn from_file(path: &Path) -> Result<Self> {
+        if !path.exists() {
+            return Err(JanusError::MissingFile {
+                what: "preprocessor config".into(),
+                path: path.to_path_buf(),
+            });
+        }
+        let text = std::fs::read_to_string(path).map_err(|e| JanusError::BadFile {
+            path: path.to_path_buf(),
+            reason: e.to_string(),
+        })?;
+        let raw: RawConfig = serde_json::from_str(&text).map_err(|e| JanusError::BadFile {
+            path: path.to_path_buf(),
+            reason: e.to_string(),
+        })?;
+        Self::from_raw(raw)
+    }
+
+    fn from_raw(raw: RawConfig) -> Result<Self> {
+        if raw.image_size == 0 {
+            return Err(JanusError::Config("image_size must be positive".into()));
+        }
+        if raw.min_size > raw.image_size {
+            return Err(JanusError::Config(format!(
+                "min_size ({}) must not exceed image_size ({})",
+                raw.min_size, raw.image_size
+            )));
+        }
+        if !(raw.rescale_factor.is_finite()) {
+            return Err(JanusError::Config(format!(
+                "rescale_factor must be finite, found {}",
+                raw.rescale_factor
+            )));
+        }
+        let mean64 = match &raw.image_mean {
+            Some(v) => Some(three("image_mean", v)?),
+            None => None,
+        };
+        let std64 = match &raw.image_std {
+            Some(v) => Some(three("image_std", v)?),
+            None => None,
+        };
+        if raw.do_normalize && (mean64.is_none() || std64.is_none()) {
+            return Err(JanusError::Config(
+                "do_normalize is true but image_mean or image_std is null".into(),
+            ));
+        }
+        let mean64 = mean64.unwrap_or([0.0; 3]);
+        let std64 = std64.unwrap_or([1.0; 3]);
+        if mean64.iter().any(|m| !m.is_finite()) {
+            return Err(JanusError::Config(format!(
+                "image_mean must be finite, found {mean64:?}"
+            )));
+        }
+        if std64.iter().any(|s| !s.is_finite() || *s == 0.0) {
+            return Err(JanusError::Config(format!(
+                "image_std must be finite and non-zero, found {std64:?}"
+            )));
+        }
+        let background_color = match &raw.background_color {
+            Some(v) => {
+                let c = three("background_color", v)?;
+                let mut out = [0u8; 3];
+                for (o, x) in out.iter_mut().zip(c) {
+                    *o = u8::try_from(x).map_err(|_| {
+                        JanusError::Config(format!(
+                            "background_color values must be in 0..=255, found {c:?}"
+                        ))
+                    })?;
+                }
+                out
+            }
+            // The reference: `tuple(int(x * 255) for x in image_mean)`, or
+            // (127, 127, 127) when the mean is None.
+            None => match raw.image_mean {
+                Some(_) => {
+                    let mut out = [0u8; 3];
+                    for (o, m) in out.iter_mut().zip(mean64) {
+                        let v = (m * 255.0).trunc();
+                        if !(0.0..=255.0).contains(&v) {
+                            return Err(JanusError::Config(format!(
+                                "cannot derive background_color from image_mean {mean64:?}"
+                            )));
+                        }
+                        *o = v as u8;
+                    }
+                    out
+                }
+                None => [127; 3],
+            },
+        };
+        Ok(Self {
+            image_size: raw.image_size,
+            min_size: raw.min_size,
+            // numpy's `np.array(mean, dtype=float32)`: round each f64 once.
+            image_mean: mean64.map(|m| m as f32),
+            image_std: std64.map(|s| s as f32),
+            rescale_factor: raw.rescale_factor,
+            do_normalize: raw.do_normalize,
+            background_color,
+        })
+    }
+}
+
+/// Janus-Pro's image preprocessor: decoded images in, SigLIP pixel values out.
+#[derive(Debug, Clone)]
+pub struct ImageProcessor {
+    /// The settings this processor applies.
+    pub config: ImageProcessorConfig,
+}
+
+impl ImageProcessor {
+    /// A processor with the given settings.
+    pub fn new(config: ImageProcessorConfig) -> Self {
+        Self { config }
+    }
+
+    /// Opens and decodes an image file, whatever its extension says (the
+    /// format is guessed from the content).
+    ///
+    /// Images over [`MAX_IMAGE_PIXELS`] are refused from their header,
+    /// before any pixel is decoded.
+    ///
+    /// # Errors
+    /// [`JanusError::MissingFile`] if the path does not exist,
+    /// [`JanusError::BadFile`] if it cannot be read, and
+    /// [`JanusError::Image`] (naming the path) if it is empty, not an image in
+    /// a supported format, corrupt, or too large.
+    pub fn open(path: &Path) -> Result<DynamicImage> {
+        let name = path.display().to_string();
+        let image_err = |reason: String| JanusError::Image {
+            source_name: name.clone(),
+            reason,
+        };
+        let meta = match std::fs::metadata(path) {
+            Ok(m) => m,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Err(JanusError::MissingFile {
+                    what: "image".into(),
+                    path: path.to_path_buf(),
+                })
+            }
+            Err(e) => {
+                return Err(JanusError::BadFile {
+                    path: path.to_path_buf(),
+                    reason: e.to_string(),
+                })
+            }
+        };
+        if meta.is_dir() {
+            return Err(image_err("is a directory, not an image file".into()));
+        }
+        if meta.len() == 0 {
+            return Err(image_err("file is empty (0 bytes)".into()));
+        }
+        let reader = ImageReader::open(path)
+            .and_then(|r| r.with_guessed_format())
+            .map_err(|e| JanusError::BadFile {
+                path: path.to_path_buf(),
+                reason: e.to_string(),
+            })?;
+        if reader.format().is_none() {
+            return Err(image_err(
+                "not an image in a supported format (PNG, JPEG, WebP, BMP, GIF)".into(),
+            ));
+        }
+        let decoder = reader
+            .into_decoder()
+            .map_err(|e| image_err(format!("cannot decode: {e}")))?;
+        let (w, h) = decoder.dimensions();
+        let pixels = u64::from(w) * u64::from(h);
+        if pixels > MAX_IMAGE_PIXELS {
+            return Err(image_err(format!(
+                "{w}x{h} is {:.1} megapixels, over the limit of {} megapixels",
+                pixels as f64 / 1e6,
+                MAX_IMAGE_PIXELS / 1_000_000
+            )));
+        }
+        DynamicImage::from_decoder(decoder).map_err(|e| image_err(format!("cannot decode: {e}")))
+    }
+
+    /// The height and width (in that order, like the reference's `size`) that
+    /// an image of `width` x `height` is resized to before padding.
+    fn target_size(&self, width: u32, height: u32) -> Result<(usize, usize)> {
+        let bad = |reason: String| JanusError::Image {
+            source_name: "input image".into(),
+            reason,
+        };
+        if width == 0 || height == 0 {
+            return Err(bad(format!("invalid size {width}x{height}")));
+        }
+        let s = self.config.image_size as f64;
+        let max_size = f64::from(width.max(height));
+        // Python: `max(int(h / max_size * image_size), min_size)`; the
+        // quotient and product are IEEE doubles and `int` truncates.
+        let new_h = ((f64::from(height) / max_size * s) as usize).max(self.config.min_size);
+        let new_w = ((f64::from(width) / max_size * s) as usize).max(self.config.min_size);
+        if new_h == 0 || new_w == 0 {
+            return Err(bad(format!(
+                "invalid size: {width}x{height} would be resized to {new_w}x{new_h}"
+            )));
+        }
+        Ok((new_h, new_w))
+    }
+
+    /// Steps 1-4: RGB conversion, aspect-preserving Pillow bicubic resize and
+    /// centred padding. Returns the `image_size` x `image_size` RGB image the
+    /// reference would hand to `to_numpy_array`.
+    ///
+    /// # Errors
+    /// [`JanusError::Image`] if the image has a zero side, or would resize to
+    /// a zero side; [`JanusError::Config`] if the configuration cannot give a
+    /// square of `image_size` (for instance `min_size > image_size`).
+    pub fn resize_and_pad(&self, img: &DynamicImage) -> Result<RgbImage> {
+        let rgb = to_rgb_like_pillow(img);
+        let (new_h, new_w) = self.target_size(rgb.width(), rgb.height())?;
+        let resized = pillow_bicubic_resize(&rgb, new_w as u32, new_h as u32);
+        let out = expand_to_square(&resized, self.config.background_color);
+        let s = self.config.image_size;
+        if out.width() as usize != s || out.height() as usize != s {
+            return Err(JanusError::Config(format!(
+                "image_size {s} with min_size {} gives a {}x{} image, not {s}x{s}",
+                self.config.min_size,
+                out.width(),
+                out.height()
+            )));
+        }
+        Ok(out)
+    }
+
+    /// Steps 1-5 for a batch: an `f32` tensor of shape `[n, 3, S, S]` on
+    /// `device`, where `S` is `image_size`, holding
+    /// `(byte * rescale_factor - mean) / std` per channel (or just
+    /// `byte * rescale_factor` when `do_normalize` is false).
+    ///
+    /// # Errors
+    /// [`JanusError::Input`] for an empty batch, the errors of
+    /// [`Self::resize_and_pad`], and tensor errors from `candle`.
+    pub fn preprocess(&self, images: &[DynamicImage], device: &Device) -> Result<Tensor> {
+        if images.is_empty() {
+            return Err(JanusError::Input("no images to preprocess".into()));
+        }
+        let s = self.config.image_size;
+        let plane = s * s;
+        let mut data = vec![0f32; images.len() * 3 * plane];
+        // The 256 possible values of each channel, computed once.
+        let mut lut = [[0f32; 256]; 3];
+        for (c, table) in lut.iter_mut().enumerate() {
+            for (v, out) in table.iter_mut().enumerate() {
+                *out = self.scale_value(c, v as u8);
+            }
+        }
+        for (i, img) in images.iter().enumerate() {
+            let square = self.resize_and_pad(img)?;
+            let base = i * 3 * plane;
+            for (p, px) in square.pixels().enumerate() {
+                for c in 0..3 {
+                    data[base + c * plane + p] = lut[c][px.0[c] as usize];
+                }
+            }
+        }
+        Ok(Tensor::from_vec(data, (images.len(), 3, s, s), device)?)
+    }
+
+    /// One byte of channel `c` through Hugging Face's `rescale` then
+    /// `normalize`: the product is taken in `f64` and rounded to `f32`, then
+    /// mean and std (as `f32`) are applied in `f32`.
+    fn scale_value(&self, c: usize, v: u8) -> f32 {
+        let x = (f64::from(v) * self.config.rescale_factor) as f32;
+        if self.config.do_normalize {
+            (x - self.config.image_mean[c]) / self.config.image_std[c]
+        } else {
+            x
+        }
+    }
+}
+
+/// Pillow's `Image.convert("RGB")` for every pixel layout the decoders
+/// produce: alpha is dropped (not composited), gray is replicated, 16-bit
+/// RGB(A) and gray+alpha keep the high byte (Pillow decodes them with its
+/// `;16B` raw modes), and 16-bit gray, which Pillow opens as mode `I;16`, is
+/// clipped to 255.
+fn to_rgb_like_pillow(img: &DynamicImage) -> RgbImage {
+    fn from_fn<F: Fn(u32, u32) -> [u8; 3]>(w: u32, h: u32, f: F) -> RgbImage {
+        RgbImage::from_fn(w, h, |x, y| image::Rgb(f(x, y)))
+    }
+    let (w, h) = (img.width(), img.height());
+    match img {
+        DynamicImage::ImageRgb8(im) => im.clone(),
+        DynamicImage::ImageRgba8(im) => from_fn(w, h, |x, y| {
+            let p = im.get_pixel(x, y).0;
+            [p[0], p[1], p[2]]
+        }),
+        DynamicImage::ImageLuma8(im) => from_fn(w, h, |x, y| [im.get_pixel(x, y).0[0]; 3]),
+        DynamicImage::ImageLumaA8(im) => from_fn(w, h, |x, y| [im.get_pixel(x, y).0[0]; 3]),
+        DynamicImage::ImageLuma16(im) => from_fn(w, h, |x, y| {
+            [im.get_pixel(x, y).0[0].min(255) as u8; 3]
+        }),
+        DynamicImage::ImageLumaA16(im) => {
+            from_fn(w, h, |x, y| [(im.get_pixel(x, y).0[0] >> 8) as u8; 3])
+        }
+        DynamicImage::ImageRgb16(im) => from_fn(w, h, |x, y| {
+            let p = im.get_pixel(x, y).0;
+            [(p[0] >> 8) as u8, (p[1] >> 8) as u8, (p[2] >> 8) as u8]
+        }),
+        DynamicImage::ImageRgba16(im) => from_fn(w, h, |x, y| {
+            let p = im.get_pixel(x, y).0;
+            [(p[0] >> 8) as u8, (p[1] >> 8) as u8, (p[2] >> 8) as u8]
+        }),
+        // Float images (no decoder enabled here yields them) and any future
+        // layout: the image crate's own conversion, alpha dropped.
+        other => other.to_rgb8(),
+    }
+}
+
+/// `expand2square`: centre the image on a square canvas of `background`, the
+/// offset along the short side being `(long - short) // 2`.
+fn expand_to_square(img: &RgbImage, background: [u8; 3]) -> RgbImage {
+    let (w, h) = (img.width(), img.height());
+    if w == h {
+        return img.clone();
+    }
+    let side = w.max(h);
+    let (dx, dy) = if w > h { (0, (w - h) / 2) } else { ((h - w) / 2, 0) };
+    let mut out = RgbImage::from_pixel(side, side, image::Rgb(background));
+    for (x, y, p) in img.enumerate_pixels() {
+        out.put_pixel(x + dx, y + dy, *p);
+    }
+    out
+}
+
+// ---------------------------------------------------------------------------
+// Pillow's antialiased bicubic resampling (libImaging/Resample.c), 8 bits per
+// channel. Weights are computed in f64, normalised to sum to one, turned into
+// fixed point with 22 fractional bits (rounded half away from zero), and each
+// output sample is `clip8((1 << 21) + sum(pixel * weight)) >> 22`. The
+// horizontal pass runs first and its result is stored as 8-bit samples; a pass
+// is skipped when its dimension does not change.
+// ---------------------------------------------------------------------------
+
+/// Fractional bits of Pillow's fixed-point weights for 8-bit images.
+const PRECISION_BITS: u32 = 32 - 8 - 2;
+/// Support radius of the bicubic kernel at scale 1.
+const BICUBIC_SUPPORT: f64 = 2.0;
+
+/// The Keys cubic kernel with `a = -0.5`, written with Pillow's operation
+/// order so the doubles agree bit for bit.
+fn bicubic_kernel(x: f64) -> f64 {
+    const A: f64 = -0.5;
+    let x = x.abs();
+    if x < 1.0 {
+        ((A + 2.0) * x - (A + 3.0)) * x * x + 1.0
+    } else if x < 2.0 {
+        (((x - 5.0) * x + 8.0) * x - 4.0) * A
+    } else {
+        0.0
+    }
+}
+
+/// The fixed-point taps of a 1-D resampling from `in_size` to `out_size`
+/// samples: output `i` reads `len[i]` inputs from `start[i]`, with weights
+/// `weights[i * ksize..][..len[i]]`.
+struct Taps {
+    ksize: usize,
+    start: Vec<usize>,
+    len: Vec<usize>,
+    weights: Vec<i32>,
+}
+
+fn compute_taps(in_size: usize, out_size: usize) -> Taps {
+    let scale = in_size as f64 / out_size as f64;
+    let filterscale = if scale < 1.0 { 1.0 } else { scale };
+    let support = BICUBIC_SUPPORT * filterscale;
+    let ksize = support.ceil() as usize * 2 + 1;
+    let ss = 1.0 / filterscale;
+    let mut start = Vec::with_capacity(out_size);
+    let mut len = Vec::with_capacity(out_size);
+    let mut weights = vec![0i32; out_size * ksize];
+    let mut row = vec![0f64; ksize];
+    for xx in 0..out_size {
+        let center = (xx as f64 + 0.5) * scale;
+        // C's `(int)` truncates toward zero; negatives clamp to 0 anyway.
+        let xmin = ((center - support + 0.5) as i64).max(0) as usize;
+        let xmax = ((center + support + 0.5) as i64).min(in_size as i64) as usize;
+        let n = xmax.saturating_sub(xmin).min(ksize);
+        let mut total = 0.0;
+        for (x, w) in row.iter_mut().enumerate().take(n) {
+            *w = bicubic_kernel(((x + xmin) as f64 - center + 0.5) * ss);
+            total += *w;
+        }
+        let fixed = &mut weights[xx * ksize..xx * ksize + n];
+        for (k, w) in fixed.iter_mut().zip(&row[..n]) {
+            let w = if total != 0.0 { w / total } else { *w };
+            let scaled = w * f64::from(1u32 << PRECISION_BITS);
+            *k = if w < 0.0 {
+                (scaled - 0.5) as i32
+            } else {
+                (scaled + 0.5) as i32
+            };
+        }
+        start.push(xmin);
+        len.push(n);
+    }
+    Taps {
+        ksize,
+        start,
+        len,
+        weights,
+    }
+}
+
+/// Pillow's `clip8`: drop the fractional bits, saturating to `0..=255`.
+fn clip8(acc: i64) -> u8 {
+    if acc >= (1i64 << PRECISION_BITS << 8) {
+        255
+    } else if acc <= 0 {
+        0
+    } else {
+        (acc >> PRECISION_BITS) as u8
+    }
+}
+
+/// Pillow's `Image.resize((out_w, out_h), Image.BICUBIC)` for an RGB image.
+fn pillow_bicubic_resize(src: &RgbImage, out_w: u32, out_h: u32) -> RgbImage {
+    let (in_w, in_h) = (src.width() as usize, src.height() as usize);
+    let (out_w, out_h) = (out_w as usize, out_h as usize);
+    let need_horizontal = out_w != in_w;
+    let need_vertical = out_h != in_h;
+    if !need_horizontal && !need_vertical {
+        return src.clone();
+    }
+    let round = 1i64 << (PRECISION_BITS - 1);
+
+    let vert = need_vertical.then(|| compute_taps(in_h, out_h));
+    // Rows the vertical pass reads; the horizontal pass only makes those.
+    let (row_first, row_last) = match &vert {
+        Some(t) => (t.start[0], t.start[out_h - 1] + t.len[out_h - 1]),
+        None => (0, in_h),
+    };
+
+    let mut cur: Vec<u8>;
+    let mut cur_w = in_w;
+    let mut cur_row0 = 0; // source row of `cur`'s first row
+    let src_raw = src.as_raw();
+    if need_horizontal {
+        let t = compute_taps(in_w, out_w);
+        let rows = row_last - row_first;
+        cur = vec![0u8; rows * out_w * 3];
+        for r in 0..rows {
+            let in_row = &src_raw[(row_first + r) * in_w * 3..][..in_w * 3];
+            let out_row = &mut cur[r * out_w * 3..][..out_w * 3];
+            for xx in 0..out_w {
+                let k = &t.weights[xx * t.ksize..][..t.len[xx]];
+                let mut acc = [round; 3];
+                for (i, &w) in k.iter().enumerate() {
+                    let p = &in_row[(t.start[xx] + i) * 3..][..3];
+                    for c in 0..3 {
+                        acc[c] += i64::from(p[c]) * i64::from(w);
+                    }
+                }
+                for c in 0..3 {
+                    out_row[xx * 3 + c] = clip8(acc[c]);
+                }
+            }
+        }
+        cur_w = out_w;
+        cur_row0 = row_first;
+    } else {
+        cur = src_raw.clone();
+    }
+
+    if let Some(t) = vert {
+        let mut out = vec![0u8; out_w * out_h * 3];
+        let stride = cur_w * 3;
+        for yy in 0..out_h {
+            let k = &t.weights[yy * t.ksize..][..t.len[yy]];
+            let first = t.start[yy] - cur_row0;
+            for x in 0..cur_w * 3 {
+                let mut acc = round;
+                for (i, &w) in k.iter().enumerate() {
+                    acc += i64::from(cur[(first + i) * stride + x]) * i64::from(w);
+                }
+                out[yy * stride + x] = clip8(acc);
+            }
+        }
+        cur = out;
+    }
+    RgbImage::from_raw(out_w as u32, out_h as u32, cur)
+        .expect("buffer length matches the output size")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn taps_sum_to_one_in_fixed_point_for_downscale() {
+        let t = compute_taps(200, 32);
+        assert_eq!(t.ksize, 2 * (2.0f64 * 6.25).ceil() as usize + 1);
+        for i in 0..32 {
+            let s: i64 = t.weights[i * t.ksize..][..t.len[i]]
+                .iter()
+                .map(|&w| i64::from(w))
+                .sum();
+            assert!((s - (1 << PRECISION_BITS)).abs() <= t.len[i] as i64, "{s}");
+        }
+    }
+
+    #[test]
+    fn kernel_values() {
+        assert_eq!(bicubic_kernel(0.0), 1.0);
+        assert_eq!(bicubic_kernel(1.0), 0.0);
+        assert_eq!(bicubic_kernel(0.5), 0.5625);
+        assert_eq!(bicubic_kernel(-1.5), -0.0625);
+        assert_eq!(bicubic_kernel(2.0), 0.0);
+    }
+}

@@ -1,0 +1,52 @@
+//! The modules of Janus-Pro, assembled as the official `MultiModalityCausalLM`.
+
+pub mod gen_head;
+pub mod llama;
+pub mod projector;
+
+use candle_core::{Module, Result, Tensor};
+use candle_nn::{embedding, Embedding, VarBuilder};
+use janus_vision::SiglipVit;
+use janus_vq::VqModel;
+
+use crate::config::JanusConfig;
+pub use gen_head::GenHead;
+pub use llama::{KvCache, Llama};
+pub use projector::MlpProjector;
+
+/// Every module of a Janus-Pro checkpoint, under the official weight names.
+pub struct JanusModel {
+    pub vision: SiglipVit,
+    pub aligner: MlpProjector,
+    pub gen_vision: VqModel,
+    pub gen_aligner: MlpProjector,
+    pub gen_head: GenHead,
+    pub gen_embed: Embedding,
+    pub language: Llama,
+    pub config: JanusConfig,
+}
+
+impl JanusModel {
+    pub fn load(vb: VarBuilder, cfg: &JanusConfig) -> Result<Self> {
+        Ok(Self {
+            vision: SiglipVit::load(vb.pp("vision_model.vision_tower"), &cfg.vision)?,
+            aligner: MlpProjector::load(vb.pp("aligner"), &cfg.aligner)?,
+            gen_vision: VqModel::load(vb.pp("gen_vision_model"), &cfg.gen_vision)?,
+            gen_aligner: MlpProjector::load(vb.pp("gen_aligner"), &cfg.gen_aligner)?,
+            gen_head: GenHead::load(vb.pp("gen_head"), &cfg.gen_head)?,
+            gen_embed: embedding(cfg.gen_vision.codebook_size, cfg.gen_vision.codebook_embed_dim, vb.pp("gen_embed"))?,
+            language: Llama::load(vb.pp("language_model"), &cfg.language)?,
+            config: cfg.clone(),
+        })
+    }
+
+    /// Understanding path: pixels [n, 3, S, S] -> image embeddings [n, tokens, hidden].
+    pub fn encode_images(&self, pixel_values: &Tensor) -> Result<Tensor> {
+        self.aligner.forward(&self.vision.forward(pixel_values)?)
+    }
+
+    /// Generation path: VQ codes [..] -> input embeddings [.., hidden].
+    pub fn gen_image_embeds(&self, codes: &Tensor) -> Result<Tensor> {
+        self.gen_aligner.forward(&self.gen_embed.forward(codes)?)
+    }
+}

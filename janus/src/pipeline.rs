@@ -1,0 +1,347 @@
+//! `JanusPro`: a loaded model with its processor, and the two pipelines
+//! (understanding, text-to-image) on top of the modules.
+
+use std::path::Path;
+
+use candle_core::{DType, Device, IndexOp, Module, Tensor};
+use image::{DynamicImage, RgbImage};
+
+use crate::config::{JanusConfig, ProcessorConfig};
+use crate::error::{JanusError, Result};
+use crate::image_processor::{ImageProcessor, ImageProcessorConfig};
+use crate::models::{JanusModel, KvCache};
+use crate::processor::{JanusProcessor, Message};
+use crate::sampling::{Sampler, SamplingParams};
+use crate::weights::Checkpoint;
+
+/// Options of an understanding (text answer) run.
+#[derive(Debug, Clone, PartialEq)]
+pub struct UnderstandOptions {
+    pub max_new_tokens: usize,
+    pub sampling: SamplingParams,
+    pub seed: Option<u64>,
+}
+
+impl Default for UnderstandOptions {
+    /// Greedy, as the official inference script.
+    fn default() -> Self {
+        Self { max_new_tokens: 512, sampling: SamplingParams { temperature: 0.0, top_p: 0.95, top_k: None }, seed: None }
+    }
+}
+
+/// The answer to a conversation.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Answer {
+    pub text: String,
+    /// Generated ids in order, including EOS if it was produced.
+    pub token_ids: Vec<u32>,
+}
+
+/// Options of a text-to-image run.
+#[derive(Debug, Clone, PartialEq)]
+pub struct GenerateOptions {
+    /// Images generated in one batch for the prompt.
+    pub parallel_size: usize,
+    /// Classifier-free guidance: `uncond + w * (cond - uncond)`.
+    pub cfg_weight: f64,
+    /// The official code samples the full distribution at temperature 1.
+    pub sampling: SamplingParams,
+    pub seed: Option<u64>,
+}
+
+impl Default for GenerateOptions {
+    fn default() -> Self {
+        Self {
+            parallel_size: 1,
+            cfg_weight: 5.0,
+            sampling: SamplingParams { temperature: 1.0, top_p: 1.0, top_k: None },
+            seed: None,
+        }
+    }
+}
+
+/// Generated images and the VQ codes they were decoded from.
+#[derive(Debug, Clone)]
+pub struct GeneratedImages {
+    /// One row of `image_token_count()` codes per image.
+    pub tokens: Vec<Vec<u32>>,
+    pub images: Vec<RgbImage>,
+}
+
+/// Where a run is; handed to progress callbacks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Progress {
+    pub step: usize,
+    pub total: usize,
+}
+
+/// Conditional and unconditional image-head logits of one step, and their CFG mix.
+pub struct CfgLogits {
+    pub cond: Tensor,
+    pub uncond: Tensor,
+    pub mixed: Tensor,
+}
+
+/// A loaded Janus-Pro model.
+pub struct JanusPro {
+    pub model: JanusModel,
+    pub processor: JanusProcessor,
+    pub image_processor: ImageProcessor,
+    device: Device,
+    dtype: DType,
+}
+
+fn weights_err(e: candle_core::Error) -> JanusError {
+    JanusError::Weights(e.to_string())
+}
+
+impl JanusPro {
+    /// Loads a model folder in the released layout (`config.json`,
+    /// `tokenizer.json`, processor configs and weights) computing in `dtype`.
+    pub fn load(dir: &Path, device: &Device, dtype: DType) -> Result<Self> {
+        if !dir.is_dir() {
+            return Err(JanusError::MissingFile { what: "model folder".into(), path: dir.into() });
+        }
+        let config = JanusConfig::from_file(&dir.join("config.json"))?;
+        let proc_path = dir.join("processor_config.json");
+        let proc_cfg = if proc_path.exists() { ProcessorConfig::from_file(&proc_path)? } else { ProcessorConfig::default() };
+        let image_cfg = ImageProcessorConfig::from_file(&dir.join("preprocessor_config.json"))?;
+        if image_cfg.image_size != config.vision.image_size {
+            return Err(JanusError::Config(format!(
+                "preprocessor_config.json image_size {} != vision tower image_size {}",
+                image_cfg.image_size, config.vision.image_size
+            )));
+        }
+        let processor = JanusProcessor::from_files(&dir.join("tokenizer.json"), proc_cfg)?;
+        let vb = Checkpoint::open(dir)?.into_var_builder(dtype, device);
+        let model = JanusModel::load(vb, &config).map_err(weights_err)?;
+        let this = Self { model, processor, image_processor: ImageProcessor::new(image_cfg), device: device.clone(), dtype };
+        this.image_grid()?;
+        Ok(this)
+    }
+
+    pub fn device(&self) -> &Device {
+        &self.device
+    }
+
+    pub fn dtype(&self) -> DType {
+        self.dtype
+    }
+
+    pub fn config(&self) -> &JanusConfig {
+        &self.model.config
+    }
+
+    // ---------------------------------------------------------------- understanding
+
+    /// Prompt ids and input embeddings [1, T, hidden] of a conversation,
+    /// image embeddings spliced in at the placeholder positions in order.
+    pub fn understanding_inputs(&self, conversation: &[Message], images: &[DynamicImage]) -> Result<(Vec<u32>, Tensor)> {
+        let ids = self.processor.understanding_ids(conversation, images.len())?;
+        let max_pos = self.model.config.language.max_position_embeddings;
+        if ids.len() >= max_pos {
+            return Err(JanusError::Input(format!(
+                "the prompt has {} tokens, more than the model's context of {max_pos}",
+                ids.len()
+            )));
+        }
+        let ids_t = Tensor::new(ids.as_slice(), &self.device)?;
+        let text = self.model.language.embed(&ids_t)?;
+        if images.is_empty() {
+            return Ok((ids, text.unsqueeze(0)?));
+        }
+        let pixels = self.image_processor.preprocess(images, &self.device)?.to_dtype(self.dtype)?;
+        let img = self.model.encode_images(&pixels)?;
+        let (n, per, d) = img.dims3()?;
+        let img = img.reshape((n * per, d))?;
+        // Row t of the result is text row t, or image row k for the k-th placeholder.
+        let t = ids.len() as u32;
+        let mut k = 0u32;
+        let index: Vec<u32> = ids
+            .iter()
+            .enumerate()
+            .map(|(i, &id)| {
+                if id == self.processor.special.image {
+                    k += 1;
+                    t + k - 1
+                } else {
+                    i as u32
+                }
+            })
+            .collect();
+        let table = Tensor::cat(&[&text, &img], 0)?;
+        let embeds = table.index_select(&Tensor::new(index, &self.device)?, 0)?;
+        Ok((ids, embeds.unsqueeze(0)?))
+    }
+
+    /// Answers a conversation whose last turn is an empty assistant turn.
+    pub fn understand(&self, conversation: &[Message], images: &[DynamicImage], opts: &UnderstandOptions) -> Result<Answer> {
+        self.understand_with(conversation, images, opts, &mut |_, _| Ok(()))
+    }
+
+    /// As `understand`, calling `on_token(id, progress)` after every token;
+    /// an error returned by the callback (e.g. `Cancelled`) stops the run.
+    pub fn understand_with(
+        &self,
+        conversation: &[Message],
+        images: &[DynamicImage],
+        opts: &UnderstandOptions,
+        on_token: &mut dyn FnMut(u32, Progress) -> Result<()>,
+    ) -> Result<Answer> {
+        let (_, embeds) = self.understanding_inputs(conversation, images)?;
+        let lm = &self.model.language;
+        let mut cache = lm.new_cache();
+        let mut sampler = Sampler::new(opts.sampling.clone(), opts.seed);
+        let max_pos = lm.config().max_position_embeddings;
+        let mut hidden = lm.forward_embeds(&embeds, &mut cache)?;
+        let mut ids = Vec::new();
+        for step in 0..opts.max_new_tokens {
+            let last = hidden.i((.., hidden.dim(1)? - 1, ..))?;
+            let logits = lm.lm_logits(&last)?;
+            let next = sampler.sample_rows(&logits)?[0];
+            ids.push(next);
+            on_token(next, Progress { step: step + 1, total: opts.max_new_tokens })?;
+            if next == self.processor.special.eos || cache.len() + 1 > max_pos {
+                break;
+            }
+            if step + 1 < opts.max_new_tokens {
+                let e = lm.embed(&Tensor::new(&[[next]], &self.device)?)?;
+                hidden = lm.forward_embeds(&e, &mut cache)?;
+            }
+        }
+        Ok(Answer { text: self.processor.decode(&ids)?, token_ids: ids })
+    }
+
+    // ---------------------------------------------------------------- generation
+
+    /// Codes per generated image and the side of their square grid.
+    pub fn image_grid(&self) -> Result<(usize, usize)> {
+        let n = self.processor.config.num_image_tokens;
+        let side = (n as f64).sqrt().round() as usize;
+        if side * side != n || n == 0 {
+            return Err(JanusError::Config(format!("processor_config num_image_tokens {n} is not a square grid")));
+        }
+        Ok((n, side))
+    }
+
+    /// Prompt ids of a text-to-image prompt.
+    pub fn generation_ids(&self, prompt: &str) -> Result<Vec<u32>> {
+        if prompt.trim().is_empty() {
+            return Err(JanusError::Input("the prompt is empty".into()));
+        }
+        let ids = self.processor.encode(&self.processor.generation_prompt(prompt))?;
+        let (tokens, _) = self.image_grid()?;
+        let max_pos = self.model.config.language.max_position_embeddings;
+        if ids.len() + tokens > max_pos {
+            return Err(JanusError::Input(format!(
+                "the prompt has {} tokens; with {tokens} image tokens that exceeds the model's context of {max_pos}",
+                ids.len()
+            )));
+        }
+        Ok(ids)
+    }
+
+    /// Input embeddings [2 * parallel, T, hidden] of the CFG batch: even rows
+    /// conditional, odd rows unconditional (first and last prompt token kept,
+    /// the rest padded), as `generation_inference.py`.
+    pub fn cfg_prompt_embeds(&self, ids: &[u32], parallel_size: usize) -> Result<Tensor> {
+        let mut uncond = ids.to_vec();
+        let len = uncond.len();
+        if len > 2 {
+            uncond[1..len - 1].fill(self.processor.special.pad);
+        }
+        let rows: Vec<u32> =
+            (0..parallel_size).flat_map(|_| ids.iter().copied().chain(uncond.iter().copied())).collect();
+        let tokens = Tensor::from_vec(rows, (2 * parallel_size, len), &self.device)?;
+        Ok(self.model.language.embed(&tokens)?)
+    }
+
+    /// Image-head logits of the last position of `hidden` [2p, t, hidden], split and mixed.
+    pub fn cfg_logits(&self, hidden: &Tensor, cfg_weight: f64) -> Result<CfgLogits> {
+        let last = hidden.i((.., hidden.dim(1)? - 1, ..))?.contiguous()?;
+        let logits = self.model.gen_head.forward(&last)?.to_dtype(DType::F32)?;
+        let (rows, vocab) = logits.dims2()?;
+        let pairs = logits.reshape((rows / 2, 2, vocab))?;
+        let cond = pairs.i((.., 0, ..))?;
+        let uncond = pairs.i((.., 1, ..))?;
+        let mixed = (&uncond + ((&cond - &uncond)? * cfg_weight)?)?;
+        Ok(CfgLogits { cond, uncond, mixed })
+    }
+
+    /// Text-to-image: `parallel_size` images for one prompt.
+    pub fn generate(&self, prompt: &str, opts: &GenerateOptions) -> Result<GeneratedImages> {
+        self.generate_with(prompt, opts, &mut |_| Ok(()))
+    }
+
+    /// As `generate`, calling `on_step` after every image-token step; an
+    /// error returned by the callback (e.g. `Cancelled`) stops the run.
+    pub fn generate_with(
+        &self,
+        prompt: &str,
+        opts: &GenerateOptions,
+        on_step: &mut dyn FnMut(Progress) -> Result<()>,
+    ) -> Result<GeneratedImages> {
+        let tokens = self.generate_tokens(prompt, opts, on_step)?;
+        let images = self.decode_images(&tokens)?;
+        Ok(GeneratedImages { tokens, images })
+    }
+
+    /// The CFG sampling loop alone: VQ codes of `parallel_size` images.
+    pub fn generate_tokens(
+        &self,
+        prompt: &str,
+        opts: &GenerateOptions,
+        on_step: &mut dyn FnMut(Progress) -> Result<()>,
+    ) -> Result<Vec<Vec<u32>>> {
+        if opts.parallel_size == 0 {
+            return Err(JanusError::Input("parallel size must be at least 1".into()));
+        }
+        let ids = self.generation_ids(prompt)?;
+        let (n_tokens, _) = self.image_grid()?;
+        let lm = &self.model.language;
+        let mut cache: KvCache = lm.new_cache();
+        let mut sampler = Sampler::new(opts.sampling.clone(), opts.seed);
+        let mut embeds = self.cfg_prompt_embeds(&ids, opts.parallel_size)?;
+        let mut out = vec![Vec::with_capacity(n_tokens); opts.parallel_size];
+        for step in 0..n_tokens {
+            let hidden = lm.forward_embeds(&embeds, &mut cache)?;
+            let logits = self.cfg_logits(&hidden, opts.cfg_weight)?;
+            let next = sampler.sample_rows(&logits.mixed)?;
+            for (row, &code) in out.iter_mut().zip(&next) {
+                row.push(code);
+            }
+            on_step(Progress { step: step + 1, total: n_tokens })?;
+            if step + 1 < n_tokens {
+                // Both CFG rows of an image continue with the same code.
+                let pairs: Vec<u32> = next.iter().flat_map(|&c| [c, c]).collect();
+                let codes = Tensor::from_vec(pairs, (2 * opts.parallel_size, 1), &self.device)?;
+                embeds = self.model.gen_image_embeds(&codes)?;
+            }
+        }
+        Ok(out)
+    }
+
+    /// VQ-decodes code rows into RGB images (`floor(clip((x+1)/2*255))`).
+    pub fn decode_images(&self, tokens: &[Vec<u32>]) -> Result<Vec<RgbImage>> {
+        let (n_tokens, side) = self.image_grid()?;
+        if tokens.is_empty() {
+            return Ok(vec![]);
+        }
+        if let Some(bad) = tokens.iter().find(|r| r.len() != n_tokens) {
+            return Err(JanusError::Input(format!("expected {n_tokens} codes per image, got {}", bad.len())));
+        }
+        let flat: Vec<u32> = tokens.iter().flatten().copied().collect();
+        let codes = Tensor::from_vec(flat, (tokens.len(), n_tokens), &self.device)?;
+        let decoded = self.model.gen_vision.decode_code(&codes, (side, side))?;
+        let pixels = janus_vq::to_u8_pixels(&decoded)?;
+        let (b, h, w, _) = pixels.dims4()?;
+        let data = pixels.flatten_all()?.to_vec1::<u8>()?;
+        let per = h * w * 3;
+        (0..b)
+            .map(|i| {
+                RgbImage::from_raw(w as u32, h as u32, data[i * per..(i + 1) * per].to_vec())
+                    .ok_or_else(|| JanusError::Input("decoded image has an unexpected size".into()))
+            })
+            .collect()
+    }
+}

@@ -1,0 +1,200 @@
+//! Finding and reading checkpoint files: one or sharded safetensors (memory
+//! mapped), one or sharded PyTorch pickles (read as data by candle's
+//! restricted unpickler, which executes nothing).
+//!
+//! Every request is checked against the stored shape before any data is
+//! read, so a mismatch names the key and both shapes.
+
+use std::collections::{BTreeSet, HashMap};
+use std::path::{Path, PathBuf};
+
+use candle_core::{DType, Device, Shape, Tensor};
+use candle_nn::var_builder::SimpleBackend;
+use candle_nn::VarBuilder;
+
+use crate::error::{JanusError, Result};
+
+enum Store {
+    Safetensors(candle_core::safetensors::MmapedSafetensors),
+    Pickle { shards: Vec<candle_core::pickle::PthTensors>, route: HashMap<String, usize> },
+}
+
+/// The weights of one model folder.
+pub struct Checkpoint {
+    store: Store,
+    files: Vec<PathBuf>,
+}
+
+fn bad(path: &Path, reason: impl std::fmt::Display) -> JanusError {
+    JanusError::BadFile { path: path.into(), reason: reason.to_string() }
+}
+
+/// Shard file names of a `*.index.json`, in first-seen order.
+fn index_shards(index: &Path) -> Result<Vec<PathBuf>> {
+    let text = std::fs::read_to_string(index).map_err(|e| bad(index, e))?;
+    let value: serde_json::Value = serde_json::from_str(&text).map_err(|e| bad(index, format!("invalid JSON: {e}")))?;
+    let map = value
+        .get("weight_map")
+        .and_then(|m| m.as_object())
+        .ok_or_else(|| bad(index, "no weight_map object"))?;
+    let dir = index.parent().unwrap_or(Path::new("."));
+    let mut seen = BTreeSet::new();
+    let mut files = vec![];
+    for file in map.values() {
+        let file = file.as_str().ok_or_else(|| bad(index, "weight_map values must be file names"))?;
+        if seen.insert(file.to_owned()) {
+            files.push(dir.join(file));
+        }
+    }
+    for f in &files {
+        if !f.exists() {
+            return Err(JanusError::MissingFile { what: "weight shard".into(), path: f.clone() });
+        }
+    }
+    Ok(files)
+}
+
+impl Checkpoint {
+    /// Opens the weights of a model folder, in order of preference:
+    /// `model.safetensors`, `model.safetensors.index.json`,
+    /// `pytorch_model.bin`, `pytorch_model.bin.index.json`.
+    pub fn open(dir: &Path) -> Result<Self> {
+        let st = dir.join("model.safetensors");
+        let st_index = dir.join("model.safetensors.index.json");
+        let bin = dir.join("pytorch_model.bin");
+        let bin_index = dir.join("pytorch_model.bin.index.json");
+        if st.exists() {
+            Self::open_safetensors(vec![st])
+        } else if st_index.exists() {
+            Self::open_safetensors(index_shards(&st_index)?)
+        } else if bin.exists() {
+            Self::open_pickles(vec![bin])
+        } else if bin_index.exists() {
+            Self::open_pickles(index_shards(&bin_index)?)
+        } else {
+            Err(JanusError::MissingFile {
+                what: "model weights (model.safetensors, model.safetensors.index.json, pytorch_model.bin or pytorch_model.bin.index.json)".into(),
+                path: dir.into(),
+            })
+        }
+    }
+
+    fn open_safetensors(files: Vec<PathBuf>) -> Result<Self> {
+        // Validate each file on its own first, so an error names the bad file.
+        for f in &files {
+            // SAFETY: the file is only read; modifying it while mapped is the caller's problem, as with any mmap.
+            unsafe { candle_core::safetensors::MmapedSafetensors::new(f) }.map_err(|e| bad(f, e))?;
+        }
+        // SAFETY: as above.
+        let st = unsafe { candle_core::safetensors::MmapedSafetensors::multi(&files) }
+            .map_err(|e| bad(&files[0], e))?;
+        Ok(Self { store: Store::Safetensors(st), files })
+    }
+
+    fn open_pickles(files: Vec<PathBuf>) -> Result<Self> {
+        let mut shards = Vec::with_capacity(files.len());
+        let mut route = HashMap::new();
+        for (i, f) in files.iter().enumerate() {
+            let shard = candle_core::pickle::PthTensors::new(f, None).map_err(|e| bad(f, e))?;
+            for name in shard.tensor_infos().keys() {
+                route.insert(name.clone(), i);
+            }
+            shards.push(shard);
+        }
+        Ok(Self { store: Store::Pickle { shards, route }, files })
+    }
+
+    /// The weight files in use.
+    pub fn files(&self) -> &[PathBuf] {
+        &self.files
+    }
+
+    /// All stored tensor names.
+    pub fn names(&self) -> Vec<String> {
+        match &self.store {
+            Store::Safetensors(st) => st.tensors().into_iter().map(|(n, _)| n).collect(),
+            Store::Pickle { route, .. } => route.keys().cloned().collect(),
+        }
+    }
+
+    /// The stored shape of a tensor, without reading its data.
+    pub fn shape_of(&self, name: &str) -> Option<Vec<usize>> {
+        match &self.store {
+            Store::Safetensors(st) => st.get(name).ok().map(|v| v.shape().to_vec()),
+            Store::Pickle { shards, route } => {
+                route.get(name).and_then(|&i| shards[i].tensor_infos().get(name)).map(|info| info.layout.dims().to_vec())
+            }
+        }
+    }
+
+    fn load(&self, name: &str, dev: &Device) -> candle_core::Result<Tensor> {
+        match &self.store {
+            Store::Safetensors(st) => st.load(name, dev),
+            Store::Pickle { shards, route } => {
+                let shard = route.get(name).map(|&i| &shards[i]);
+                match shard.map(|s| s.get(name)).transpose()?.flatten() {
+                    Some(t) => t.to_device(dev),
+                    None => candle_core::bail!("tensor {name} is missing from the checkpoint"),
+                }
+            }
+        }
+    }
+
+    /// A `VarBuilder` reading from this checkpoint, converting to `dtype`.
+    pub fn into_var_builder(self, dtype: DType, device: &Device) -> VarBuilder<'static> {
+        VarBuilder::from_backend(Box::new(self), dtype, device.clone())
+    }
+}
+
+impl SimpleBackend for Checkpoint {
+    fn get(&self, s: Shape, name: &str, _: candle_nn::Init, dtype: DType, dev: &Device) -> candle_core::Result<Tensor> {
+        match self.shape_of(name) {
+            None => candle_core::bail!("tensor {name} is missing from the checkpoint"),
+            Some(stored) if stored.as_slice() != s.dims() => {
+                candle_core::bail!("tensor {name} has shape {stored:?} in the checkpoint, the model expects {:?}", s.dims())
+            }
+            Some(_) => self.load(name, dev)?.to_dtype(dtype),
+        }
+    }
+
+    fn get_unchecked(&self, name: &str, dtype: DType, dev: &Device) -> candle_core::Result<Tensor> {
+        self.load(name, dev)?.to_dtype(dtype)
+    }
+
+    fn contains_tensor(&self, name: &str) -> bool {
+        self.shape_of(name).is_some()
+    }
+}
+
+/// A backend that records which tensors a model asks for and hands out
+/// zero-stride views instead of data, so a full-size model can be "built"
+/// to list its parameters without allocating them.
+/// Clones share one record.
+#[derive(Default, Clone)]
+pub struct ShapeRecorder {
+    requested: std::sync::Arc<std::sync::Mutex<Vec<(String, Vec<usize>)>>>,
+}
+
+impl ShapeRecorder {
+    /// Every `(name, shape)` requested so far, in request order.
+    pub fn requested(&self) -> Vec<(String, Vec<usize>)> {
+        self.requested.lock().map(|r| r.clone()).unwrap_or_default()
+    }
+}
+
+impl SimpleBackend for ShapeRecorder {
+    fn get(&self, s: Shape, name: &str, _: candle_nn::Init, dtype: DType, dev: &Device) -> candle_core::Result<Tensor> {
+        if let Ok(mut r) = self.requested.lock() {
+            r.push((name.to_owned(), s.dims().to_vec()));
+        }
+        Tensor::zeros((), dtype, dev)?.broadcast_as(s)
+    }
+
+    fn get_unchecked(&self, name: &str, _: DType, _: &Device) -> candle_core::Result<Tensor> {
+        candle_core::bail!("shape recorder cannot serve {name} without a shape")
+    }
+
+    fn contains_tensor(&self, _: &str) -> bool {
+        true
+    }
+}

@@ -1,0 +1,44 @@
+//! Shared helpers of the fixture tests.
+#![allow(dead_code)]
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+
+use candle_core::{DType, Device, Tensor};
+
+pub fn fixture_dir() -> PathBuf {
+    PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../tests/fixtures/tiny"))
+}
+
+/// The two copies of the tiny model: bf16 safetensors, and sharded bf16 pickles.
+pub fn model_dirs() -> [PathBuf; 2] {
+    [fixture_dir(), fixture_dir().join("bin-bf16")]
+}
+
+pub fn expected() -> HashMap<String, Tensor> {
+    candle_core::safetensors::load(fixture_dir().join("expected.safetensors"), &Device::Cpu).expect("expected.safetensors")
+}
+
+pub fn expected_json() -> serde_json::Value {
+    let text = std::fs::read_to_string(fixture_dir().join("expected.json")).expect("expected.json");
+    serde_json::from_str(&text).expect("expected.json parses")
+}
+
+/// ||a - b|| / ||b|| over all elements, in f64.
+pub fn rel_l2(a: &Tensor, b: &Tensor) -> f64 {
+    assert_eq!(a.dims(), b.dims(), "shapes differ");
+    let a: Vec<f64> = a.to_dtype(DType::F64).unwrap().flatten_all().unwrap().to_vec1().unwrap();
+    let b: Vec<f64> = b.to_dtype(DType::F64).unwrap().flatten_all().unwrap().to_vec1().unwrap();
+    let num: f64 = a.iter().zip(&b).map(|(x, y)| (x - y).powi(2)).sum();
+    let den: f64 = b.iter().map(|y| y * y).sum();
+    (num / den).sqrt()
+}
+
+pub fn assert_close(what: &str, got: &Tensor, want: &Tensor, tol: f64) {
+    let err = rel_l2(got, want);
+    assert!(err <= tol, "{what}: relative L2 error {err:e} > {tol:e}");
+}
+
+pub fn ids(t: &Tensor) -> Vec<u32> {
+    t.to_dtype(DType::I64).unwrap().flatten_all().unwrap().to_vec1::<i64>().unwrap().into_iter().map(|x| x as u32).collect()
+}

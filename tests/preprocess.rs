@@ -1,0 +1,316 @@
+//! Parity of the image preprocessor with the official Janus `VLMImageProcessor`
+//! (Pillow resize + expand2square + HF rescale/normalize), against tensors the
+//! Python reference wrote to `tests/fixtures/tiny/expected.safetensors`.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use candle_core::{DType, Device, Tensor};
+use image::DynamicImage;
+use janus::image_processor::{ImageProcessor, ImageProcessorConfig};
+
+const FIXTURE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../tests/fixtures/tiny");
+const NAMES: [&str; 6] = ["wide", "tall", "square", "small", "gray", "rgba"];
+
+fn fixture(rel: &str) -> PathBuf {
+    Path::new(FIXTURE).join(rel)
+}
+
+fn expected() -> HashMap<String, Tensor> {
+    candle_core::safetensors::load(fixture("expected.safetensors"), &Device::Cpu)
+        .expect("expected.safetensors loads")
+}
+
+fn config() -> ImageProcessorConfig {
+    ImageProcessorConfig::from_file(&fixture("preprocessor_config.json")).expect("config parses")
+}
+
+fn open(name: &str) -> DynamicImage {
+    ImageProcessor::open(&fixture(&format!("images/{name}.png"))).expect("fixture image opens")
+}
+
+/// A fresh, empty scratch directory for this test.
+fn scratch(test: &str) -> PathBuf {
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("preprocess-{test}"));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// CHW bytes of an RGB image, as the reference's `np.transpose(x, (2, 0, 1))`.
+fn chw(img: &image::RgbImage) -> Vec<u8> {
+    let plane = (img.width() * img.height()) as usize;
+    let mut out = vec![0u8; 3 * plane];
+    for (p, px) in img.pixels().enumerate() {
+        for c in 0..3 {
+            out[c * plane + p] = px.0[c];
+        }
+    }
+    out
+}
+
+#[test]
+fn config_from_fixture() {
+    let c = config();
+    assert_eq!(c.image_size, 32);
+    assert_eq!(c.min_size, 14);
+    assert_eq!(c.image_mean, [0.5; 3]);
+    assert_eq!(c.image_std, [0.5; 3]);
+    assert_eq!(c.rescale_factor, 0.00392156862745098);
+    assert!(c.do_normalize);
+    assert_eq!(c.background_color, [127; 3]);
+}
+
+#[test]
+fn config_defaults_and_derived_background() {
+    let dir = scratch("config");
+    let path = dir.join("preprocessor_config.json");
+    std::fs::write(
+        &path,
+        r#"{"image_size": 384, "image_mean": [0.48145466, 0.4578275, 0.40821073],
+            "image_std": [0.26862954, 0.26130258, 0.27577711]}"#,
+    )
+    .unwrap();
+    let c = ImageProcessorConfig::from_file(&path).unwrap();
+    assert_eq!(c.image_size, 384);
+    assert_eq!(c.min_size, 14);
+    assert_eq!(c.rescale_factor, 1.0 / 255.0);
+    assert!(c.do_normalize);
+    // Python: tuple(int(x * 255) for x in image_mean)
+    assert_eq!(c.background_color, [122, 116, 104]);
+    assert_eq!(c.image_mean[0], 0.48145466f64 as f32);
+
+    std::fs::write(&path, r#"{"image_size": 384, "image_mean": [0.5, 0.5]}"#).unwrap();
+    let err = ImageProcessorConfig::from_file(&path).unwrap_err().to_string();
+    assert!(err.contains("image_mean"), "{err}");
+
+    std::fs::write(&path, "not json").unwrap();
+    let err = ImageProcessorConfig::from_file(&path).unwrap_err().to_string();
+    assert!(err.contains("preprocessor_config.json"), "{err}");
+
+    let missing = dir.join("absent.json");
+    let err = ImageProcessorConfig::from_file(&missing).unwrap_err().to_string();
+    assert!(err.contains("absent.json"), "{err}");
+}
+
+#[test]
+fn padded_bytes_match_reference_exactly() {
+    let exp = expected();
+    let base = config();
+    let mut report = Vec::new();
+    for size in [32usize, 384] {
+        let proc = ImageProcessor::new(ImageProcessorConfig {
+            image_size: size,
+            ..base.clone()
+        });
+        for name in NAMES {
+            let img = open(name);
+            let out = proc.resize_and_pad(&img).unwrap();
+            assert_eq!((out.width(), out.height()), (size as u32, size as u32));
+            let key = format!("preprocess.{size}.{name}.u8");
+            let want = exp.get(&key).unwrap_or_else(|| panic!("{key} missing"));
+            assert_eq!(want.dims(), &[3, size, size], "{key}");
+            assert_eq!(want.dtype(), DType::U8, "{key}");
+            let want = want.flatten_all().unwrap().to_vec1::<u8>().unwrap();
+            let got = chw(&out);
+            let diffs: Vec<u8> = got
+                .iter()
+                .zip(&want)
+                .map(|(a, b)| a.abs_diff(*b))
+                .collect();
+            let max = diffs.iter().copied().max().unwrap();
+            let count = diffs.iter().filter(|d| **d > 0).count();
+            report.push(format!("{key}: max diff {max}, {count} bytes differ"));
+            assert_eq!(max, 0, "{key}: {count} of {} bytes differ", got.len());
+        }
+    }
+    println!("{}", report.join("\n"));
+}
+
+#[test]
+fn normalised_values_match_reference() {
+    let exp = expected();
+    let proc = ImageProcessor::new(config());
+    let images: Vec<DynamicImage> = NAMES.iter().map(|n| open(n)).collect();
+    let batch = proc.preprocess(&images, &Device::Cpu).unwrap();
+    assert_eq!(batch.dims(), &[6, 3, 32, 32]);
+    assert_eq!(batch.dtype(), DType::F32);
+    for (i, name) in NAMES.iter().enumerate() {
+        let key = format!("preprocess.32.{name}");
+        let want = exp.get(&key).unwrap_or_else(|| panic!("{key} missing"));
+        assert_eq!(want.dims(), &[3, 32, 32], "{key}");
+        let want = want.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        let got = batch.get(i).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        let max = got
+            .iter()
+            .zip(&want)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0f32, f32::max);
+        println!("{key}: max abs diff {max:e}");
+        assert!(max <= 1e-6, "{key}: max abs diff {max}");
+        // The values really are normalised: bytes 0..=255 map into [-1, 1].
+        assert!(got.iter().all(|v| (-1.0..=1.0).contains(v)));
+        assert!(got.iter().any(|v| *v < -0.1) && got.iter().any(|v| *v > 0.1));
+    }
+    // Padding of the wide image (rows 0..6 of 32) is background 127:
+    // (127/255 - 0.5) / 0.5.
+    let pad = batch.get(0).unwrap().get(0).unwrap().get(0).unwrap().to_vec1::<f32>().unwrap();
+    let bg = ((127.0f64 / 255.0) as f32 - 0.5) / 0.5;
+    assert!(pad.iter().all(|v| *v == bg), "{pad:?}");
+}
+
+#[test]
+fn resize_sizes_follow_reference_arithmetic() {
+    let proc = ImageProcessor::new(config());
+    // 10x4: int(4 / 10 * 32) = 12 -> min_size 14; the image is upscaled to
+    // 32x14 and pasted at row (32 - 14) // 2 = 9.
+    let out = proc.resize_and_pad(&open("small")).unwrap();
+    let bg = image::Rgb([127u8; 3]);
+    assert!((0..32).all(|x| *out.get_pixel(x, 8) == bg && *out.get_pixel(x, 23) == bg));
+    assert!((0..32).any(|x| *out.get_pixel(x, 9) != bg));
+    assert!((0..32).any(|x| *out.get_pixel(x, 22) != bg));
+    // 90x161 (tall): int(90 / 161 * 32) = 17 wide, pasted at column 7.
+    let out = proc.resize_and_pad(&open("tall")).unwrap();
+    assert!((0..32).all(|y| *out.get_pixel(6, y) == bg && *out.get_pixel(24, y) == bg));
+    assert!((0..32).any(|y| *out.get_pixel(7, y) != bg));
+}
+
+#[test]
+fn sixteen_bit_images_reduce_like_pillow() {
+    // Values measured with Pillow 13: 16-bit gray opens as "I;16" and
+    // convert("RGB") clips at 255; 16-bit RGB(A) keeps the high byte.
+    let vals: [u16; 14] = [
+        0, 1, 127, 128, 255, 256, 257, 383, 384, 32767, 32768, 65279, 65280, 65535,
+    ];
+    let gray_want = [0u8, 1, 127, 128, 255, 255, 255, 255, 255, 255, 255, 255, 255, 255];
+    let rgb_want = [0u8, 0, 0, 0, 0, 1, 1, 1, 1, 127, 128, 254, 255, 255];
+    let n = vals.len() as u32;
+    let proc = ImageProcessor::new(ImageProcessorConfig {
+        image_size: n as usize,
+        min_size: 1,
+        ..config()
+    });
+    // n x n images need no resize, so the output shows the conversion alone.
+    let gray = image::ImageBuffer::from_fn(n, n, |x, _| image::Luma([vals[x as usize]]));
+    let out = proc.resize_and_pad(&DynamicImage::ImageLuma16(gray)).unwrap();
+    let got: Vec<u8> = (0..n).map(|x| out.get_pixel(x, 3).0[1]).collect();
+    assert_eq!(got, gray_want);
+    let rgba = image::ImageBuffer::from_fn(n, n, |x, _| {
+        let v = vals[x as usize];
+        image::Rgba([v, v, v, 1000])
+    });
+    let out = proc.resize_and_pad(&DynamicImage::ImageRgba16(rgba)).unwrap();
+    let got: Vec<u8> = (0..n).map(|x| out.get_pixel(x, 5).0[2]).collect();
+    assert_eq!(got, rgb_want);
+}
+
+#[test]
+fn alpha_is_dropped_not_composited() {
+    let proc = ImageProcessor::new(ImageProcessorConfig {
+        image_size: 4,
+        min_size: 1,
+        ..config()
+    });
+    let img = image::RgbaImage::from_pixel(4, 4, image::Rgba([200, 10, 30, 0]));
+    let out = proc.resize_and_pad(&DynamicImage::ImageRgba8(img)).unwrap();
+    assert!(out.pixels().all(|p| p.0 == [200, 10, 30]));
+}
+
+#[test]
+fn zero_sized_image_is_an_error() {
+    let proc = ImageProcessor::new(config());
+    let img = DynamicImage::ImageRgb8(image::RgbImage::new(0, 5));
+    let err = proc.resize_and_pad(&img).unwrap_err().to_string();
+    assert!(err.contains("0x5"), "{err}");
+    assert!(proc.preprocess(&[], &Device::Cpu).is_err());
+}
+
+#[test]
+fn bad_files_are_errors_naming_the_file() {
+    let dir = scratch("bad-files");
+
+    let missing = dir.join("no-such-image.png");
+    let err = ImageProcessor::open(&missing).unwrap_err().to_string();
+    assert!(err.contains("no-such-image.png"), "{err}");
+    assert!(err.contains("not found"), "{err}");
+
+    let empty = dir.join("empty.png");
+    std::fs::write(&empty, b"").unwrap();
+    let err = ImageProcessor::open(&empty).unwrap_err().to_string();
+    assert!(err.contains("empty.png"), "{err}");
+    assert!(err.contains("0 bytes"), "{err}");
+
+    let text = dir.join("notes.png");
+    std::fs::write(&text, b"this is not an image at all\n").unwrap();
+    let err = ImageProcessor::open(&text).unwrap_err().to_string();
+    assert!(err.contains("notes.png"), "{err}");
+
+    // A real PNG signature with a truncated body.
+    let truncated = dir.join("truncated.png");
+    let bytes = std::fs::read(fixture("images/wide.png")).unwrap();
+    std::fs::write(&truncated, &bytes[..bytes.len() / 2]).unwrap();
+    let err = ImageProcessor::open(&truncated).unwrap_err().to_string();
+    assert!(err.contains("truncated.png"), "{err}");
+}
+
+/// CRC-32 (IEEE) as PNG chunks use it.
+fn crc32(data: &[u8]) -> u32 {
+    let mut crc = 0xffff_ffffu32;
+    for &b in data {
+        crc ^= u32::from(b);
+        for _ in 0..8 {
+            crc = if crc & 1 != 0 {
+                (crc >> 1) ^ 0xedb8_8320
+            } else {
+                crc >> 1
+            };
+        }
+    }
+    !crc
+}
+
+fn png_chunk(kind: &[u8; 4], data: &[u8]) -> Vec<u8> {
+    let mut out = (data.len() as u32).to_be_bytes().to_vec();
+    let mut body = kind.to_vec();
+    body.extend_from_slice(data);
+    out.extend_from_slice(&body);
+    out.extend_from_slice(&crc32(&body).to_be_bytes());
+    out
+}
+
+#[test]
+fn decompression_bombs_are_refused() {
+    let dir = scratch("bomb");
+    // A PNG header claiming 20000 x 20000 RGB pixels (400 megapixels).
+    let mut ihdr = Vec::new();
+    ihdr.extend_from_slice(&20_000u32.to_be_bytes());
+    ihdr.extend_from_slice(&20_000u32.to_be_bytes());
+    ihdr.extend_from_slice(&[8, 2, 0, 0, 0]);
+    let mut png = b"\x89PNG\r\n\x1a\n".to_vec();
+    png.extend(png_chunk(b"IHDR", &ihdr));
+    png.extend(png_chunk(b"IDAT", &[0x78, 0x9c, 0x03, 0x00, 0x00, 0x00, 0x00, 0x01]));
+    png.extend(png_chunk(b"IEND", &[]));
+    let path = dir.join("bomb.png");
+    std::fs::write(&path, &png).unwrap();
+    let err = ImageProcessor::open(&path).unwrap_err().to_string();
+    assert!(err.contains("bomb.png"), "{err}");
+    assert!(err.contains("megapixels"), "{err}");
+}
+
+#[test]
+#[ignore]
+fn tmp_random_against_pillow() {
+    let cases: serde_json::Value = serde_json::from_str(&std::fs::read_to_string("/tmp/pp/rand/cases.json").unwrap()).unwrap();
+    let mut bad = 0;
+    for c in cases.as_array().unwrap() {
+        let i = c["i"].as_u64().unwrap();
+        let proc = ImageProcessor::new(ImageProcessorConfig { image_size: c["S"].as_u64().unwrap() as usize, min_size: c["min"].as_u64().unwrap() as usize, ..config() });
+        let img = ImageProcessor::open(Path::new(&format!("/tmp/pp/rand/{i}.png"))).unwrap();
+        let out = proc.resize_and_pad(&img).unwrap();
+        let want = std::fs::read(format!("/tmp/pp/rand/{i}.want")).unwrap();
+        let n = out.as_raw().iter().zip(&want).filter(|(a, b)| a != b).count();
+        if n > 0 || out.as_raw().len() != want.len() { bad += 1; println!("case {c}: {n} differ"); }
+    }
+    println!("bad cases: {bad}");
+    assert_eq!(bad, 0);
+}

@@ -1,0 +1,175 @@
+//! Building blocks shared by the encoder and the decoder.
+
+use candle_core::{Module, Result, Tensor};
+use candle_nn::{Conv2d, Conv2dConfig, GroupNorm, VarBuilder};
+
+/// `Normalize(channels, "group")` of the reference.
+pub(crate) fn group_norm(channels: usize, vb: VarBuilder) -> Result<GroupNorm> {
+    candle_nn::group_norm(32, channels, 1e-6, vb)
+}
+
+/// 3x3 convolution that keeps the spatial size.
+pub(crate) fn conv3x3(in_channels: usize, out_channels: usize, vb: VarBuilder) -> Result<Conv2d> {
+    let cfg = Conv2dConfig {
+        padding: 1,
+        ..Default::default()
+    };
+    candle_nn::conv2d(in_channels, out_channels, 3, cfg, vb)
+}
+
+/// 1x1 convolution: a per-pixel linear map over channels.
+pub(crate) fn conv1x1(in_channels: usize, out_channels: usize, vb: VarBuilder) -> Result<Conv2d> {
+    candle_nn::conv2d(in_channels, out_channels, 1, Conv2dConfig::default(), vb)
+}
+
+/// `nonlinearity` of the reference: swish, x * sigmoid(x).
+pub(crate) fn swish(x: &Tensor) -> Result<Tensor> {
+    x.silu()
+}
+
+/// Pre-activation residual block: norm, swish, conv, twice, plus a 1x1
+/// `nin_shortcut` projection of the input when the channel count changes.
+#[derive(Debug, Clone)]
+pub struct ResnetBlock {
+    norm1: GroupNorm,
+    conv1: Conv2d,
+    norm2: GroupNorm,
+    conv2: Conv2d,
+    nin_shortcut: Option<Conv2d>,
+}
+
+impl ResnetBlock {
+    pub fn load(vb: VarBuilder, in_channels: usize, out_channels: usize) -> Result<Self> {
+        let nin_shortcut = if in_channels != out_channels {
+            Some(conv1x1(in_channels, out_channels, vb.pp("nin_shortcut"))?)
+        } else {
+            None
+        };
+        Ok(Self {
+            norm1: group_norm(in_channels, vb.pp("norm1"))?,
+            conv1: conv3x3(in_channels, out_channels, vb.pp("conv1"))?,
+            norm2: group_norm(out_channels, vb.pp("norm2"))?,
+            conv2: conv3x3(out_channels, out_channels, vb.pp("conv2"))?,
+            nin_shortcut,
+        })
+    }
+
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let h = self.conv1.forward(&swish(&self.norm1.forward(x)?)?)?;
+        let h = self.conv2.forward(&swish(&self.norm2.forward(&h)?)?)?;
+        match &self.nin_shortcut {
+            Some(shortcut) => shortcut.forward(x)? + h,
+            None => x + h,
+        }
+    }
+}
+
+/// Single-head self-attention over all pixels, with 1x1 convolutions as
+/// the q/k/v/output projections, plus the residual.
+#[derive(Debug, Clone)]
+pub struct AttnBlock {
+    norm: GroupNorm,
+    q: Conv2d,
+    k: Conv2d,
+    v: Conv2d,
+    proj_out: Conv2d,
+}
+
+impl AttnBlock {
+    pub fn load(vb: VarBuilder, channels: usize) -> Result<Self> {
+        Ok(Self {
+            norm: group_norm(channels, vb.pp("norm"))?,
+            q: conv1x1(channels, channels, vb.pp("q"))?,
+            k: conv1x1(channels, channels, vb.pp("k"))?,
+            v: conv1x1(channels, channels, vb.pp("v"))?,
+            proj_out: conv1x1(channels, channels, vb.pp("proj_out"))?,
+        })
+    }
+
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let (b, c, h, w) = x.dims4()?;
+        let normed = self.norm.forward(x)?;
+        // Conv outputs are contiguous, so flattening the pixels is free and
+        // the transposes below are strided views the matmul reads directly.
+        let q = self.q.forward(&normed)?.reshape((b, c, h * w))?;
+        let k = self.k.forward(&normed)?.reshape((b, c, h * w))?;
+        let v = self.v.forward(&normed)?.reshape((b, c, h * w))?;
+        // scores[b, i, j] = <q_i, k_j> / sqrt(c), normalised over the keys j.
+        let scores = (q.transpose(1, 2)?.matmul(&k)? * (c as f64).powf(-0.5))?;
+        let probs = candle_nn::ops::softmax_last_dim(&scores)?;
+        // out[b, :, i] = sum_j v[b, :, j] * probs[b, i, j]
+        let out = v.matmul(&probs.transpose(1, 2)?)?.reshape((b, c, h, w))?;
+        x + self.proj_out.forward(&out)?
+    }
+}
+
+/// The `mid` stack of both encoder and decoder: res, attn, res, stored
+/// as `mid.0`, `mid.1`, `mid.2`.
+#[derive(Debug, Clone)]
+pub struct MidBlock {
+    res_in: ResnetBlock,
+    attn: AttnBlock,
+    res_out: ResnetBlock,
+}
+
+impl MidBlock {
+    pub fn load(vb: VarBuilder, channels: usize) -> Result<Self> {
+        Ok(Self {
+            res_in: ResnetBlock::load(vb.pp(0), channels, channels)?,
+            attn: AttnBlock::load(vb.pp(1), channels)?,
+            res_out: ResnetBlock::load(vb.pp(2), channels, channels)?,
+        })
+    }
+
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let x = self.res_in.forward(x)?;
+        let x = self.attn.forward(&x)?;
+        self.res_out.forward(&x)
+    }
+}
+
+/// Halves the resolution with a stride-2 3x3 convolution.
+#[derive(Debug, Clone)]
+pub struct Downsample {
+    conv: Conv2d,
+}
+
+impl Downsample {
+    pub fn load(vb: VarBuilder, channels: usize) -> Result<Self> {
+        let cfg = Conv2dConfig {
+            stride: 2,
+            ..Default::default()
+        };
+        Ok(Self {
+            conv: candle_nn::conv2d(channels, channels, 3, cfg, vb.pp("conv"))?,
+        })
+    }
+
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        // The checkpoint was trained with zero padding on the right and
+        // bottom only, which a symmetric conv padding cannot express.
+        let x = x.pad_with_zeros(3, 0, 1)?.pad_with_zeros(2, 0, 1)?;
+        self.conv.forward(&x)
+    }
+}
+
+/// Doubles the resolution (nearest neighbour) and smooths with a 3x3 conv.
+#[derive(Debug, Clone)]
+pub struct Upsample {
+    conv: Conv2d,
+}
+
+impl Upsample {
+    pub fn load(vb: VarBuilder, channels: usize) -> Result<Self> {
+        Ok(Self {
+            conv: conv3x3(channels, channels, vb.pp("conv"))?,
+        })
+    }
+
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        // The reference upcasts bf16 to f32 around the interpolation; nearest
+        // neighbour only copies values, so any dtype gives the same result.
+        let (_, _, h, w) = x.dims4()?;
+        self.conv.forward(&x.upsample_nearest2d(2 * h, 2 * w)?)
+    }
+}

@@ -1,0 +1,60 @@
+//! The whole tokenizer (`VQModel` of the reference).
+
+use candle_core::{Module, Result, Tensor};
+use candle_nn::{Conv2d, VarBuilder};
+
+use crate::blocks::conv1x1;
+use crate::{VectorQuantizer, VqConfig, VqDecoder, VqEncoder, VqEncoding};
+
+/// VQ-16 image tokenizer: images <-> grids of codebook ids.
+#[derive(Debug, Clone)]
+pub struct VqModel {
+    encoder: VqEncoder,
+    quant_conv: Conv2d,
+    quantize: VectorQuantizer,
+    post_quant_conv: Conv2d,
+    decoder: VqDecoder,
+    config: VqConfig,
+}
+
+impl VqModel {
+    /// Loads the weights under `vb` (`gen_vision_model` in Janus checkpoints).
+    pub fn load(vb: VarBuilder, cfg: &VqConfig) -> Result<Self> {
+        Ok(Self {
+            encoder: VqEncoder::load(vb.pp("encoder"), cfg)?,
+            quant_conv: conv1x1(cfg.z_channels, cfg.codebook_embed_dim, vb.pp("quant_conv"))?,
+            quantize: VectorQuantizer::load(vb.pp("quantize"), cfg)?,
+            post_quant_conv: conv1x1(
+                cfg.codebook_embed_dim,
+                cfg.z_channels,
+                vb.pp("post_quant_conv"),
+            )?,
+            decoder: VqDecoder::load(vb.pp("decoder"), cfg)?,
+            config: cfg.clone(),
+        })
+    }
+
+    pub fn config(&self) -> &VqConfig {
+        &self.config
+    }
+
+    /// Tokenizes `[b, 3, H, W]` images with values in [-1, 1].
+    pub fn encode(&self, images: &Tensor) -> Result<VqEncoding> {
+        let z = self.encoder.forward(images)?;
+        self.quantize.forward(&self.quant_conv.forward(&z)?)
+    }
+
+    /// Decodes a `[b, embed_dim, h, w]` quantised latent to `[b, 3, H, W]`
+    /// images in roughly [-1, 1].
+    pub fn decode(&self, quant: &Tensor) -> Result<Tensor> {
+        self.decoder.forward(&self.post_quant_conv.forward(quant)?)
+    }
+
+    /// Decodes image tokens `[b, h*w]` (u32 or i64, row-major over the
+    /// `(h, w)` grid) to `[b, 3, H, W]` images in roughly [-1, 1]. Token
+    /// counts that do not match the grid and ids outside the codebook are
+    /// reported as errors.
+    pub fn decode_code(&self, codes: &Tensor, grid: (usize, usize)) -> Result<Tensor> {
+        self.decode(&self.quantize.codebook_entry(codes, grid)?)
+    }
+}
