@@ -12,7 +12,11 @@ use janus::weights::ShapeRecorder;
 use janus::JanusConfig;
 
 fn reference(size: &str) -> PathBuf {
-    PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../tests/fixtures/reference")).join(format!("Janus-Pro-{size}"))
+    PathBuf::from(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../tests/fixtures/reference"
+    ))
+    .join(format!("Janus-Pro-{size}"))
 }
 
 fn check(size: &str) {
@@ -28,13 +32,24 @@ fn check(size: &str) {
     // In the checkpoint but never used by inference: the SigLIP attention-pooling
     // head and the VQ codebook usage counter (a training statistic).
     let ignored = |k: &str| {
-        k.starts_with("vision_model.vision_tower.attn_pool.") || k == "gen_vision_model.quantize.codebook_used"
+        k.starts_with("vision_model.vision_tower.attn_pool.")
+            || k == "gen_vision_model.quantize.codebook_used"
     };
-    let expected: BTreeMap<String, Vec<usize>> = manifest.into_iter().filter(|(k, _)| !ignored(k)).collect();
+    let expected: BTreeMap<String, Vec<usize>> =
+        manifest.into_iter().filter(|(k, _)| !ignored(k)).collect();
 
-    let missing: Vec<_> = expected.keys().filter(|k| !requested.contains_key(*k)).collect();
-    let extra: Vec<_> = requested.keys().filter(|k| !expected.contains_key(*k)).collect();
-    assert!(missing.is_empty() && extra.is_empty(), "{size}: not loaded {missing:?}; not in manifest {extra:?}");
+    let missing: Vec<_> = expected
+        .keys()
+        .filter(|k| !requested.contains_key(*k))
+        .collect();
+    let extra: Vec<_> = requested
+        .keys()
+        .filter(|k| !expected.contains_key(*k))
+        .collect();
+    assert!(
+        missing.is_empty() && extra.is_empty(),
+        "{size}: not loaded {missing:?}; not in manifest {extra:?}"
+    );
     for (k, shape) in &expected {
         assert_eq!(&requested[k], shape, "{size}: shape of {k}");
     }

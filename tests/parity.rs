@@ -11,7 +11,8 @@ use janus::{GenerateOptions, ImageProcessor, JanusPro, SamplingParams, Understan
 const TOL: f64 = 1e-4;
 
 fn load(dir: &std::path::Path) -> JanusPro {
-    JanusPro::load(dir, &Device::Cpu, DType::F32).unwrap_or_else(|e| panic!("loading {}: {e}", dir.display()))
+    JanusPro::load(dir, &Device::Cpu, DType::F32)
+        .unwrap_or_else(|e| panic!("loading {}: {e}", dir.display()))
 }
 
 #[test]
@@ -50,13 +51,24 @@ fn understanding_matches_every_stage() {
             let key = |s: &str| format!("understand.{name}.{s}");
             let (conv, images) = case_conversation(case);
             assert_eq!(
-                model.processor.sft_prompt(&conv, janus::processor::DEFAULT_SYSTEM_PROMPT),
+                model
+                    .processor
+                    .sft_prompt(&conv, janus::processor::DEFAULT_SYSTEM_PROMPT),
                 case["sft_format"].as_str().unwrap(),
                 "{name}: sft prompt"
             );
             let (ids, embeds) = model.understanding_inputs(&conv, &images).unwrap();
-            assert_eq!(ids, common::ids(&exp[&key("input_ids")]), "{name}: input ids");
-            assert_close(&key("inputs_embeds"), &embeds.squeeze(0).unwrap(), &exp[&key("inputs_embeds")], TOL);
+            assert_eq!(
+                ids,
+                common::ids(&exp[&key("input_ids")]),
+                "{name}: input ids"
+            );
+            assert_close(
+                &key("inputs_embeds"),
+                &embeds.squeeze(0).unwrap(),
+                &exp[&key("inputs_embeds")],
+                TOL,
+            );
 
             let lm = &model.model.language;
             let mut cache = lm.new_cache();
@@ -70,8 +82,16 @@ fn understanding_matches_every_stage() {
                 ..Default::default()
             };
             let answer = model.understand(&conv, &images, &opts).unwrap();
-            assert_eq!(answer.token_ids, common::ids(&exp[&key("generated_ids")]), "{name}: greedy ids");
-            assert_eq!(answer.text, case["answer"].as_str().unwrap(), "{name}: answer text");
+            assert_eq!(
+                answer.token_ids,
+                common::ids(&exp[&key("generated_ids")]),
+                "{name}: greedy ids"
+            );
+            assert_eq!(
+                answer.text,
+                case["answer"].as_str().unwrap(),
+                "{name}: answer text"
+            );
         }
     }
 }
@@ -86,9 +106,16 @@ fn text_to_image_matches_every_stage() {
             let case = &json["cases"][format!("t2i.{name}")];
             let key = |s: &str| format!("t2i.{name}.{s}");
             let prompt = case["prompt"].as_str().unwrap();
-            assert_eq!(model.processor.generation_prompt(prompt), case["prompt_text"].as_str().unwrap());
+            assert_eq!(
+                model.processor.generation_prompt(prompt),
+                case["prompt_text"].as_str().unwrap()
+            );
             let ids = model.generation_ids(prompt).unwrap();
-            assert_eq!(ids, common::ids(&exp[&key("input_ids")]), "{name}: input ids");
+            assert_eq!(
+                ids,
+                common::ids(&exp[&key("input_ids")]),
+                "{name}: input ids"
+            );
             let parallel = case["parallel_size"].as_u64().unwrap() as usize;
             let cfg_weight = case["cfg_weight"].as_f64().unwrap();
 
@@ -96,9 +123,24 @@ fn text_to_image_matches_every_stage() {
             let lm = &model.model.language;
             let hidden = lm.forward_embeds(&embeds, &mut lm.new_cache()).unwrap();
             let first = model.cfg_logits(&hidden, cfg_weight).unwrap();
-            assert_close(&key("first_logits_cond"), &first.cond.get(0).unwrap(), &exp[&key("first_logits_cond")], TOL);
-            assert_close(&key("first_logits_uncond"), &first.uncond.get(0).unwrap(), &exp[&key("first_logits_uncond")], TOL);
-            assert_close(&key("first_logits_cfg"), &first.mixed.get(0).unwrap(), &exp[&key("first_logits_cfg")], TOL);
+            assert_close(
+                &key("first_logits_cond"),
+                &first.cond.get(0).unwrap(),
+                &exp[&key("first_logits_cond")],
+                TOL,
+            );
+            assert_close(
+                &key("first_logits_uncond"),
+                &first.uncond.get(0).unwrap(),
+                &exp[&key("first_logits_uncond")],
+                TOL,
+            );
+            assert_close(
+                &key("first_logits_cfg"),
+                &first.mixed.get(0).unwrap(),
+                &exp[&key("first_logits_cfg")],
+                TOL,
+            );
 
             let opts = GenerateOptions {
                 parallel_size: parallel,
@@ -118,20 +160,45 @@ fn text_to_image_matches_every_stage() {
             assert_eq!(tokens, want, "{name}: greedy image tokens");
 
             let grid = case["grid"].as_u64().unwrap() as usize;
-            let codes = Tensor::from_vec(tokens.concat(), (parallel, grid * grid), &Device::Cpu).unwrap();
-            let decoded = model.model.gen_vision.decode_code(&codes, (grid, grid)).unwrap();
+            let codes =
+                Tensor::from_vec(tokens.concat(), (parallel, grid * grid), &Device::Cpu).unwrap();
+            let decoded = model
+                .model
+                .gen_vision
+                .decode_code(&codes, (grid, grid))
+                .unwrap();
             assert_close(&key("decoded"), &decoded, &exp[&key("decoded")], TOL);
 
             let images = model.decode_images(&tokens).unwrap();
-            let want_px: Vec<u8> = exp[&key("pixels_u8")].flatten_all().unwrap().to_vec1().unwrap();
+            let want_px: Vec<u8> = exp[&key("pixels_u8")]
+                .flatten_all()
+                .unwrap()
+                .to_vec1()
+                .unwrap();
             let got_px: Vec<u8> = images.iter().flat_map(|i| i.as_raw().clone()).collect();
-            let worst = got_px.iter().zip(&want_px).map(|(a, b)| a.abs_diff(*b)).max().unwrap();
+            let worst = got_px
+                .iter()
+                .zip(&want_px)
+                .map(|(a, b)| a.abs_diff(*b))
+                .max()
+                .unwrap();
             assert_eq!(got_px.len(), want_px.len());
             assert!(worst <= 1, "{name}: pixels differ by up to {worst} levels");
             for (i, img) in images.iter().enumerate() {
-                let png = image::open(fixture_dir().join(format!("t2i_{name}_{i}.png"))).unwrap().to_rgb8();
-                let worst = img.as_raw().iter().zip(png.as_raw()).map(|(a, b)| a.abs_diff(*b)).max().unwrap();
-                assert!(worst <= 1, "{name}: image {i} differs from the reference PNG by {worst} levels");
+                let png = image::open(fixture_dir().join(format!("t2i_{name}_{i}.png")))
+                    .unwrap()
+                    .to_rgb8();
+                let worst = img
+                    .as_raw()
+                    .iter()
+                    .zip(png.as_raw())
+                    .map(|(a, b)| a.abs_diff(*b))
+                    .max()
+                    .unwrap();
+                assert!(
+                    worst <= 1,
+                    "{name}: image {i} differs from the reference PNG by {worst} levels"
+                );
             }
         }
     }

@@ -81,15 +81,21 @@ fn config_defaults_and_derived_background() {
     assert_eq!(c.image_mean[0], 0.48145466f64 as f32);
 
     std::fs::write(&path, r#"{"image_size": 384, "image_mean": [0.5, 0.5]}"#).unwrap();
-    let err = ImageProcessorConfig::from_file(&path).unwrap_err().to_string();
+    let err = ImageProcessorConfig::from_file(&path)
+        .unwrap_err()
+        .to_string();
     assert!(err.contains("image_mean"), "{err}");
 
     std::fs::write(&path, "not json").unwrap();
-    let err = ImageProcessorConfig::from_file(&path).unwrap_err().to_string();
+    let err = ImageProcessorConfig::from_file(&path)
+        .unwrap_err()
+        .to_string();
     assert!(err.contains("preprocessor_config.json"), "{err}");
 
     let missing = dir.join("absent.json");
-    let err = ImageProcessorConfig::from_file(&missing).unwrap_err().to_string();
+    let err = ImageProcessorConfig::from_file(&missing)
+        .unwrap_err()
+        .to_string();
     assert!(err.contains("absent.json"), "{err}");
 }
 
@@ -113,11 +119,7 @@ fn padded_bytes_match_reference_exactly() {
             assert_eq!(want.dtype(), DType::U8, "{key}");
             let want = want.flatten_all().unwrap().to_vec1::<u8>().unwrap();
             let got = chw(&out);
-            let diffs: Vec<u8> = got
-                .iter()
-                .zip(&want)
-                .map(|(a, b)| a.abs_diff(*b))
-                .collect();
+            let diffs: Vec<u8> = got.iter().zip(&want).map(|(a, b)| a.abs_diff(*b)).collect();
             let max = diffs.iter().copied().max().unwrap();
             let count = diffs.iter().filter(|d| **d > 0).count();
             report.push(format!("{key}: max diff {max}, {count} bytes differ"));
@@ -140,7 +142,13 @@ fn normalised_values_match_reference() {
         let want = exp.get(&key).unwrap_or_else(|| panic!("{key} missing"));
         assert_eq!(want.dims(), &[3, 32, 32], "{key}");
         let want = want.flatten_all().unwrap().to_vec1::<f32>().unwrap();
-        let got = batch.get(i).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        let got = batch
+            .get(i)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap();
         let max = got
             .iter()
             .zip(&want)
@@ -154,7 +162,15 @@ fn normalised_values_match_reference() {
     }
     // Padding of the wide image (rows 0..6 of 32) is background 127:
     // (127/255 - 0.5) / 0.5.
-    let pad = batch.get(0).unwrap().get(0).unwrap().get(0).unwrap().to_vec1::<f32>().unwrap();
+    let pad = batch
+        .get(0)
+        .unwrap()
+        .get(0)
+        .unwrap()
+        .get(0)
+        .unwrap()
+        .to_vec1::<f32>()
+        .unwrap();
     let bg = ((127.0f64 / 255.0) as f32 - 0.5) / 0.5;
     assert!(pad.iter().all(|v| *v == bg), "{pad:?}");
 }
@@ -182,7 +198,9 @@ fn sixteen_bit_images_reduce_like_pillow() {
     let vals: [u16; 14] = [
         0, 1, 127, 128, 255, 256, 257, 383, 384, 32767, 32768, 65279, 65280, 65535,
     ];
-    let gray_want = [0u8, 1, 127, 128, 255, 255, 255, 255, 255, 255, 255, 255, 255, 255];
+    let gray_want = [
+        0u8, 1, 127, 128, 255, 255, 255, 255, 255, 255, 255, 255, 255, 255,
+    ];
     let rgb_want = [0u8, 0, 0, 0, 0, 1, 1, 1, 1, 127, 128, 254, 255, 255];
     let n = vals.len() as u32;
     let proc = ImageProcessor::new(ImageProcessorConfig {
@@ -192,14 +210,18 @@ fn sixteen_bit_images_reduce_like_pillow() {
     });
     // n x n images need no resize, so the output shows the conversion alone.
     let gray = image::ImageBuffer::from_fn(n, n, |x, _| image::Luma([vals[x as usize]]));
-    let out = proc.resize_and_pad(&DynamicImage::ImageLuma16(gray)).unwrap();
+    let out = proc
+        .resize_and_pad(&DynamicImage::ImageLuma16(gray))
+        .unwrap();
     let got: Vec<u8> = (0..n).map(|x| out.get_pixel(x, 3).0[1]).collect();
     assert_eq!(got, gray_want);
     let rgba = image::ImageBuffer::from_fn(n, n, |x, _| {
         let v = vals[x as usize];
         image::Rgba([v, v, v, 1000])
     });
-    let out = proc.resize_and_pad(&DynamicImage::ImageRgba16(rgba)).unwrap();
+    let out = proc
+        .resize_and_pad(&DynamicImage::ImageRgba16(rgba))
+        .unwrap();
     let got: Vec<u8> = (0..n).map(|x| out.get_pixel(x, 5).0[2]).collect();
     assert_eq!(got, rgb_want);
 }
@@ -288,7 +310,10 @@ fn decompression_bombs_are_refused() {
     ihdr.extend_from_slice(&[8, 2, 0, 0, 0]);
     let mut png = b"\x89PNG\r\n\x1a\n".to_vec();
     png.extend(png_chunk(b"IHDR", &ihdr));
-    png.extend(png_chunk(b"IDAT", &[0x78, 0x9c, 0x03, 0x00, 0x00, 0x00, 0x00, 0x01]));
+    png.extend(png_chunk(
+        b"IDAT",
+        &[0x78, 0x9c, 0x03, 0x00, 0x00, 0x00, 0x00, 0x01],
+    ));
     png.extend(png_chunk(b"IEND", &[]));
     let path = dir.join("bomb.png");
     std::fs::write(&path, &png).unwrap();
@@ -300,16 +325,29 @@ fn decompression_bombs_are_refused() {
 #[test]
 #[ignore]
 fn tmp_random_against_pillow() {
-    let cases: serde_json::Value = serde_json::from_str(&std::fs::read_to_string("/tmp/pp/rand/cases.json").unwrap()).unwrap();
+    let cases: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string("/tmp/pp/rand/cases.json").unwrap()).unwrap();
     let mut bad = 0;
     for c in cases.as_array().unwrap() {
         let i = c["i"].as_u64().unwrap();
-        let proc = ImageProcessor::new(ImageProcessorConfig { image_size: c["S"].as_u64().unwrap() as usize, min_size: c["min"].as_u64().unwrap() as usize, ..config() });
+        let proc = ImageProcessor::new(ImageProcessorConfig {
+            image_size: c["S"].as_u64().unwrap() as usize,
+            min_size: c["min"].as_u64().unwrap() as usize,
+            ..config()
+        });
         let img = ImageProcessor::open(Path::new(&format!("/tmp/pp/rand/{i}.png"))).unwrap();
         let out = proc.resize_and_pad(&img).unwrap();
         let want = std::fs::read(format!("/tmp/pp/rand/{i}.want")).unwrap();
-        let n = out.as_raw().iter().zip(&want).filter(|(a, b)| a != b).count();
-        if n > 0 || out.as_raw().len() != want.len() { bad += 1; println!("case {c}: {n} differ"); }
+        let n = out
+            .as_raw()
+            .iter()
+            .zip(&want)
+            .filter(|(a, b)| a != b)
+            .count();
+        if n > 0 || out.as_raw().len() != want.len() {
+            bad += 1;
+            println!("case {c}: {n} differ");
+        }
     }
     println!("bad cases: {bad}");
     assert_eq!(bad, 0);

@@ -19,7 +19,9 @@ pub enum ProjectorKind {
     Identity,
     Linear,
     /// `depth` linears with GELU between them.
-    MlpGelu { depth: usize },
+    MlpGelu {
+        depth: usize,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -84,36 +86,50 @@ impl<'a> Section<'a> {
     fn opt_usize(&self, key: &str) -> Result<Option<usize>> {
         match self.map.get(key) {
             None | Some(Value::Null) => Ok(None),
-            Some(v) => v
-                .as_u64()
-                .map(|x| Some(x as usize))
-                .ok_or_else(|| cfg_err(format!("{}.{key} must be a non-negative integer, got {v}", self.name))),
+            Some(v) => v.as_u64().map(|x| Some(x as usize)).ok_or_else(|| {
+                cfg_err(format!(
+                    "{}.{key} must be a non-negative integer, got {v}",
+                    self.name
+                ))
+            }),
         }
     }
     fn opt_i64(&self, key: &str) -> Result<Option<i64>> {
         match self.map.get(key) {
             None | Some(Value::Null) => Ok(None),
-            Some(v) => {
-                v.as_i64().map(Some).ok_or_else(|| cfg_err(format!("{}.{key} must be an integer, got {v}", self.name)))
-            }
+            Some(v) => v
+                .as_i64()
+                .map(Some)
+                .ok_or_else(|| cfg_err(format!("{}.{key} must be an integer, got {v}", self.name))),
         }
     }
     fn opt_f64(&self, key: &str) -> Result<Option<f64>> {
         match self.map.get(key) {
             None | Some(Value::Null) => Ok(None),
-            Some(v) => v.as_f64().map(Some).ok_or_else(|| cfg_err(format!("{}.{key} must be a number, got {v}", self.name))),
+            Some(v) => v
+                .as_f64()
+                .map(Some)
+                .ok_or_else(|| cfg_err(format!("{}.{key} must be a number, got {v}", self.name))),
         }
     }
     fn opt_str(&self, key: &str) -> Result<Option<&'a str>> {
         match self.map.get(key) {
             None | Some(Value::Null) => Ok(None),
-            Some(v) => v.as_str().map(Some).ok_or_else(|| cfg_err(format!("{}.{key} must be a string, got {v}", self.name))),
+            Some(v) => v
+                .as_str()
+                .map(Some)
+                .ok_or_else(|| cfg_err(format!("{}.{key} must be a string, got {v}", self.name))),
         }
     }
     fn opt_bool(&self, key: &str) -> Result<Option<bool>> {
         match self.map.get(key) {
             None | Some(Value::Null) => Ok(None),
-            Some(v) => v.as_bool().map(Some).ok_or_else(|| cfg_err(format!("{}.{key} must be true or false, got {v}", self.name))),
+            Some(v) => v.as_bool().map(Some).ok_or_else(|| {
+                cfg_err(format!(
+                    "{}.{key} must be true or false, got {v}",
+                    self.name
+                ))
+            }),
         }
     }
     fn opt_usize_list(&self, key: &str) -> Result<Option<Vec<usize>>> {
@@ -124,12 +140,21 @@ impl<'a> Section<'a> {
                 .map(|v| v.as_u64().map(|x| x as usize))
                 .collect::<Option<Vec<_>>>()
                 .map(Some)
-                .ok_or_else(|| cfg_err(format!("{}.{key} must be a list of non-negative integers", self.name))),
-            Some(v) => Err(cfg_err(format!("{}.{key} must be a non-empty list of integers, got {v}", self.name))),
+                .ok_or_else(|| {
+                    cfg_err(format!(
+                        "{}.{key} must be a list of non-negative integers",
+                        self.name
+                    ))
+                }),
+            Some(v) => Err(cfg_err(format!(
+                "{}.{key} must be a non-empty list of integers, got {v}",
+                self.name
+            ))),
         }
     }
     fn usize(&self, key: &str) -> Result<usize> {
-        self.opt_usize(key)?.ok_or_else(|| cfg_err(format!("{}.{key} is missing", self.name)))
+        self.opt_usize(key)?
+            .ok_or_else(|| cfg_err(format!("{}.{key} is missing", self.name)))
     }
 }
 
@@ -139,7 +164,10 @@ fn section<'a>(root: &'a Map<String, Value>, name: &'static str) -> Result<(&'a 
         .get(name)
         .and_then(Value::as_object)
         .ok_or_else(|| cfg_err(format!("{name} is missing or not an object")))?;
-    let cls = obj.get("cls").and_then(Value::as_str).ok_or_else(|| cfg_err(format!("{name}.cls is missing")))?;
+    let cls = obj
+        .get("cls")
+        .and_then(Value::as_str)
+        .ok_or_else(|| cfg_err(format!("{name}.cls is missing")))?;
     static EMPTY: std::sync::OnceLock<Map<String, Value>> = std::sync::OnceLock::new();
     let params = match obj.get("params") {
         None | Some(Value::Null) => EMPTY.get_or_init(Map::new),
@@ -157,15 +185,26 @@ fn known_siglip(model_name: &str) -> Option<SiglipVitConfig> {
         "siglip_so400m_patch14_224" => (224, 14, 1152, 27, 16, 3.7362),
         _ => return None,
     };
-    Some(SiglipVitConfig { image_size, patch_size, width, layers, heads, mlp_ratio })
+    Some(SiglipVitConfig {
+        image_size,
+        patch_size,
+        width,
+        layers,
+        heads,
+        mlp_ratio,
+    })
 }
 
 fn parse_vision(root: &Map<String, Value>) -> Result<SiglipVitConfig> {
     let (cls, p) = section(root, "vision_config")?;
     if !cls.contains("CLIPVisionTower") {
-        return Err(cfg_err(format!("vision_config.cls: unsupported vision tower {cls:?} (expected CLIPVisionTower)")));
+        return Err(cfg_err(format!(
+            "vision_config.cls: unsupported vision tower {cls:?} (expected CLIPVisionTower)"
+        )));
     }
-    let model_name = p.opt_str("model_name")?.unwrap_or("siglip_large_patch16_384");
+    let model_name = p
+        .opt_str("model_name")?
+        .unwrap_or("siglip_large_patch16_384");
     if !model_name.starts_with("siglip") {
         return Err(cfg_err(format!(
             "vision_config.params.model_name: unsupported tower {model_name:?} (only SigLIP towers are used by Janus-Pro)"
@@ -203,7 +242,9 @@ fn parse_vision(root: &Map<String, Value>) -> Result<SiglipVitConfig> {
         select_layer.min(full_layers as i64)
     };
     if layers < 1 {
-        return Err(cfg_err(format!("vision_config.params.select_layer {select_layer} leaves no ViT block")));
+        return Err(cfg_err(format!(
+            "vision_config.params.select_layer {select_layer} leaves no ViT block"
+        )));
     }
     if patch_size == 0 || image_size % patch_size != 0 || heads == 0 || width % heads != 0 {
         return Err(cfg_err(format!(
@@ -212,16 +253,27 @@ fn parse_vision(root: &Map<String, Value>) -> Result<SiglipVitConfig> {
     }
     if let Some(sel) = p.opt_str("select_feature")? {
         if !matches!(sel, "same" | "patch" | "cls_patch") {
-            return Err(cfg_err(format!("vision_config.params.select_feature: unknown value {sel:?}")));
+            return Err(cfg_err(format!(
+                "vision_config.params.select_feature: unknown value {sel:?}"
+            )));
         }
     }
-    Ok(SiglipVitConfig { image_size, patch_size, width, layers: layers as usize, heads, mlp_ratio })
+    Ok(SiglipVitConfig {
+        image_size,
+        patch_size,
+        width,
+        layers: layers as usize,
+        heads,
+        mlp_ratio,
+    })
 }
 
 fn parse_projector(root: &Map<String, Value>, name: &'static str) -> Result<ProjectorConfig> {
     let (cls, p) = section(root, name)?;
     if !cls.contains("MlpProjector") {
-        return Err(cfg_err(format!("{name}.cls: unsupported projector {cls:?} (expected MlpProjector)")));
+        return Err(cfg_err(format!(
+            "{name}.cls: unsupported projector {cls:?} (expected MlpProjector)"
+        )));
     }
     let kind = match p.opt_str("projector_type")?.unwrap_or("linear") {
         "identity" => ProjectorKind::Identity,
@@ -233,15 +285,25 @@ fn parse_projector(root: &Map<String, Value>, name: &'static str) -> Result<Proj
             }
             ProjectorKind::MlpGelu { depth }
         }
-        other => return Err(cfg_err(format!("{name}.params.projector_type: unknown projector type {other:?}"))),
+        other => {
+            return Err(cfg_err(format!(
+                "{name}.params.projector_type: unknown projector type {other:?}"
+            )))
+        }
     };
-    Ok(ProjectorConfig { kind, input_dim: p.usize("input_dim")?, n_embed: p.usize("n_embed")? })
+    Ok(ProjectorConfig {
+        kind,
+        input_dim: p.usize("input_dim")?,
+        n_embed: p.usize("n_embed")?,
+    })
 }
 
 fn parse_gen_vision(root: &Map<String, Value>) -> Result<VqConfig> {
     let (cls, p) = section(root, "gen_vision_config")?;
     if cls != "VQ-16" {
-        return Err(cfg_err(format!("gen_vision_config.cls: unknown VQ model {cls:?} (expected VQ-16)")));
+        return Err(cfg_err(format!(
+            "gen_vision_config.cls: unknown VQ model {cls:?} (expected VQ-16)"
+        )));
     }
     let mut cfg = VqConfig::vq16(
         p.opt_usize("image_token_size")?.unwrap_or(16384),
@@ -268,7 +330,9 @@ fn parse_gen_vision(root: &Map<String, Value>) -> Result<VqConfig> {
 fn parse_gen_head(root: &Map<String, Value>) -> Result<GenHeadConfig> {
     let (cls, p) = section(root, "gen_head_config")?;
     if cls != "vision_head" {
-        return Err(cfg_err(format!("gen_head_config.cls: unknown head {cls:?} (expected vision_head)")));
+        return Err(cfg_err(format!(
+            "gen_head_config.cls: unknown head {cls:?} (expected vision_head)"
+        )));
     }
     Ok(GenHeadConfig {
         n_embed: p.usize("n_embed")?,
@@ -284,23 +348,34 @@ fn parse_language(root: &Map<String, Value>) -> Result<LlamaConfig> {
         Some(Value::Object(m)) => m,
         Some(_) => return Err(cfg_err("language_config must be an object")),
     };
-    let s = Section { name: "language_config", map };
+    let s = Section {
+        name: "language_config",
+        map,
+    };
     if let Some(mt) = s.opt_str("model_type")? {
         if mt != "llama" {
-            return Err(cfg_err(format!("language_config.model_type: unsupported language model {mt:?} (expected llama)")));
+            return Err(cfg_err(format!(
+                "language_config.model_type: unsupported language model {mt:?} (expected llama)"
+            )));
         }
     }
     if let Some(act) = s.opt_str("hidden_act")? {
         if act != "silu" {
-            return Err(cfg_err(format!("language_config.hidden_act: unsupported activation {act:?} (expected silu)")));
+            return Err(cfg_err(format!(
+                "language_config.hidden_act: unsupported activation {act:?} (expected silu)"
+            )));
         }
     }
     if !matches!(map.get("rope_scaling"), None | Some(Value::Null)) {
-        return Err(cfg_err("language_config.rope_scaling: RoPE scaling is not supported"));
+        return Err(cfg_err(
+            "language_config.rope_scaling: RoPE scaling is not supported",
+        ));
     }
     for flag in ["attention_bias", "mlp_bias"] {
         if s.opt_bool(flag)? == Some(true) {
-            return Err(cfg_err(format!("language_config.{flag}: biased LLaMA projections are not supported")));
+            return Err(cfg_err(format!(
+                "language_config.{flag}: biased LLaMA projections are not supported"
+            )));
         }
     }
     let num_attention_heads = s.opt_usize("num_attention_heads")?.unwrap_or(32);
@@ -310,7 +385,9 @@ fn parse_language(root: &Map<String, Value>) -> Result<LlamaConfig> {
         intermediate_size: s.opt_usize("intermediate_size")?.unwrap_or(11008),
         num_hidden_layers: s.opt_usize("num_hidden_layers")?.unwrap_or(32),
         num_attention_heads,
-        num_key_value_heads: s.opt_usize("num_key_value_heads")?.unwrap_or(num_attention_heads),
+        num_key_value_heads: s
+            .opt_usize("num_key_value_heads")?
+            .unwrap_or(num_attention_heads),
         max_position_embeddings: s.opt_usize("max_position_embeddings")?.unwrap_or(2048),
         rms_norm_eps: s.opt_f64("rms_norm_eps")?.unwrap_or(1e-6),
         rope_theta: s.opt_f64("rope_theta")?.unwrap_or(10000.0),
@@ -340,11 +417,16 @@ impl JanusConfig {
     }
 
     pub fn from_json_str(text: &str) -> Result<Self> {
-        let value: Value = serde_json::from_str(text).map_err(|e| cfg_err(format!("invalid JSON: {e}")))?;
-        let root = value.as_object().ok_or_else(|| cfg_err("top level must be an object"))?;
+        let value: Value =
+            serde_json::from_str(text).map_err(|e| cfg_err(format!("invalid JSON: {e}")))?;
+        let root = value
+            .as_object()
+            .ok_or_else(|| cfg_err("top level must be an object"))?;
         if let Some(mt) = root.get("model_type").and_then(Value::as_str) {
             if mt != "multi_modality" {
-                return Err(cfg_err(format!("model_type: unsupported model type {mt:?} (expected multi_modality)")));
+                return Err(cfg_err(format!(
+                    "model_type: unsupported model type {mt:?} (expected multi_modality)"
+                )));
             }
         }
         let cfg = Self {
@@ -365,11 +447,17 @@ impl JanusConfig {
         let check = |ok: bool, msg: String| if ok { Ok(()) } else { Err(cfg_err(msg)) };
         check(
             self.aligner.input_dim == self.vision.width,
-            format!("aligner_config.params.input_dim {} != vision width {}", self.aligner.input_dim, self.vision.width),
+            format!(
+                "aligner_config.params.input_dim {} != vision width {}",
+                self.aligner.input_dim, self.vision.width
+            ),
         )?;
         check(
             self.aligner.n_embed == h,
-            format!("aligner_config.params.n_embed {} != language hidden_size {h}", self.aligner.n_embed),
+            format!(
+                "aligner_config.params.n_embed {} != language hidden_size {h}",
+                self.aligner.n_embed
+            ),
         )?;
         check(
             self.gen_aligner.input_dim == self.gen_vision.codebook_embed_dim,
@@ -380,11 +468,17 @@ impl JanusConfig {
         )?;
         check(
             self.gen_aligner.n_embed == h,
-            format!("gen_aligner_config.params.n_embed {} != language hidden_size {h}", self.gen_aligner.n_embed),
+            format!(
+                "gen_aligner_config.params.n_embed {} != language hidden_size {h}",
+                self.gen_aligner.n_embed
+            ),
         )?;
         check(
             self.gen_head.n_embed == h,
-            format!("gen_head_config.params.n_embed {} != language hidden_size {h}", self.gen_head.n_embed),
+            format!(
+                "gen_head_config.params.n_embed {} != language hidden_size {h}",
+                self.gen_head.n_embed
+            ),
         )?;
         check(
             self.gen_head.image_token_size == self.gen_vision.codebook_size,
@@ -419,21 +513,40 @@ impl Default for ProcessorConfig {
 impl ProcessorConfig {
     pub fn from_file(path: &Path) -> Result<Self> {
         let text = read_text(path, "processor config")?;
-        let value: Value = serde_json::from_str(&text)
-            .map_err(|e| JanusError::BadFile { path: path.into(), reason: format!("invalid JSON: {e}") })?;
-        let map = value
-            .as_object()
-            .ok_or_else(|| JanusError::BadFile { path: path.into(), reason: "top level must be an object".into() })?;
-        let s = Section { name: "processor_config", map };
+        let value: Value = serde_json::from_str(&text).map_err(|e| JanusError::BadFile {
+            path: path.into(),
+            reason: format!("invalid JSON: {e}"),
+        })?;
+        let map = value.as_object().ok_or_else(|| JanusError::BadFile {
+            path: path.into(),
+            reason: "top level must be an object".into(),
+        })?;
+        let s = Section {
+            name: "processor_config",
+            map,
+        };
         let d = Self::default();
         let cfg = Self {
-            image_tag: s.opt_str("image_tag")?.map(str::to_owned).unwrap_or(d.image_tag),
-            num_image_tokens: s.opt_usize("num_image_tokens")?.unwrap_or(d.num_image_tokens),
-            add_special_token: s.opt_bool("add_special_token")?.unwrap_or(d.add_special_token),
-            sft_format: s.opt_str("sft_format")?.map(str::to_owned).unwrap_or(d.sft_format),
+            image_tag: s
+                .opt_str("image_tag")?
+                .map(str::to_owned)
+                .unwrap_or(d.image_tag),
+            num_image_tokens: s
+                .opt_usize("num_image_tokens")?
+                .unwrap_or(d.num_image_tokens),
+            add_special_token: s
+                .opt_bool("add_special_token")?
+                .unwrap_or(d.add_special_token),
+            sft_format: s
+                .opt_str("sft_format")?
+                .map(str::to_owned)
+                .unwrap_or(d.sft_format),
         };
         if cfg.sft_format != "deepseek" {
-            return Err(cfg_err(format!("processor_config.sft_format: unsupported format {:?} (expected deepseek)", cfg.sft_format)));
+            return Err(cfg_err(format!(
+                "processor_config.sft_format: unsupported format {:?} (expected deepseek)",
+                cfg.sft_format
+            )));
         }
         Ok(cfg)
     }
@@ -441,7 +554,13 @@ impl ProcessorConfig {
 
 pub(crate) fn read_text(path: &Path, what: &str) -> Result<String> {
     if !path.exists() {
-        return Err(JanusError::MissingFile { what: what.into(), path: path.into() });
+        return Err(JanusError::MissingFile {
+            what: what.into(),
+            path: path.into(),
+        });
     }
-    std::fs::read_to_string(path).map_err(|e| JanusError::BadFile { path: path.into(), reason: e.to_string() })
+    std::fs::read_to_string(path).map_err(|e| JanusError::BadFile {
+        path: path.into(),
+        reason: e.to_string(),
+    })
 }

@@ -28,10 +28,25 @@ pub enum JanusError {
     Cancelled,
     /// An error from the tensor library.
     #[error(transparent)]
-    Candle(#[from] candle_core::Error),
+    Candle(candle_core::Error),
     /// An I/O error while writing outputs.
     #[error(transparent)]
     Io(#[from] std::io::Error),
 }
 
 pub type Result<T> = std::result::Result<T, JanusError>;
+
+/// Drops captured backtraces (candle records one when `RUST_BACKTRACE` is
+/// set), so messages stay one readable line.
+pub(crate) fn without_backtrace(e: candle_core::Error) -> candle_core::Error {
+    match e {
+        candle_core::Error::WithBacktrace { inner, .. } => without_backtrace(*inner),
+        other => other,
+    }
+}
+
+impl From<candle_core::Error> for JanusError {
+    fn from(e: candle_core::Error) -> Self {
+        JanusError::Candle(without_backtrace(e))
+    }
+}

@@ -416,9 +416,9 @@ fn to_rgb_like_pillow(img: &DynamicImage) -> RgbImage {
         }),
         DynamicImage::ImageLuma8(im) => from_fn(w, h, |x, y| [im.get_pixel(x, y).0[0]; 3]),
         DynamicImage::ImageLumaA8(im) => from_fn(w, h, |x, y| [im.get_pixel(x, y).0[0]; 3]),
-        DynamicImage::ImageLuma16(im) => from_fn(w, h, |x, y| {
-            [im.get_pixel(x, y).0[0].min(255) as u8; 3]
-        }),
+        DynamicImage::ImageLuma16(im) => {
+            from_fn(w, h, |x, y| [im.get_pixel(x, y).0[0].min(255) as u8; 3])
+        }
         DynamicImage::ImageLumaA16(im) => {
             from_fn(w, h, |x, y| [(im.get_pixel(x, y).0[0] >> 8) as u8; 3])
         }
@@ -444,7 +444,11 @@ fn expand_to_square(img: &RgbImage, background: [u8; 3]) -> RgbImage {
         return img.clone();
     }
     let side = w.max(h);
-    let (dx, dy) = if w > h { (0, (w - h) / 2) } else { ((h - w) / 2, 0) };
+    let (dx, dy) = if w > h {
+        (0, (w - h) / 2)
+    } else {
+        ((h - w) / 2, 0)
+    };
     let mut out = RgbImage::from_pixel(side, side, image::Rgb(background));
     for (x, y, p) in img.enumerate_pixels() {
         out.put_pixel(x + dx, y + dy, *p);

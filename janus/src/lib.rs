@@ -30,6 +30,8 @@ pub mod weights;
 pub use config::JanusConfig;
 pub use error::{JanusError, Result};
 pub use image_processor::ImageProcessor;
-pub use pipeline::{Answer, GenerateOptions, GeneratedImages, JanusPro, Progress, UnderstandOptions};
+pub use pipeline::{
+    Answer, GenerateOptions, GeneratedImages, JanusPro, Progress, UnderstandOptions,
+};
 pub use processor::Message;
 pub use sampling::SamplingParams;

@@ -7,10 +7,16 @@ use std::process::ExitCode;
 use candle_core::{DType, Device};
 use clap::{Args, Parser, Subcommand};
 use janus::processor::{load_conversation, Message};
-use janus::{GenerateOptions, ImageProcessor, JanusError, JanusPro, SamplingParams, UnderstandOptions};
+use janus::{
+    GenerateOptions, ImageProcessor, JanusError, JanusPro, SamplingParams, UnderstandOptions,
+};
 
 #[derive(Parser)]
-#[command(name = "janus", version, about = "Janus-Pro image understanding and generation, in Rust")]
+#[command(
+    name = "janus",
+    version,
+    about = "Janus-Pro image understanding and generation, in Rust"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -99,21 +105,37 @@ fn understand(args: UnderstandArgs) -> janus::Result<()> {
             let content = if question.contains("<image_placeholder>") {
                 question
             } else {
-                format!("{}{question}", "<image_placeholder>\n".repeat(args.image.len()))
+                format!(
+                    "{}{question}",
+                    "<image_placeholder>\n".repeat(args.image.len())
+                )
             };
-            (vec![Message::user(content), Message::assistant("")], args.image.clone())
+            (
+                vec![Message::user(content), Message::assistant("")],
+                args.image.clone(),
+            )
         }
     };
-    let images = image_paths.iter().map(|p| ImageProcessor::open(p)).collect::<janus::Result<Vec<_>>>()?;
+    let images = image_paths
+        .iter()
+        .map(|p| ImageProcessor::open(p))
+        .collect::<janus::Result<Vec<_>>>()?;
     let model = load(&args.model)?;
     let opts = UnderstandOptions {
         max_new_tokens: args.max_new_tokens,
-        sampling: SamplingParams { temperature: args.temperature, top_p: args.top_p, top_k: None },
+        sampling: SamplingParams {
+            temperature: args.temperature,
+            top_p: args.top_p,
+            top_k: None,
+        },
         seed: args.seed,
     };
     if args.json {
         let answer = model.understand(&conversation, &images, &opts)?;
-        println!("{}", serde_json::json!({"answer": answer.text, "token_ids": answer.token_ids}));
+        println!(
+            "{}",
+            serde_json::json!({"answer": answer.text, "token_ids": answer.token_ids})
+        );
         return Ok(());
     }
     // Stream: print whatever new text decodes completely after each token.
@@ -140,10 +162,14 @@ fn understand(args: UnderstandArgs) -> janus::Result<()> {
 /// Writes next to the target and renames, so no half-written PNG is ever left.
 fn save_png_atomically(img: &image::RgbImage, path: &Path) -> janus::Result<()> {
     let tmp = path.with_extension("png.partial");
-    img.save_with_format(&tmp, image::ImageFormat::Png).map_err(|e| {
-        let _ = std::fs::remove_file(&tmp);
-        JanusError::BadFile { path: path.into(), reason: format!("cannot write image: {e}") }
-    })?;
+    img.save_with_format(&tmp, image::ImageFormat::Png)
+        .map_err(|e| {
+            let _ = std::fs::remove_file(&tmp);
+            JanusError::BadFile {
+                path: path.into(),
+                reason: format!("cannot write image: {e}"),
+            }
+        })?;
     std::fs::rename(&tmp, path)?;
     Ok(())
 }
@@ -153,12 +179,18 @@ fn generate(args: GenerateArgs) -> janus::Result<()> {
     let opts = GenerateOptions {
         parallel_size: args.parallel_size,
         cfg_weight: args.cfg_weight,
-        sampling: SamplingParams { temperature: args.temperature, top_p: 1.0, top_k: None },
+        sampling: SamplingParams {
+            temperature: args.temperature,
+            top_p: 1.0,
+            top_k: None,
+        },
         seed: args.seed,
     };
     let generated = model.generate(&args.prompt, &opts)?;
-    std::fs::create_dir_all(&args.out)
-        .map_err(|e| JanusError::BadFile { path: args.out.clone(), reason: format!("cannot create output folder: {e}") })?;
+    std::fs::create_dir_all(&args.out).map_err(|e| JanusError::BadFile {
+        path: args.out.clone(),
+        reason: format!("cannot create output folder: {e}"),
+    })?;
     let mut paths = Vec::new();
     for (i, img) in generated.images.iter().enumerate() {
         let path = args.out.join(format!("{i}.png"));
@@ -167,7 +199,10 @@ fn generate(args: GenerateArgs) -> janus::Result<()> {
     }
     if args.json {
         let paths: Vec<String> = paths.iter().map(|p| p.display().to_string()).collect();
-        println!("{}", serde_json::json!({"images": paths, "image_tokens": generated.tokens}));
+        println!(
+            "{}",
+            serde_json::json!({"images": paths, "image_tokens": generated.tokens})
+        );
     } else {
         for p in &paths {
             println!("{}", p.display());

@@ -25,7 +25,15 @@ pub struct UnderstandOptions {
 impl Default for UnderstandOptions {
     /// Greedy, as the official inference script.
     fn default() -> Self {
-        Self { max_new_tokens: 512, sampling: SamplingParams { temperature: 0.0, top_p: 0.95, top_k: None }, seed: None }
+        Self {
+            max_new_tokens: 512,
+            sampling: SamplingParams {
+                temperature: 0.0,
+                top_p: 0.95,
+                top_k: None,
+            },
+            seed: None,
+        }
     }
 }
 
@@ -54,7 +62,11 @@ impl Default for GenerateOptions {
         Self {
             parallel_size: 1,
             cfg_weight: 5.0,
-            sampling: SamplingParams { temperature: 1.0, top_p: 1.0, top_k: None },
+            sampling: SamplingParams {
+                temperature: 1.0,
+                top_p: 1.0,
+                top_k: None,
+            },
             seed: None,
         }
     }
@@ -92,7 +104,7 @@ pub struct JanusPro {
 }
 
 fn weights_err(e: candle_core::Error) -> JanusError {
-    JanusError::Weights(e.to_string())
+    JanusError::Weights(crate::error::without_backtrace(e).to_string())
 }
 
 impl JanusPro {
@@ -100,11 +112,18 @@ impl JanusPro {
     /// `tokenizer.json`, processor configs and weights) computing in `dtype`.
     pub fn load(dir: &Path, device: &Device, dtype: DType) -> Result<Self> {
         if !dir.is_dir() {
-            return Err(JanusError::MissingFile { what: "model folder".into(), path: dir.into() });
+            return Err(JanusError::MissingFile {
+                what: "model folder".into(),
+                path: dir.into(),
+            });
         }
         let config = JanusConfig::from_file(&dir.join("config.json"))?;
         let proc_path = dir.join("processor_config.json");
-        let proc_cfg = if proc_path.exists() { ProcessorConfig::from_file(&proc_path)? } else { ProcessorConfig::default() };
+        let proc_cfg = if proc_path.exists() {
+            ProcessorConfig::from_file(&proc_path)?
+        } else {
+            ProcessorConfig::default()
+        };
         let image_cfg = ImageProcessorConfig::from_file(&dir.join("preprocessor_config.json"))?;
         if image_cfg.image_size != config.vision.image_size {
             return Err(JanusError::Config(format!(
@@ -115,7 +134,13 @@ impl JanusPro {
         let processor = JanusProcessor::from_files(&dir.join("tokenizer.json"), proc_cfg)?;
         let vb = Checkpoint::open(dir)?.into_var_builder(dtype, device);
         let model = JanusModel::load(vb, &config).map_err(weights_err)?;
-        let this = Self { model, processor, image_processor: ImageProcessor::new(image_cfg), device: device.clone(), dtype };
+        let this = Self {
+            model,
+            processor,
+            image_processor: ImageProcessor::new(image_cfg),
+            device: device.clone(),
+            dtype,
+        };
         this.image_grid()?;
         Ok(this)
     }
@@ -136,8 +161,14 @@ impl JanusPro {
 
     /// Prompt ids and input embeddings [1, T, hidden] of a conversation,
     /// image embeddings spliced in at the placeholder positions in order.
-    pub fn understanding_inputs(&self, conversation: &[Message], images: &[DynamicImage]) -> Result<(Vec<u32>, Tensor)> {
-        let ids = self.processor.understanding_ids(conversation, images.len())?;
+    pub fn understanding_inputs(
+        &self,
+        conversation: &[Message],
+        images: &[DynamicImage],
+    ) -> Result<(Vec<u32>, Tensor)> {
+        let ids = self
+            .processor
+            .understanding_ids(conversation, images.len())?;
         let max_pos = self.model.config.language.max_position_embeddings;
         if ids.len() >= max_pos {
             return Err(JanusError::Input(format!(
@@ -150,7 +181,10 @@ impl JanusPro {
         if images.is_empty() {
             return Ok((ids, text.unsqueeze(0)?));
         }
-        let pixels = self.image_processor.preprocess(images, &self.device)?.to_dtype(self.dtype)?;
+        let pixels = self
+            .image_processor
+            .preprocess(images, &self.device)?
+            .to_dtype(self.dtype)?;
         let img = self.model.encode_images(&pixels)?;
         let (n, per, d) = img.dims3()?;
         let img = img.reshape((n * per, d))?;
@@ -175,7 +209,12 @@ impl JanusPro {
     }
 
     /// Answers a conversation whose last turn is an empty assistant turn.
-    pub fn understand(&self, conversation: &[Message], images: &[DynamicImage], opts: &UnderstandOptions) -> Result<Answer> {
+    pub fn understand(
+        &self,
+        conversation: &[Message],
+        images: &[DynamicImage],
+        opts: &UnderstandOptions,
+    ) -> Result<Answer> {
         self.understand_with(conversation, images, opts, &mut |_, _| Ok(()))
     }
 
@@ -200,7 +239,13 @@ impl JanusPro {
             let logits = lm.lm_logits(&last)?;
             let next = sampler.sample_rows(&logits)?[0];
             ids.push(next);
-            on_token(next, Progress { step: step + 1, total: opts.max_new_tokens })?;
+            on_token(
+                next,
+                Progress {
+                    step: step + 1,
+                    total: opts.max_new_tokens,
+                },
+            )?;
             if next == self.processor.special.eos || cache.len() + 1 > max_pos {
                 break;
             }
@@ -209,7 +254,10 @@ impl JanusPro {
                 hidden = lm.forward_embeds(&e, &mut cache)?;
             }
         }
-        Ok(Answer { text: self.processor.decode(&ids)?, token_ids: ids })
+        Ok(Answer {
+            text: self.processor.decode(&ids)?,
+            token_ids: ids,
+        })
     }
 
     // ---------------------------------------------------------------- generation
@@ -219,7 +267,9 @@ impl JanusPro {
         let n = self.processor.config.num_image_tokens;
         let side = (n as f64).sqrt().round() as usize;
         if side * side != n || n == 0 {
-            return Err(JanusError::Config(format!("processor_config num_image_tokens {n} is not a square grid")));
+            return Err(JanusError::Config(format!(
+                "processor_config num_image_tokens {n} is not a square grid"
+            )));
         }
         Ok((n, side))
     }
@@ -229,7 +279,9 @@ impl JanusPro {
         if prompt.trim().is_empty() {
             return Err(JanusError::Input("the prompt is empty".into()));
         }
-        let ids = self.processor.encode(&self.processor.generation_prompt(prompt))?;
+        let ids = self
+            .processor
+            .encode(&self.processor.generation_prompt(prompt))?;
         let (tokens, _) = self.image_grid()?;
         let max_pos = self.model.config.language.max_position_embeddings;
         if ids.len() + tokens > max_pos {
@@ -250,8 +302,9 @@ impl JanusPro {
         if len > 2 {
             uncond[1..len - 1].fill(self.processor.special.pad);
         }
-        let rows: Vec<u32> =
-            (0..parallel_size).flat_map(|_| ids.iter().copied().chain(uncond.iter().copied())).collect();
+        let rows: Vec<u32> = (0..parallel_size)
+            .flat_map(|_| ids.iter().copied().chain(uncond.iter().copied()))
+            .collect();
         let tokens = Tensor::from_vec(rows, (2 * parallel_size, len), &self.device)?;
         Ok(self.model.language.embed(&tokens)?)
     }
@@ -265,7 +318,11 @@ impl JanusPro {
         let cond = pairs.i((.., 0, ..))?;
         let uncond = pairs.i((.., 1, ..))?;
         let mixed = (&uncond + ((&cond - &uncond)? * cfg_weight)?)?;
-        Ok(CfgLogits { cond, uncond, mixed })
+        Ok(CfgLogits {
+            cond,
+            uncond,
+            mixed,
+        })
     }
 
     /// Text-to-image: `parallel_size` images for one prompt.
@@ -310,7 +367,10 @@ impl JanusPro {
             for (row, &code) in out.iter_mut().zip(&next) {
                 row.push(code);
             }
-            on_step(Progress { step: step + 1, total: n_tokens })?;
+            on_step(Progress {
+                step: step + 1,
+                total: n_tokens,
+            })?;
             if step + 1 < n_tokens {
                 // Both CFG rows of an image continue with the same code.
                 let pairs: Vec<u32> = next.iter().flat_map(|&c| [c, c]).collect();
@@ -328,7 +388,10 @@ impl JanusPro {
             return Ok(vec![]);
         }
         if let Some(bad) = tokens.iter().find(|r| r.len() != n_tokens) {
-            return Err(JanusError::Input(format!("expected {n_tokens} codes per image, got {}", bad.len())));
+            return Err(JanusError::Input(format!(
+                "expected {n_tokens} codes per image, got {}",
+                bad.len()
+            )));
         }
         let flat: Vec<u32> = tokens.iter().flatten().copied().collect();
         let codes = Tensor::from_vec(flat, (tokens.len(), n_tokens), &self.device)?;

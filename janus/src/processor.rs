@@ -33,11 +33,19 @@ pub struct Message {
 
 impl Message {
     pub fn user(content: impl Into<String>) -> Self {
-        Self { role: USER_ROLE.into(), content: content.into(), images: vec![] }
+        Self {
+            role: USER_ROLE.into(),
+            content: content.into(),
+            images: vec![],
+        }
     }
 
     pub fn assistant(content: impl Into<String>) -> Self {
-        Self { role: ASSISTANT_ROLE.into(), content: content.into(), images: vec![] }
+        Self {
+            role: ASSISTANT_ROLE.into(),
+            content: content.into(),
+            images: vec![],
+        }
     }
 }
 
@@ -45,10 +53,13 @@ impl Message {
 /// paths are taken relative to the file.
 pub fn load_conversation(path: &Path) -> Result<Vec<Message>> {
     let text = crate::config::read_text(path, "conversation file")?;
-    let mut messages: Vec<Message> = serde_json::from_str(&text).map_err(|e| JanusError::BadFile {
-        path: path.into(),
-        reason: format!("expected a list of {{\"role\", \"content\", \"images\"?}} objects: {e}"),
-    })?;
+    let mut messages: Vec<Message> =
+        serde_json::from_str(&text).map_err(|e| JanusError::BadFile {
+            path: path.into(),
+            reason: format!(
+                "expected a list of {{\"role\", \"content\", \"images\"?}} objects: {e}"
+            ),
+        })?;
     let dir = path.parent().unwrap_or(Path::new("."));
     for m in &mut messages {
         for img in &mut m.images {
@@ -80,15 +91,22 @@ pub struct JanusProcessor {
 impl JanusProcessor {
     pub fn from_files(tokenizer_json: &Path, config: ProcessorConfig) -> Result<Self> {
         if !tokenizer_json.exists() {
-            return Err(JanusError::MissingFile { what: "tokenizer".into(), path: tokenizer_json.into() });
-        }
-        let tokenizer = Tokenizer::from_file(tokenizer_json)
-            .map_err(|e| JanusError::BadFile { path: tokenizer_json.into(), reason: e.to_string() })?;
-        let id = |tok: &str| {
-            tokenizer.token_to_id(tok).ok_or_else(|| JanusError::BadFile {
+            return Err(JanusError::MissingFile {
+                what: "tokenizer".into(),
                 path: tokenizer_json.into(),
-                reason: format!("the tokenizer has no {tok} token"),
-            })
+            });
+        }
+        let tokenizer = Tokenizer::from_file(tokenizer_json).map_err(|e| JanusError::BadFile {
+            path: tokenizer_json.into(),
+            reason: e.to_string(),
+        })?;
+        let id = |tok: &str| {
+            tokenizer
+                .token_to_id(tok)
+                .ok_or_else(|| JanusError::BadFile {
+                    path: tokenizer_json.into(),
+                    reason: format!("the tokenizer has no {tok} token"),
+                })
         };
         let special = SpecialTokens {
             bos: id(BOS)?,
@@ -98,7 +116,11 @@ impl JanusProcessor {
             image_start: id(IMAGE_START)?,
             image_end: id(IMAGE_END)?,
         };
-        Ok(Self { tokenizer, config, special })
+        Ok(Self {
+            tokenizer,
+            config,
+            special,
+        })
     }
 
     /// The `deepseek` template: `role: content` turns separated by "\n\n"
@@ -106,7 +128,11 @@ impl JanusProcessor {
     /// leaves `role:` open for the model to continue.
     pub fn sft_prompt(&self, conversation: &[Message], system_prompt: &str) -> String {
         let seps = ["\n\n", EOS];
-        let mut out = if system_prompt.is_empty() { String::new() } else { format!("{system_prompt}{}", seps[0]) };
+        let mut out = if system_prompt.is_empty() {
+            String::new()
+        } else {
+            format!("{system_prompt}{}", seps[0])
+        };
         for (i, m) in conversation.iter().enumerate() {
             let content = m.content.trim();
             if content.is_empty() {
@@ -121,13 +147,18 @@ impl JanusProcessor {
 
     /// Tokenises with the tokenizer's template (BOS first).
     pub fn encode(&self, text: &str) -> Result<Vec<u32>> {
-        let enc = self.tokenizer.encode(text, true).map_err(|e| JanusError::Input(format!("tokenizer: {e}")))?;
+        let enc = self
+            .tokenizer
+            .encode(text, true)
+            .map_err(|e| JanusError::Input(format!("tokenizer: {e}")))?;
         Ok(enc.get_ids().to_vec())
     }
 
     /// Decodes generated ids, dropping special tokens as the official demo does.
     pub fn decode(&self, ids: &[u32]) -> Result<String> {
-        self.tokenizer.decode(ids, true).map_err(|e| JanusError::Input(format!("tokenizer: {e}")))
+        self.tokenizer
+            .decode(ids, true)
+            .map_err(|e| JanusError::Input(format!("tokenizer: {e}")))
     }
 
     /// Replaces each `<image_placeholder>` id by `<begin_of_image>`,
@@ -155,7 +186,11 @@ impl JanusProcessor {
 
     /// Prompt ids of an understanding conversation, with the default system
     /// prompt, checked against the number of images supplied.
-    pub fn understanding_ids(&self, conversation: &[Message], num_images: usize) -> Result<Vec<u32>> {
+    pub fn understanding_ids(
+        &self,
+        conversation: &[Message],
+        num_images: usize,
+    ) -> Result<Vec<u32>> {
         let prompt = self.sft_prompt(conversation, DEFAULT_SYSTEM_PROMPT);
         let (ids, placeholders) = self.expand_image_tokens(&self.encode(&prompt)?);
         if placeholders != num_images {

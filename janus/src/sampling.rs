@@ -19,7 +19,11 @@ pub struct SamplingParams {
 
 impl SamplingParams {
     pub fn greedy() -> Self {
-        Self { temperature: 0.0, top_p: 1.0, top_k: None }
+        Self {
+            temperature: 0.0,
+            top_p: 1.0,
+            top_k: None,
+        }
     }
 }
 
@@ -69,8 +73,11 @@ impl Sampler {
         }
         let t = self.params.temperature;
         let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-        let mut probs: Vec<(u32, f64)> =
-            logits.iter().enumerate().map(|(i, &l)| (i as u32, ((l - max) as f64 / t).exp())).collect();
+        let mut probs: Vec<(u32, f64)> = logits
+            .iter()
+            .enumerate()
+            .map(|(i, &l)| (i as u32, ((l - max) as f64 / t).exp()))
+            .collect();
         let filter = self.params.top_k.is_some() || self.params.top_p < 1.0;
         if filter {
             probs.sort_by(|a, b| b.1.total_cmp(&a.1));

@@ -12,11 +12,14 @@ use candle_core::{DType, Device, Shape, Tensor};
 use candle_nn::var_builder::SimpleBackend;
 use candle_nn::VarBuilder;
 
-use crate::error::{JanusError, Result};
+use crate::error::{without_backtrace, JanusError, Result};
 
 enum Store {
     Safetensors(candle_core::safetensors::MmapedSafetensors),
-    Pickle { shards: Vec<candle_core::pickle::PthTensors>, route: HashMap<String, usize> },
+    Pickle {
+        shards: Vec<candle_core::pickle::PthTensors>,
+        route: HashMap<String, usize>,
+    },
 }
 
 /// The weights of one model folder.
@@ -26,13 +29,17 @@ pub struct Checkpoint {
 }
 
 fn bad(path: &Path, reason: impl std::fmt::Display) -> JanusError {
-    JanusError::BadFile { path: path.into(), reason: reason.to_string() }
+    JanusError::BadFile {
+        path: path.into(),
+        reason: reason.to_string(),
+    }
 }
 
 /// Shard file names of a `*.index.json`, in first-seen order.
 fn index_shards(index: &Path) -> Result<Vec<PathBuf>> {
     let text = std::fs::read_to_string(index).map_err(|e| bad(index, e))?;
-    let value: serde_json::Value = serde_json::from_str(&text).map_err(|e| bad(index, format!("invalid JSON: {e}")))?;
+    let value: serde_json::Value =
+        serde_json::from_str(&text).map_err(|e| bad(index, format!("invalid JSON: {e}")))?;
     let map = value
         .get("weight_map")
         .and_then(|m| m.as_object())
@@ -41,14 +48,19 @@ fn index_shards(index: &Path) -> Result<Vec<PathBuf>> {
     let mut seen = BTreeSet::new();
     let mut files = vec![];
     for file in map.values() {
-        let file = file.as_str().ok_or_else(|| bad(index, "weight_map values must be file names"))?;
+        let file = file
+            .as_str()
+            .ok_or_else(|| bad(index, "weight_map values must be file names"))?;
         if seen.insert(file.to_owned()) {
             files.push(dir.join(file));
         }
     }
     for f in &files {
         if !f.exists() {
-            return Err(JanusError::MissingFile { what: "weight shard".into(), path: f.clone() });
+            return Err(JanusError::MissingFile {
+                what: "weight shard".into(),
+                path: f.clone(),
+            });
         }
     }
     Ok(files)
@@ -83,25 +95,33 @@ impl Checkpoint {
         // Validate each file on its own first, so an error names the bad file.
         for f in &files {
             // SAFETY: the file is only read; modifying it while mapped is the caller's problem, as with any mmap.
-            unsafe { candle_core::safetensors::MmapedSafetensors::new(f) }.map_err(|e| bad(f, e))?;
+            unsafe { candle_core::safetensors::MmapedSafetensors::new(f) }
+                .map_err(|e| bad(f, without_backtrace(e)))?;
         }
         // SAFETY: as above.
         let st = unsafe { candle_core::safetensors::MmapedSafetensors::multi(&files) }
-            .map_err(|e| bad(&files[0], e))?;
-        Ok(Self { store: Store::Safetensors(st), files })
+            .map_err(|e| bad(&files[0], without_backtrace(e)))?;
+        Ok(Self {
+            store: Store::Safetensors(st),
+            files,
+        })
     }
 
     fn open_pickles(files: Vec<PathBuf>) -> Result<Self> {
         let mut shards = Vec::with_capacity(files.len());
         let mut route = HashMap::new();
         for (i, f) in files.iter().enumerate() {
-            let shard = candle_core::pickle::PthTensors::new(f, None).map_err(|e| bad(f, e))?;
+            let shard = candle_core::pickle::PthTensors::new(f, None)
+                .map_err(|e| bad(f, without_backtrace(e)))?;
             for name in shard.tensor_infos().keys() {
                 route.insert(name.clone(), i);
             }
             shards.push(shard);
         }
-        Ok(Self { store: Store::Pickle { shards, route }, files })
+        Ok(Self {
+            store: Store::Pickle { shards, route },
+            files,
+        })
     }
 
     /// The weight files in use.
@@ -121,9 +141,10 @@ impl Checkpoint {
     pub fn shape_of(&self, name: &str) -> Option<Vec<usize>> {
         match &self.store {
             Store::Safetensors(st) => st.get(name).ok().map(|v| v.shape().to_vec()),
-            Store::Pickle { shards, route } => {
-                route.get(name).and_then(|&i| shards[i].tensor_infos().get(name)).map(|info| info.layout.dims().to_vec())
-            }
+            Store::Pickle { shards, route } => route
+                .get(name)
+                .and_then(|&i| shards[i].tensor_infos().get(name))
+                .map(|info| info.layout.dims().to_vec()),
         }
     }
 
@@ -147,11 +168,21 @@ impl Checkpoint {
 }
 
 impl SimpleBackend for Checkpoint {
-    fn get(&self, s: Shape, name: &str, _: candle_nn::Init, dtype: DType, dev: &Device) -> candle_core::Result<Tensor> {
+    fn get(
+        &self,
+        s: Shape,
+        name: &str,
+        _: candle_nn::Init,
+        dtype: DType,
+        dev: &Device,
+    ) -> candle_core::Result<Tensor> {
         match self.shape_of(name) {
             None => candle_core::bail!("tensor {name} is missing from the checkpoint"),
             Some(stored) if stored.as_slice() != s.dims() => {
-                candle_core::bail!("tensor {name} has shape {stored:?} in the checkpoint, the model expects {:?}", s.dims())
+                candle_core::bail!(
+                    "tensor {name} has shape {stored:?} in the checkpoint, the model expects {:?}",
+                    s.dims()
+                )
             }
             Some(_) => self.load(name, dev)?.to_dtype(dtype),
         }
@@ -183,7 +214,14 @@ impl ShapeRecorder {
 }
 
 impl SimpleBackend for ShapeRecorder {
-    fn get(&self, s: Shape, name: &str, _: candle_nn::Init, dtype: DType, dev: &Device) -> candle_core::Result<Tensor> {
+    fn get(
+        &self,
+        s: Shape,
+        name: &str,
+        _: candle_nn::Init,
+        dtype: DType,
+        dev: &Device,
+    ) -> candle_core::Result<Tensor> {
         if let Ok(mut r) = self.requested.lock() {
             r.push((name.to_owned(), s.dims().to_vec()));
         }

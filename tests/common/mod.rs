@@ -7,7 +7,10 @@ use std::path::PathBuf;
 use candle_core::{DType, Device, Tensor};
 
 pub fn fixture_dir() -> PathBuf {
-    PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../tests/fixtures/tiny"))
+    PathBuf::from(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../tests/fixtures/tiny"
+    ))
 }
 
 /// The two copies of the tiny model: bf16 safetensors, and sharded bf16 pickles.
@@ -16,7 +19,8 @@ pub fn model_dirs() -> [PathBuf; 2] {
 }
 
 pub fn expected() -> HashMap<String, Tensor> {
-    candle_core::safetensors::load(fixture_dir().join("expected.safetensors"), &Device::Cpu).expect("expected.safetensors")
+    candle_core::safetensors::load(fixture_dir().join("expected.safetensors"), &Device::Cpu)
+        .expect("expected.safetensors")
 }
 
 pub fn expected_json() -> serde_json::Value {
@@ -27,8 +31,20 @@ pub fn expected_json() -> serde_json::Value {
 /// ||a - b|| / ||b|| over all elements, in f64.
 pub fn rel_l2(a: &Tensor, b: &Tensor) -> f64 {
     assert_eq!(a.dims(), b.dims(), "shapes differ");
-    let a: Vec<f64> = a.to_dtype(DType::F64).unwrap().flatten_all().unwrap().to_vec1().unwrap();
-    let b: Vec<f64> = b.to_dtype(DType::F64).unwrap().flatten_all().unwrap().to_vec1().unwrap();
+    let a: Vec<f64> = a
+        .to_dtype(DType::F64)
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .to_vec1()
+        .unwrap();
+    let b: Vec<f64> = b
+        .to_dtype(DType::F64)
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .to_vec1()
+        .unwrap();
     let num: f64 = a.iter().zip(&b).map(|(x, y)| (x - y).powi(2)).sum();
     let den: f64 = b.iter().map(|y| y * y).sum();
     (num / den).sqrt()
@@ -40,5 +56,13 @@ pub fn assert_close(what: &str, got: &Tensor, want: &Tensor, tol: f64) {
 }
 
 pub fn ids(t: &Tensor) -> Vec<u32> {
-    t.to_dtype(DType::I64).unwrap().flatten_all().unwrap().to_vec1::<i64>().unwrap().into_iter().map(|x| x as u32).collect()
+    t.to_dtype(DType::I64)
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .to_vec1::<i64>()
+        .unwrap()
+        .into_iter()
+        .map(|x| x as u32)
+        .collect()
 }

@@ -1,5 +1,7 @@
 use candle_core::{Module, Result, Tensor};
-use candle_nn::{layer_norm, linear, Conv2d, Conv2dConfig, LayerNorm, LayerNormConfig, Linear, VarBuilder};
+use candle_nn::{
+    layer_norm, linear, Conv2d, Conv2dConfig, LayerNorm, LayerNormConfig, Linear, VarBuilder,
+};
 
 /// Sizes of a SigLIP ViT. `layers` is the number of blocks actually built,
 /// i.e. after the reference's `select_layer` truncation.
@@ -16,7 +18,14 @@ pub struct SiglipVitConfig {
 impl SiglipVitConfig {
     /// `siglip_large_patch16_384`, the encoder of Janus-Pro 1B and 7B.
     pub fn siglip_large_patch16_384() -> Self {
-        Self { image_size: 384, patch_size: 16, width: 1024, layers: 24, heads: 16, mlp_ratio: 4.0 }
+        Self {
+            image_size: 384,
+            patch_size: 16,
+            width: 1024,
+            layers: 24,
+            heads: 16,
+            mlp_ratio: 4.0,
+        }
     }
 
     pub fn num_patches(&self) -> usize {
@@ -32,7 +41,14 @@ impl SiglipVitConfig {
 const LN_EPS: f64 = 1e-6;
 
 fn ln(size: usize, vb: VarBuilder) -> Result<LayerNorm> {
-    layer_norm(size, LayerNormConfig { eps: LN_EPS, ..Default::default() }, vb)
+    layer_norm(
+        size,
+        LayerNormConfig {
+            eps: LN_EPS,
+            ..Default::default()
+        },
+        vb,
+    )
 }
 
 struct Attention {
@@ -57,7 +73,11 @@ impl Attention {
         let (b, n, c) = x.dims3()?;
         let head_dim = c / self.heads;
         // [b, n, 3c] -> [3, b, heads, n, head_dim]
-        let qkv = self.qkv.forward(x)?.reshape((b, n, 3, self.heads, head_dim))?.permute((2, 0, 3, 1, 4))?;
+        let qkv = self
+            .qkv
+            .forward(x)?
+            .reshape((b, n, 3, self.heads, head_dim))?
+            .permute((2, 0, 3, 1, 4))?;
         let q = (qkv.get(0)?.contiguous()? * self.scale)?;
         let k = qkv.get(1)?.contiguous()?;
         let v = qkv.get(2)?.contiguous()?;
@@ -75,7 +95,10 @@ struct Mlp {
 impl Mlp {
     fn load(vb: VarBuilder, cfg: &SiglipVitConfig) -> Result<Self> {
         let hidden = cfg.mlp_hidden();
-        Ok(Self { fc1: linear(cfg.width, hidden, vb.pp("fc1"))?, fc2: linear(hidden, cfg.width, vb.pp("fc2"))? })
+        Ok(Self {
+            fc1: linear(cfg.width, hidden, vb.pp("fc1"))?,
+            fc2: linear(hidden, cfg.width, vb.pp("fc2"))?,
+        })
     }
 
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
@@ -119,15 +142,29 @@ pub struct SiglipVit {
 impl SiglipVit {
     /// Loads from the `vision_model.vision_tower` prefix of a Janus checkpoint.
     pub fn load(vb: VarBuilder, cfg: &SiglipVitConfig) -> Result<Self> {
-        let conv_cfg = Conv2dConfig { stride: cfg.patch_size, ..Default::default() };
-        let patch_embed =
-            candle_nn::conv2d(3, cfg.width, cfg.patch_size, conv_cfg, vb.pp("patch_embed.proj"))?;
+        let conv_cfg = Conv2dConfig {
+            stride: cfg.patch_size,
+            ..Default::default()
+        };
+        let patch_embed = candle_nn::conv2d(
+            3,
+            cfg.width,
+            cfg.patch_size,
+            conv_cfg,
+            vb.pp("patch_embed.proj"),
+        )?;
         let pos_embed = vb.get((1, cfg.num_patches(), cfg.width), "pos_embed")?;
         let blocks = (0..cfg.layers)
             .map(|i| Block::load(vb.pp(format!("blocks.{i}")), cfg))
             .collect::<Result<Vec<_>>>()?;
         let norm = ln(cfg.width, vb.pp("norm"))?;
-        Ok(Self { patch_embed, pos_embed, blocks, norm, cfg: cfg.clone() })
+        Ok(Self {
+            patch_embed,
+            pos_embed,
+            blocks,
+            norm,
+            cfg: cfg.clone(),
+        })
     }
 
     pub fn config(&self) -> &SiglipVitConfig {
@@ -145,7 +182,11 @@ impl SiglipVit {
             )
         }
         // [n, width, gh, gw] -> [n, gh*gw, width]
-        let x = self.patch_embed.forward(pixel_values)?.flatten_from(2)?.transpose(1, 2)?;
+        let x = self
+            .patch_embed
+            .forward(pixel_values)?
+            .flatten_from(2)?
+            .transpose(1, 2)?;
         let mut x = x.broadcast_add(&self.pos_embed)?;
         for block in &self.blocks {
             x = block.forward(&x)?;
@@ -153,4 +194,3 @@ impl SiglipVit {
         self.norm.forward(&x)
     }
 }
-

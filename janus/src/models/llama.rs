@@ -17,15 +17,20 @@ impl Rotary {
     fn new(cfg: &LlamaConfig, dtype: DType, dev: &Device) -> Result<Self> {
         let dim = cfg.head_dim();
         // As transformers: inv_freq = 1 / theta^(2i/d) in f32, angles = pos * inv_freq.
-        let inv_freq: Vec<f32> =
-            (0..dim).step_by(2).map(|i| 1f32 / (cfg.rope_theta as f32).powf(i as f32 / dim as f32)).collect();
+        let inv_freq: Vec<f32> = (0..dim)
+            .step_by(2)
+            .map(|i| 1f32 / (cfg.rope_theta as f32).powf(i as f32 / dim as f32))
+            .collect();
         let n = inv_freq.len();
         let inv_freq = Tensor::from_vec(inv_freq, (1, n), dev)?;
         let pos = Tensor::arange(0u32, cfg.max_position_embeddings as u32, dev)?
             .to_dtype(DType::F32)?
             .reshape((cfg.max_position_embeddings, 1))?;
         let angles = pos.matmul(&inv_freq)?;
-        Ok(Self { cos: angles.cos()?.to_dtype(dtype)?, sin: angles.sin()?.to_dtype(dtype)? })
+        Ok(Self {
+            cos: angles.cos()?.to_dtype(dtype)?,
+            sin: angles.sin()?.to_dtype(dtype)?,
+        })
     }
 
     /// Rotates `q`/`k` of shape [b, heads, t, head_dim] starting at `offset`.
@@ -62,11 +67,19 @@ impl Attention {
         })
     }
 
-    fn forward(&self, x: &Tensor, rotary: &Rotary, cache: &mut LayerCache, mask: Option<&Tensor>) -> Result<Tensor> {
+    fn forward(
+        &self,
+        x: &Tensor,
+        rotary: &Rotary,
+        cache: &mut LayerCache,
+        mask: Option<&Tensor>,
+    ) -> Result<Tensor> {
         let (b, t, _) = x.dims3()?;
         let offset = cache.len();
         let split = |p: &Linear, heads: usize| -> Result<Tensor> {
-            p.forward(x)?.reshape((b, t, heads, self.head_dim))?.transpose(1, 2)
+            p.forward(x)?
+                .reshape((b, t, heads, self.head_dim))?
+                .transpose(1, 2)
         };
         let q = rotary.apply(&split(&self.q_proj, self.heads)?, offset)?;
         let k = rotary.apply(&split(&self.k_proj, self.kv_heads)?, offset)?;
@@ -80,7 +93,10 @@ impl Attention {
             scores = scores.broadcast_add(mask)?;
         }
         let probs = candle_nn::ops::softmax_last_dim(&scores)?;
-        let out = probs.matmul(&v)?.transpose(1, 2)?.reshape((b, t, self.heads * self.head_dim))?;
+        let out = probs
+            .matmul(&v)?
+            .transpose(1, 2)?
+            .reshape((b, t, self.heads * self.head_dim))?;
         self.o_proj.forward(&out)
     }
 }
@@ -91,7 +107,9 @@ fn repeat_kv(x: &Tensor, n_rep: usize) -> Result<Tensor> {
         return Ok(x.clone());
     }
     let (b, kvh, t, d) = x.dims4()?;
-    x.unsqueeze(2)?.expand((b, kvh, n_rep, t, d))?.reshape((b, kvh * n_rep, t, d))
+    x.unsqueeze(2)?
+        .expand((b, kvh, n_rep, t, d))?
+        .reshape((b, kvh * n_rep, t, d))
 }
 
 struct Mlp {
@@ -128,14 +146,31 @@ impl DecoderLayer {
         Ok(Self {
             input_layernorm: rms_norm(cfg.hidden_size, cfg.rms_norm_eps, vb.pp("input_layernorm"))?,
             self_attn: Attention::load(vb.pp("self_attn"), cfg)?,
-            post_attention_layernorm: rms_norm(cfg.hidden_size, cfg.rms_norm_eps, vb.pp("post_attention_layernorm"))?,
+            post_attention_layernorm: rms_norm(
+                cfg.hidden_size,
+                cfg.rms_norm_eps,
+                vb.pp("post_attention_layernorm"),
+            )?,
             mlp: Mlp::load(vb.pp("mlp"), cfg)?,
         })
     }
 
-    fn forward(&self, x: &Tensor, rotary: &Rotary, cache: &mut LayerCache, mask: Option<&Tensor>) -> Result<Tensor> {
-        let h = (x + self.self_attn.forward(&self.input_layernorm.forward(x)?, rotary, cache, mask)?)?;
-        &h + self.mlp.forward(&self.post_attention_layernorm.forward(&h)?)?
+    fn forward(
+        &self,
+        x: &Tensor,
+        rotary: &Rotary,
+        cache: &mut LayerCache,
+        mask: Option<&Tensor>,
+    ) -> Result<Tensor> {
+        let h = (x + self.self_attn.forward(
+            &self.input_layernorm.forward(x)?,
+            rotary,
+            cache,
+            mask,
+        )?)?;
+        &h + self
+            .mlp
+            .forward(&self.post_attention_layernorm.forward(&h)?)?
     }
 }
 
@@ -202,7 +237,14 @@ impl Llama {
             linear_no_bias(cfg.hidden_size, cfg.vocab_size, vb.pp("lm_head"))?
         };
         let rotary = Rotary::new(cfg, vb.dtype(), vb.device())?;
-        Ok(Self { embed_tokens, layers, norm, lm_head, rotary, cfg: cfg.clone() })
+        Ok(Self {
+            embed_tokens,
+            layers,
+            norm,
+            lm_head,
+            rotary,
+            cfg: cfg.clone(),
+        })
     }
 
     pub fn config(&self) -> &LlamaConfig {
@@ -210,7 +252,9 @@ impl Llama {
     }
 
     pub fn new_cache(&self) -> KvCache {
-        KvCache { layers: vec![LayerCache::default(); self.layers.len()] }
+        KvCache {
+            layers: vec![LayerCache::default(); self.layers.len()],
+        }
     }
 
     /// Token embeddings, `ids` [b, t] -> [b, t, hidden].
@@ -230,7 +274,11 @@ impl Llama {
                 self.cfg.max_position_embeddings
             )
         }
-        let mask = if t > 1 { Some(causal_mask(t, offset, embeds.dtype(), embeds.device())?) } else { None };
+        let mask = if t > 1 {
+            Some(causal_mask(t, offset, embeds.dtype(), embeds.device())?)
+        } else {
+            None
+        };
         let mut x = embeds.clone();
         for (layer, c) in self.layers.iter().zip(cache.layers.iter_mut()) {
             x = layer.forward(&x, &self.rotary, c, mask.as_ref())?;
@@ -247,7 +295,15 @@ impl Llama {
 /// Additive mask [t, offset + t]: query i sees keys 0..=offset+i.
 fn causal_mask(t: usize, offset: usize, dtype: DType, dev: &Device) -> Result<Tensor> {
     let mask: Vec<f32> = (0..t)
-        .flat_map(|i| (0..offset + t).map(move |j| if j > offset + i { f32::NEG_INFINITY } else { 0.0 }))
+        .flat_map(|i| {
+            (0..offset + t).map(move |j| {
+                if j > offset + i {
+                    f32::NEG_INFINITY
+                } else {
+                    0.0
+                }
+            })
+        })
         .collect();
     Tensor::from_vec(mask, (t, offset + t), dev)?.to_dtype(dtype)
 }

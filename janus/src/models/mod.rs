@@ -34,7 +34,11 @@ impl JanusModel {
             gen_vision: VqModel::load(vb.pp("gen_vision_model"), &cfg.gen_vision)?,
             gen_aligner: MlpProjector::load(vb.pp("gen_aligner"), &cfg.gen_aligner)?,
             gen_head: GenHead::load(vb.pp("gen_head"), &cfg.gen_head)?,
-            gen_embed: embedding(cfg.gen_vision.codebook_size, cfg.gen_vision.codebook_embed_dim, vb.pp("gen_embed"))?,
+            gen_embed: embedding(
+                cfg.gen_vision.codebook_size,
+                cfg.gen_vision.codebook_embed_dim,
+                vb.pp("gen_embed"),
+            )?,
             language: Llama::load(vb.pp("language_model"), &cfg.language)?,
             config: cfg.clone(),
         })
