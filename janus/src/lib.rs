@@ -18,15 +18,19 @@
 //! # Ok(()) }
 //! ```
 
+pub mod cancel;
 pub mod config;
 pub mod error;
+mod hub;
 pub mod image_processor;
 pub mod models;
 pub mod pipeline;
 pub mod processor;
 pub mod sampling;
+pub mod source;
 pub mod weights;
 
+pub use cancel::CancelToken;
 pub use config::JanusConfig;
 pub use error::{JanusError, Result};
 pub use image_processor::ImageProcessor;
@@ -35,3 +39,4 @@ pub use pipeline::{
 };
 pub use processor::Message;
 pub use sampling::SamplingParams;
+pub use source::{parse_device, parse_dtype, LoadOptions, DEFAULT_MODEL};

@@ -108,6 +108,12 @@ fn weights_err(e: candle_core::Error) -> JanusError {
 }
 
 impl JanusPro {
+    /// Loads a model from a local folder or a hub id (e.g. [`crate::DEFAULT_MODEL`]).
+    pub fn from_pretrained(model: &str, opts: &crate::LoadOptions) -> Result<Self> {
+        let dir = crate::source::resolve_model(model, opts)?;
+        Self::load(&dir, &opts.device, opts.dtype)
+    }
+
     /// Loads a model folder in the released layout (`config.json`,
     /// `tokenizer.json`, processor configs and weights) computing in `dtype`.
     pub fn load(dir: &Path, device: &Device, dtype: DType) -> Result<Self> {
@@ -379,6 +385,31 @@ impl JanusPro {
             }
         }
         Ok(out)
+    }
+
+    /// Side in pixels of generated images: the code grid times the VQ downsampling.
+    pub fn generated_image_size(&self) -> Result<usize> {
+        Ok(self.image_grid()?.1 * self.model.config.gen_vision.downsample_factor())
+    }
+
+    /// VQ-encodes an image into `image_token_count` codes: the centred
+    /// square crop, resized (Catmull-Rom) to the generation size, scaled to [-1, 1].
+    pub fn vq_encode_image(&self, image: &DynamicImage) -> Result<Vec<u32>> {
+        let size = self.generated_image_size()? as u32;
+        let rgb = image.to_rgb8();
+        let (w, h) = rgb.dimensions();
+        if w == 0 || h == 0 {
+            return Err(JanusError::Input("the image is empty".into()));
+        }
+        let side = w.min(h);
+        let square = image::imageops::crop_imm(&rgb, (w - side) / 2, (h - side) / 2, side, side).to_image();
+        let resized = image::imageops::resize(&square, size, size, image::imageops::FilterType::CatmullRom);
+        let pixels = Tensor::from_vec(resized.into_raw(), (1, size as usize, size as usize, 3), &self.device)?
+            .permute((0, 3, 1, 2))?
+            .to_dtype(DType::F32)?;
+        let pixels = ((pixels / 127.5)? - 1.0)?;
+        let encoded = self.model.gen_vision.encode(&pixels)?;
+        Ok(encoded.indices.flatten_all()?.to_vec1::<u32>()?)
     }
 
     /// VQ-decodes code rows into RGB images (`floor(clip((x+1)/2*255))`).

@@ -4,7 +4,7 @@ pub mod gen_head;
 pub mod llama;
 pub mod projector;
 
-use candle_core::{Module, Result, Tensor};
+use candle_core::{DType, Module, Result, Tensor};
 use candle_nn::{embedding, Embedding, VarBuilder};
 use janus_vision::SiglipVit;
 use janus_vq::VqModel;
@@ -31,7 +31,9 @@ impl JanusModel {
         Ok(Self {
             vision: SiglipVit::load(vb.pp("vision_model.vision_tower"), &cfg.vision)?,
             aligner: MlpProjector::load(vb.pp("aligner"), &cfg.aligner)?,
-            gen_vision: VqModel::load(vb.pp("gen_vision_model"), &cfg.gen_vision)?,
+            // The VQ is convolutional and candle has no bf16/f16 conv2d on the
+            // CPU; it is small, so it always runs in f32.
+            gen_vision: VqModel::load(vb.pp("gen_vision_model").set_dtype(DType::F32), &cfg.gen_vision)?,
             gen_aligner: MlpProjector::load(vb.pp("gen_aligner"), &cfg.gen_aligner)?,
             gen_head: GenHead::load(vb.pp("gen_head"), &cfg.gen_head)?,
             gen_embed: embedding(
