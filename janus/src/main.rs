@@ -6,7 +6,7 @@ use std::process::ExitCode;
 
 use candle_core::{DType, Device};
 use clap::{Args, Parser, Subcommand};
-use janus::processor::{load_conversation, Message};
+use janus::processor::{load_conversation, question_conversation, TextStreamer};
 use janus::{
     GenerateOptions, ImageProcessor, JanusError, JanusPro, SamplingParams, UnderstandOptions,
 };
@@ -102,18 +102,7 @@ fn understand(args: UnderstandArgs) -> janus::Result<()> {
         }
         None => {
             let question = args.question.clone().unwrap_or_default();
-            let content = if question.contains("<image_placeholder>") {
-                question
-            } else {
-                format!(
-                    "{}{question}",
-                    "<image_placeholder>\n".repeat(args.image.len())
-                )
-            };
-            (
-                vec![Message::user(content), Message::assistant("")],
-                args.image.clone(),
-            )
+            (question_conversation(&question, args.image.len()), args.image.clone())
         }
     };
     let images = image_paths
@@ -138,22 +127,18 @@ fn understand(args: UnderstandArgs) -> janus::Result<()> {
         );
         return Ok(());
     }
-    // Stream: print whatever new text decodes completely after each token.
-    let mut ids = Vec::new();
-    let mut printed = 0usize;
+    // Stream: print each piece of text as soon as it decodes completely.
+    let mut streamer = TextStreamer::new(&model.processor);
     let mut stdout = std::io::stdout();
-    let answer = model.understand_with(&conversation, &images, &opts, &mut |id, _| {
-        ids.push(id);
-        let text = model.processor.decode(&ids)?;
-        if !text.ends_with('\u{FFFD}') && text.len() > printed && text.is_char_boundary(printed) {
-            stdout.write_all(&text.as_bytes()[printed..])?;
+    model.understand_with(&conversation, &images, &opts, &mut |id, _| {
+        if let Some(piece) = streamer.push(id)? {
+            stdout.write_all(piece.as_bytes())?;
             stdout.flush()?;
-            printed = text.len();
         }
         Ok(())
     })?;
-    if answer.text.len() > printed && answer.text.is_char_boundary(printed) {
-        stdout.write_all(&answer.text.as_bytes()[printed..])?;
+    if let Some(piece) = streamer.finish()? {
+        stdout.write_all(piece.as_bytes())?;
     }
     writeln!(stdout)?;
     Ok(())

@@ -49,6 +49,58 @@ impl Message {
     }
 }
 
+/// A one-turn conversation asking `question` about `num_images` images: one
+/// `<image_placeholder>` line per image before the question, as the official
+/// demo, unless the question already places them itself.
+pub fn question_conversation(question: &str, num_images: usize) -> Vec<Message> {
+    let content = if question.contains("<image_placeholder>") {
+        question.to_owned()
+    } else {
+        format!("{}{question}", "<image_placeholder>\n".repeat(num_images))
+    };
+    vec![Message::user(content), Message::assistant("")]
+}
+
+/// Turns generated ids into text pieces as they arrive, holding back bytes
+/// that do not yet decode to complete characters (never half a character).
+pub struct TextStreamer<'a> {
+    processor: &'a JanusProcessor,
+    ids: Vec<u32>,
+    emitted: usize,
+}
+
+impl<'a> TextStreamer<'a> {
+    pub fn new(processor: &'a JanusProcessor) -> Self {
+        Self { processor, ids: vec![], emitted: 0 }
+    }
+
+    /// Adds a token; returns the newly completed text, if any.
+    pub fn push(&mut self, id: u32) -> Result<Option<String>> {
+        self.ids.push(id);
+        let text = self.processor.decode(&self.ids)?;
+        // A trailing U+FFFD is an incomplete byte sequence that later tokens may finish.
+        if text.ends_with('\u{FFFD}') {
+            return Ok(None);
+        }
+        Ok(self.take_new(&text))
+    }
+
+    /// The text still held back at the end of generation.
+    pub fn finish(&mut self) -> Result<Option<String>> {
+        let text = self.processor.decode(&self.ids)?;
+        Ok(self.take_new(&text))
+    }
+
+    fn take_new(&mut self, text: &str) -> Option<String> {
+        if text.len() <= self.emitted || !text.is_char_boundary(self.emitted) {
+            return None;
+        }
+        let piece = text[self.emitted..].to_owned();
+        self.emitted = text.len();
+        Some(piece)
+    }
+}
+
 /// Reads a conversation file (`[{"role", "content", "images"?}]`); image
 /// paths are taken relative to the file.
 pub fn load_conversation(path: &Path) -> Result<Vec<Message>> {
