@@ -61,9 +61,19 @@ impl LlamaConfig {
     }
 }
 
+/// How a checkpoint names its weights.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CheckpointLayout {
+    /// DeepSeek's release (`model_type: multi_modality`).
+    Released,
+    /// transformers' `JanusForConditionalGeneration` (`model_type: janus`).
+    Transformers,
+}
+
 /// A whole Janus-Pro model's sizes.
 #[derive(Debug, Clone, PartialEq)]
 pub struct JanusConfig {
+    pub layout: CheckpointLayout,
     pub vision: SiglipVitConfig,
     pub aligner: ProjectorConfig,
     pub gen_vision: VqConfig,
@@ -348,33 +358,38 @@ fn parse_language(root: &Map<String, Value>) -> Result<LlamaConfig> {
         Some(Value::Object(m)) => m,
         Some(_) => return Err(cfg_err("language_config must be an object")),
     };
-    let s = Section {
-        name: "language_config",
-        map,
-    };
+    parse_language_section(map, "language_config")
+}
+
+/// A transformers `LlamaConfig` dict; missing fields take its defaults.
+pub(crate) fn parse_language_section(
+    map: &Map<String, Value>,
+    name: &'static str,
+) -> Result<LlamaConfig> {
+    let s = Section { name, map };
     if let Some(mt) = s.opt_str("model_type")? {
         if mt != "llama" {
             return Err(cfg_err(format!(
-                "language_config.model_type: unsupported language model {mt:?} (expected llama)"
+                "{name}.model_type: unsupported language model {mt:?} (expected llama)"
             )));
         }
     }
     if let Some(act) = s.opt_str("hidden_act")? {
         if act != "silu" {
             return Err(cfg_err(format!(
-                "language_config.hidden_act: unsupported activation {act:?} (expected silu)"
+                "{name}.hidden_act: unsupported activation {act:?} (expected silu)"
             )));
         }
     }
     if !matches!(map.get("rope_scaling"), None | Some(Value::Null)) {
-        return Err(cfg_err(
-            "language_config.rope_scaling: RoPE scaling is not supported",
-        ));
+        return Err(cfg_err(format!(
+            "{name}.rope_scaling: RoPE scaling is not supported"
+        )));
     }
     for flag in ["attention_bias", "mlp_bias"] {
         if s.opt_bool(flag)? == Some(true) {
             return Err(cfg_err(format!(
-                "language_config.{flag}: biased LLaMA projections are not supported"
+                "{name}.{flag}: biased LLaMA projections are not supported"
             )));
         }
     }
@@ -399,7 +414,7 @@ fn parse_language(root: &Map<String, Value>) -> Result<LlamaConfig> {
         || cfg.num_attention_heads % cfg.num_key_value_heads != 0
     {
         return Err(cfg_err(format!(
-            "language_config: hidden_size {} / num_attention_heads {} / num_key_value_heads {} are inconsistent",
+            "{name}: hidden_size {} / num_attention_heads {} / num_key_value_heads {} are inconsistent",
             cfg.hidden_size, cfg.num_attention_heads, cfg.num_key_value_heads
         )));
     }
@@ -422,14 +437,17 @@ impl JanusConfig {
         let root = value
             .as_object()
             .ok_or_else(|| cfg_err("top level must be an object"))?;
-        if let Some(mt) = root.get("model_type").and_then(Value::as_str) {
-            if mt != "multi_modality" {
+        match root.get("model_type").and_then(Value::as_str) {
+            None | Some("multi_modality") => {}
+            Some("janus") => return crate::transformers_layout::parse_config(root),
+            Some(mt) => {
                 return Err(cfg_err(format!(
-                    "model_type: unsupported model type {mt:?} (expected multi_modality)"
-                )));
+                    "model_type: unsupported model type {mt:?} (expected multi_modality or janus)"
+                )))
             }
         }
         let cfg = Self {
+            layout: CheckpointLayout::Released,
             vision: parse_vision(root)?,
             aligner: parse_projector(root, "aligner_config")?,
             gen_vision: parse_gen_vision(root)?,
@@ -442,7 +460,7 @@ impl JanusConfig {
     }
 
     /// Sizes that must agree between sections, checked before any weight is read.
-    fn check_consistency(&self) -> Result<()> {
+    pub(crate) fn check_consistency(&self) -> Result<()> {
         let h = self.language.hidden_size;
         let check = |ok: bool, msg: String| if ok { Ok(()) } else { Err(cfg_err(msg)) };
         check(

@@ -1,10 +1,116 @@
-//! Hugging Face hub downloads (filled in with hf-hub).
+//! Hugging Face hub models: downloaded into (and reused from) the standard
+//! Hugging Face cache (`HF_HUB_CACHE`, else `$HF_HOME/hub`, else
+//! `~/.cache/huggingface/hub`), as the Python libraries do.
 
 use std::path::PathBuf;
+
+use hf_hub::api::sync::ApiBuilder;
+use hf_hub::{Cache, Repo};
 
 use crate::error::{JanusError, Result};
 use crate::source::LoadOptions;
 
-pub fn fetch(model: &str, _opts: &LoadOptions) -> Result<PathBuf> {
-    Err(JanusError::Input(format!("model {model:?}: hub downloads are not available yet; pass a local folder")))
+/// Files a model folder may hold besides weights; absent ones are skipped.
+const SIDE_FILES: [&str; 5] = [
+    "tokenizer.json",
+    "processor_config.json",
+    "preprocessor_config.json",
+    "special_tokens_map.json",
+    "tokenizer_config.json",
+];
+
+/// Weight layouts in order of preference, each named by its first file.
+const WEIGHT_ENTRIES: [&str; 4] =
+    ["model.safetensors.index.json", "model.safetensors", "pytorch_model.bin.index.json", "pytorch_model.bin"];
+
+fn cache() -> Cache {
+    match std::env::var_os("HF_HUB_CACHE") {
+        Some(dir) if !dir.is_empty() => Cache::new(PathBuf::from(dir)),
+        _ => Cache::from_env(),
+    }
+}
+
+fn offline_from_env() -> bool {
+    std::env::var("HF_HUB_OFFLINE").is_ok_and(|v| matches!(v.trim().to_ascii_lowercase().as_str(), "1" | "true" | "yes" | "on"))
+}
+
+/// Shard files named by a downloaded `*.index.json`.
+fn shards_of(index: &std::path::Path) -> Result<Vec<String>> {
+    let text = std::fs::read_to_string(index)
+        .map_err(|e| JanusError::BadFile { path: index.into(), reason: e.to_string() })?;
+    let value: serde_json::Value = serde_json::from_str(&text)
+        .map_err(|e| JanusError::BadFile { path: index.into(), reason: format!("invalid JSON: {e}") })?;
+    let mut files: Vec<String> = value["weight_map"]
+        .as_object()
+        .map(|m| m.values().filter_map(|v| v.as_str().map(str::to_owned)).collect())
+        .unwrap_or_default();
+    files.sort();
+    files.dedup();
+    Ok(files)
+}
+
+/// The local snapshot folder of `model_id`, downloading what is missing
+/// unless offline.
+pub fn fetch(model_id: &str, opts: &LoadOptions) -> Result<PathBuf> {
+    let offline = opts.offline || offline_from_env();
+    let cache = cache();
+    if offline {
+        return from_cache(model_id, &cache);
+    }
+    let unreachable = |e: hf_hub::api::sync::ApiError| {
+        JanusError::Input(format!(
+            "model {model_id:?} is not in the Hugging Face cache ({}) and could not be downloaded: {e}; \
+             check the id and your network, or pass a local model folder",
+            cache.path().display()
+        ))
+    };
+    let api = ApiBuilder::from_cache(cache.clone())
+        .with_progress(opts.progress)
+        .build()
+        .map_err(unreachable)?;
+    let repo = api.model(model_id.to_owned());
+    let listed: Vec<String> = repo.info().map_err(unreachable)?.siblings.into_iter().map(|s| s.rfilename).collect();
+    let has = |f: &str| listed.iter().any(|l| l == f);
+    if !has("config.json") {
+        return Err(JanusError::Input(format!("hub model {model_id:?} has no config.json; is it a Janus-Pro model?")));
+    }
+    let config = repo.get("config.json").map_err(unreachable)?;
+    for f in SIDE_FILES.iter().filter(|f| has(f)) {
+        repo.get(f).map_err(unreachable)?;
+    }
+    let entry = WEIGHT_ENTRIES
+        .iter()
+        .find(|f| has(f))
+        .ok_or_else(|| JanusError::Input(format!("hub model {model_id:?} has no weights in a supported format")))?;
+    let first = repo.get(entry).map_err(unreachable)?;
+    if entry.ends_with(".index.json") {
+        for shard in shards_of(&first)? {
+            repo.get(&shard).map_err(unreachable)?;
+        }
+    }
+    Ok(config.parent().map(|p| p.to_path_buf()).unwrap_or_default())
+}
+
+fn from_cache(model_id: &str, cache: &Cache) -> Result<PathBuf> {
+    let repo = cache.repo(Repo::model(model_id.to_owned()));
+    let missing = || {
+        JanusError::Input(format!(
+            "model {model_id:?} is not in the Hugging Face cache ({}) and offline mode is on \
+             (HF_HUB_OFFLINE or --offline); download it once while online, or pass a local model folder",
+            cache.path().display()
+        ))
+    };
+    let config = repo.get("config.json").ok_or_else(missing)?;
+    let dir = config.parent().map(|p| p.to_path_buf()).ok_or_else(missing)?;
+    let weights_cached = WEIGHT_ENTRIES.iter().any(|f| match repo.get(f) {
+        Some(p) if f.ends_with(".index.json") => {
+            shards_of(&p).is_ok_and(|shards| shards.iter().all(|s| repo.get(s).is_some()))
+        }
+        Some(_) => true,
+        None => false,
+    });
+    if !weights_cached || repo.get("tokenizer.json").is_none() {
+        return Err(missing());
+    }
+    Ok(dir)
 }

@@ -18,7 +18,9 @@
 //! # Ok(()) }
 //! ```
 
+pub mod bench;
 pub mod cancel;
+pub mod chat;
 pub mod config;
 pub mod error;
 mod hub;
@@ -26,11 +28,14 @@ pub mod image_processor;
 pub mod models;
 pub mod pipeline;
 pub mod processor;
+pub mod quant;
 pub mod sampling;
 pub mod source;
+mod transformers_layout;
 pub mod weights;
 
 pub use cancel::CancelToken;
+pub use chat::{ChatReply, ChatSession};
 pub use config::JanusConfig;
 pub use error::{JanusError, Result};
 pub use image_processor::ImageProcessor;
@@ -38,5 +43,6 @@ pub use pipeline::{
     Answer, GenerateOptions, GeneratedImages, JanusPro, Progress, UnderstandOptions,
 };
 pub use processor::Message;
+pub use quant::Quant;
 pub use sampling::SamplingParams;
 pub use source::{parse_device, parse_dtype, LoadOptions, DEFAULT_MODEL};

@@ -11,7 +11,7 @@ use crate::error::{JanusError, Result};
 use crate::image_processor::{ImageProcessor, ImageProcessorConfig};
 use crate::models::{JanusModel, KvCache};
 use crate::processor::{JanusProcessor, Message};
-use crate::sampling::{Sampler, SamplingParams};
+use crate::sampling::{CfgSampler, Sampler, SamplingParams};
 use crate::weights::Checkpoint;
 
 /// Options of an understanding (text answer) run.
@@ -27,11 +27,7 @@ impl Default for UnderstandOptions {
     fn default() -> Self {
         Self {
             max_new_tokens: 512,
-            sampling: SamplingParams {
-                temperature: 0.0,
-                top_p: 0.95,
-                top_k: None,
-            },
+            sampling: SamplingParams { top_p: 0.95, ..SamplingParams::greedy() },
             seed: None,
         }
     }
@@ -62,11 +58,7 @@ impl Default for GenerateOptions {
         Self {
             parallel_size: 1,
             cfg_weight: 5.0,
-            sampling: SamplingParams {
-                temperature: 1.0,
-                top_p: 1.0,
-                top_k: None,
-            },
+            sampling: SamplingParams::default(),
             seed: None,
         }
     }
@@ -111,12 +103,23 @@ impl JanusPro {
     /// Loads a model from a local folder or a hub id (e.g. [`crate::DEFAULT_MODEL`]).
     pub fn from_pretrained(model: &str, opts: &crate::LoadOptions) -> Result<Self> {
         let dir = crate::source::resolve_model(model, opts)?;
-        Self::load(&dir, &opts.device, opts.dtype)
+        Self::load_quantized(&dir, &opts.device, opts.dtype, opts.quant)
     }
 
     /// Loads a model folder in the released layout (`config.json`,
     /// `tokenizer.json`, processor configs and weights) computing in `dtype`.
     pub fn load(dir: &Path, device: &Device, dtype: DType) -> Result<Self> {
+        Self::load_quantized(dir, device, dtype, crate::quant::Quant::None)
+    }
+
+    /// As [`JanusPro::load`], quantising the language model's and image
+    /// head's linear weights to `quant` while reading them (see [`crate::quant`]).
+    pub fn load_quantized(
+        dir: &Path,
+        device: &Device,
+        dtype: DType,
+        quant: crate::quant::Quant,
+    ) -> Result<Self> {
         if !dir.is_dir() {
             return Err(JanusError::MissingFile {
                 what: "model folder".into(),
@@ -138,8 +141,8 @@ impl JanusPro {
             )));
         }
         let processor = JanusProcessor::from_files(&dir.join("tokenizer.json"), proc_cfg)?;
-        let vb = Checkpoint::open(dir)?.into_var_builder(dtype, device);
-        let model = JanusModel::load(vb, &config).map_err(weights_err)?;
+        let vb = Checkpoint::open(dir)?.into_var_builder(config.layout, dtype, device);
+        let model = JanusModel::load_quantized(vb, &config, quant).map_err(weights_err)?;
         let this = Self {
             model,
             processor,
@@ -182,15 +185,27 @@ impl JanusPro {
                 ids.len()
             )));
         }
-        let ids_t = Tensor::new(ids.as_slice(), &self.device)?;
+        let embeds = self.embed_prompt(&ids, images)?;
+        Ok((ids, embeds))
+    }
+
+    /// Input embeddings [1, T, hidden] of prompt ids, with the embeddings of
+    /// `images` (in order) at the image placeholder positions.
+    pub fn embed_prompt(&self, ids: &[u32], images: &[DynamicImage]) -> Result<Tensor> {
+        let placeholders = ids.iter().filter(|&&id| id == self.processor.special.image).count();
+        let per_image = self.processor.config.num_image_tokens;
+        if placeholders != images.len() * per_image {
+            return Err(JanusError::Input(format!(
+                "{placeholders} image placeholder tokens for {} image(s) of {per_image} tokens",
+                images.len()
+            )));
+        }
+        let ids_t = Tensor::new(ids, &self.device)?;
         let text = self.model.language.embed(&ids_t)?;
         if images.is_empty() {
-            return Ok((ids, text.unsqueeze(0)?));
+            return Ok(text.unsqueeze(0)?);
         }
-        let pixels = self
-            .image_processor
-            .preprocess(images, &self.device)?
-            .to_dtype(self.dtype)?;
+        let pixels = self.image_processor.preprocess(images, &self.device)?.to_dtype(self.dtype)?;
         let img = self.model.encode_images(&pixels)?;
         let (n, per, d) = img.dims3()?;
         let img = img.reshape((n * per, d))?;
@@ -211,7 +226,7 @@ impl JanusPro {
             .collect();
         let table = Tensor::cat(&[&text, &img], 0)?;
         let embeds = table.index_select(&Tensor::new(index, &self.device)?, 0)?;
-        Ok((ids, embeds.unsqueeze(0)?))
+        Ok(embeds.unsqueeze(0)?)
     }
 
     /// Answers a conversation whose last turn is an empty assistant turn.
@@ -233,37 +248,46 @@ impl JanusPro {
         opts: &UnderstandOptions,
         on_token: &mut dyn FnMut(u32, Progress) -> Result<()>,
     ) -> Result<Answer> {
+        opts.sampling.validate()?;
         let (_, embeds) = self.understanding_inputs(conversation, images)?;
+        let mut cache = self.model.language.new_cache();
+        let ids = self.decode_answer(&mut cache, &embeds, opts, on_token)?;
+        Ok(Answer { text: self.processor.decode(&ids)?, token_ids: ids })
+    }
+
+    /// Feeds `embeds` after what `cache` holds, then generates up to
+    /// `max_new_tokens` ids (stopping after EOS or at the context's end).
+    /// Every id but the last is fed back, so `cache` ends holding them.
+    /// When the callback fails, the ids generated so far are in the error's
+    /// place: see [`crate::chat`] for how a chat turn keeps them.
+    pub(crate) fn decode_answer(
+        &self,
+        cache: &mut KvCache,
+        embeds: &Tensor,
+        opts: &UnderstandOptions,
+        on_token: &mut dyn FnMut(u32, Progress) -> Result<()>,
+    ) -> Result<Vec<u32>> {
         let lm = &self.model.language;
-        let mut cache = lm.new_cache();
         let mut sampler = Sampler::new(opts.sampling.clone(), opts.seed);
         let max_pos = lm.config().max_position_embeddings;
-        let mut hidden = lm.forward_embeds(&embeds, &mut cache)?;
+        let mut hidden = lm.forward_embeds(embeds, cache)?;
         let mut ids = Vec::new();
         for step in 0..opts.max_new_tokens {
             let last = hidden.i((.., hidden.dim(1)? - 1, ..))?;
             let logits = lm.lm_logits(&last)?;
-            let next = sampler.sample_rows(&logits)?[0];
+            let row: Vec<f32> = logits.flatten_all()?.to_dtype(DType::F32)?.to_vec1()?;
+            let next = sampler.sample_with_history(&row, &ids);
             ids.push(next);
-            on_token(
-                next,
-                Progress {
-                    step: step + 1,
-                    total: opts.max_new_tokens,
-                },
-            )?;
+            on_token(next, Progress { step: step + 1, total: opts.max_new_tokens })?;
             if next == self.processor.special.eos || cache.len() + 1 > max_pos {
                 break;
             }
             if step + 1 < opts.max_new_tokens {
                 let e = lm.embed(&Tensor::new(&[[next]], &self.device)?)?;
-                hidden = lm.forward_embeds(&e, &mut cache)?;
+                hidden = lm.forward_embeds(&e, cache)?;
             }
         }
-        Ok(Answer {
-            text: self.processor.decode(&ids)?,
-            token_ids: ids,
-        })
+        Ok(ids)
     }
 
     // ---------------------------------------------------------------- generation
@@ -356,31 +380,102 @@ impl JanusPro {
         opts: &GenerateOptions,
         on_step: &mut dyn FnMut(Progress) -> Result<()>,
     ) -> Result<Vec<Vec<u32>>> {
+        let mut per_prompt = self.generate_tokens_many(&[prompt], opts, usize::MAX, on_step)?;
+        Ok(per_prompt.remove(0))
+    }
+
+    /// Several prompts, `parallel_size` images each, run in batches of at
+    /// most `batch_size` images. Image k of the whole call is seeded
+    /// `image_seed(seed, k)`, so results do not depend on the batching.
+    /// Progress counts steps over all batches.
+    pub fn generate_many(
+        &self,
+        prompts: &[&str],
+        opts: &GenerateOptions,
+        batch_size: usize,
+        on_step: &mut dyn FnMut(Progress) -> Result<()>,
+    ) -> Result<Vec<GeneratedImages>> {
+        let tokens = self.generate_tokens_many(prompts, opts, batch_size, on_step)?;
+        tokens
+            .into_iter()
+            .map(|t| Ok(GeneratedImages { images: self.decode_images(&t)?, tokens: t }))
+            .collect()
+    }
+
+    /// The codes of [`JanusPro::generate_many`], one list of rows per prompt.
+    pub fn generate_tokens_many(
+        &self,
+        prompts: &[&str],
+        opts: &GenerateOptions,
+        batch_size: usize,
+        on_step: &mut dyn FnMut(Progress) -> Result<()>,
+    ) -> Result<Vec<Vec<Vec<u32>>>> {
         if opts.parallel_size == 0 {
             return Err(JanusError::Input("parallel size must be at least 1".into()));
         }
-        let ids = self.generation_ids(prompt)?;
+        if batch_size == 0 {
+            return Err(JanusError::Input("batch size must be at least 1".into()));
+        }
+        if !opts.cfg_weight.is_finite() {
+            return Err(JanusError::Input(format!("cfg weight must be finite, got {}", opts.cfg_weight)));
+        }
+        opts.sampling.validate()?;
+        let ids = prompts.iter().map(|p| self.generation_ids(p)).collect::<Result<Vec<_>>>()?;
+        if ids.is_empty() {
+            return Err(JanusError::Input("no prompt given".into()));
+        }
+        let seed = opts.seed.unwrap_or_else(rand::random);
+        let (n_tokens, _) = self.image_grid()?;
+        // Batches never mix prompts: rows of one batch share the prompt length.
+        let mut batches = vec![];
+        for (p, _) in ids.iter().enumerate() {
+            let mut start = 0;
+            while start < opts.parallel_size {
+                let n = batch_size.min(opts.parallel_size - start);
+                batches.push((p, start, n));
+                start += n;
+            }
+        }
+        let total = batches.len() * n_tokens;
+        let mut out: Vec<Vec<Vec<u32>>> = vec![vec![]; ids.len()];
+        for (b, &(p, start, n)) in batches.iter().enumerate() {
+            let first_index = p * opts.parallel_size + start;
+            let mut sampler = CfgSampler::new(&opts.sampling, seed, first_index, n);
+            let done = b * n_tokens;
+            let rows = self.generate_rows(&ids[p], n, opts.cfg_weight, &mut sampler, &mut |pr| {
+                on_step(Progress { step: done + pr.step, total })
+            })?;
+            out[p].extend(rows);
+        }
+        Ok(out)
+    }
+
+    /// The CFG loop for `images` rows of one prompt.
+    fn generate_rows(
+        &self,
+        ids: &[u32],
+        images: usize,
+        cfg_weight: f64,
+        sampler: &mut CfgSampler,
+        on_step: &mut dyn FnMut(Progress) -> Result<()>,
+    ) -> Result<Vec<Vec<u32>>> {
         let (n_tokens, _) = self.image_grid()?;
         let lm = &self.model.language;
         let mut cache: KvCache = lm.new_cache();
-        let mut sampler = Sampler::new(opts.sampling.clone(), opts.seed);
-        let mut embeds = self.cfg_prompt_embeds(&ids, opts.parallel_size)?;
-        let mut out = vec![Vec::with_capacity(n_tokens); opts.parallel_size];
+        let mut embeds = self.cfg_prompt_embeds(ids, images)?;
+        let mut out = vec![Vec::with_capacity(n_tokens); images];
         for step in 0..n_tokens {
             let hidden = lm.forward_embeds(&embeds, &mut cache)?;
-            let logits = self.cfg_logits(&hidden, opts.cfg_weight)?;
-            let next = sampler.sample_rows(&logits.mixed)?;
+            let logits = self.cfg_logits(&hidden, cfg_weight)?;
+            let next = sampler.sample(&logits.mixed)?;
             for (row, &code) in out.iter_mut().zip(&next) {
                 row.push(code);
             }
-            on_step(Progress {
-                step: step + 1,
-                total: n_tokens,
-            })?;
+            on_step(Progress { step: step + 1, total: n_tokens })?;
             if step + 1 < n_tokens {
                 // Both CFG rows of an image continue with the same code.
                 let pairs: Vec<u32> = next.iter().flat_map(|&c| [c, c]).collect();
-                let codes = Tensor::from_vec(pairs, (2 * opts.parallel_size, 1), &self.device)?;
+                let codes = Tensor::from_vec(pairs, (2 * images, 1), &self.device)?;
                 embeds = self.model.gen_image_embeds(&codes)?;
             }
         }

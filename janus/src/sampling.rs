@@ -15,15 +15,44 @@ pub struct SamplingParams {
     pub top_p: f64,
     /// Keep only the k most likely tokens; `None` keeps all.
     pub top_k: Option<usize>,
+    /// Penalty on tokens already generated (transformers' rule: positive
+    /// logits divided, negative multiplied); 1.0 is off.
+    pub repetition_penalty: f64,
+}
+
+impl Default for SamplingParams {
+    /// The full distribution at temperature 1, as the official text-to-image code.
+    fn default() -> Self {
+        Self { temperature: 1.0, top_p: 1.0, top_k: None, repetition_penalty: 1.0 }
+    }
 }
 
 impl SamplingParams {
     pub fn greedy() -> Self {
-        Self {
-            temperature: 0.0,
-            top_p: 1.0,
-            top_k: None,
+        Self { temperature: 0.0, ..Self::default() }
+    }
+
+    /// The official demo's understanding preset: temperature 0.1, top-p 0.95.
+    pub fn demo() -> Self {
+        Self { temperature: 0.1, top_p: 0.95, ..Self::default() }
+    }
+
+    /// Rejects values that would make sampling meaningless.
+    pub fn validate(&self) -> crate::Result<()> {
+        let bad = |m: String| Err(crate::JanusError::Input(m));
+        if !(self.temperature >= 0.0 && self.temperature.is_finite()) {
+            return bad(format!("temperature must be >= 0, got {}", self.temperature));
         }
+        if !(self.top_p > 0.0 && self.top_p <= 1.0) {
+            return bad(format!("top-p must be in (0, 1], got {}", self.top_p));
+        }
+        if self.top_k == Some(0) {
+            return bad("top-k must be at least 1".into());
+        }
+        if !(self.repetition_penalty > 0.0 && self.repetition_penalty.is_finite()) {
+            return bad(format!("repetition penalty must be > 0, got {}", self.repetition_penalty));
+        }
+        Ok(())
     }
 }
 
@@ -67,6 +96,24 @@ impl Sampler {
         Ok(rows.iter().map(|r| self.sample(r)).collect())
     }
 
+    /// Samples after penalising the ids in `history` (see `repetition_penalty`).
+    pub fn sample_with_history(&mut self, logits: &[f32], history: &[u32]) -> u32 {
+        let p = self.params.repetition_penalty as f32;
+        if p == 1.0 || history.is_empty() {
+            return self.sample(logits);
+        }
+        let mut penalised = logits.to_vec();
+        let mut seen = std::collections::HashSet::new();
+        for &id in history {
+            if let Some(l) = penalised.get_mut(id as usize) {
+                if seen.insert(id) {
+                    *l = if *l < 0.0 { *l * p } else { *l / p };
+                }
+            }
+        }
+        self.sample(&penalised)
+    }
+
     pub fn sample(&mut self, logits: &[f32]) -> u32 {
         if self.is_greedy() {
             return argmax(logits);
@@ -107,5 +154,34 @@ impl Sampler {
             u -= p;
         }
         probs.last().map_or(0, |p| p.0)
+    }
+}
+
+/// The seed of image `index` of a run seeded with `seed`: every image has
+/// its own generator, so its codes depend only on the seed and its index,
+/// never on how images were batched.
+pub fn image_seed(seed: u64, index: usize) -> u64 {
+    seed ^ (index as u64).wrapping_add(1).wrapping_mul(0x9E37_79B9_7F4A_7C15)
+}
+
+/// Picks the next image code of every image of a classifier-free-guidance
+/// batch from the mixed logits, one seeded generator per image.
+pub struct CfgSampler {
+    rows: Vec<Sampler>,
+}
+
+impl CfgSampler {
+    /// One sampler per image, seeded `image_seed(seed, first_index + i)`.
+    pub fn new(params: &SamplingParams, seed: u64, first_index: usize, images: usize) -> Self {
+        let rows = (0..images)
+            .map(|i| Sampler::new(params.clone(), Some(image_seed(seed, first_index + i))))
+            .collect();
+        Self { rows }
+    }
+
+    /// `mixed` [images, codebook] -> one code per image.
+    pub fn sample(&mut self, mixed: &Tensor) -> Result<Vec<u32>> {
+        let rows: Vec<Vec<f32>> = mixed.to_dtype(DType::F32)?.to_vec2()?;
+        Ok(rows.iter().zip(self.rows.iter_mut()).map(|(r, s)| s.sample(r)).collect())
     }
 }

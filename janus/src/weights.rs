@@ -12,6 +12,7 @@ use candle_core::{DType, Device, Shape, Tensor};
 use candle_nn::var_builder::SimpleBackend;
 use candle_nn::VarBuilder;
 
+use crate::config::CheckpointLayout;
 use crate::error::{without_backtrace, JanusError, Result};
 
 enum Store {
@@ -148,7 +149,8 @@ impl Checkpoint {
         }
     }
 
-    fn load(&self, name: &str, dev: &Device) -> candle_core::Result<Tensor> {
+    /// A tensor in its stored dtype.
+    pub(crate) fn load_raw(&self, name: &str, dev: &Device) -> candle_core::Result<Tensor> {
         match &self.store {
             Store::Safetensors(st) => st.load(name, dev),
             Store::Pickle { shards, route } => {
@@ -161,9 +163,21 @@ impl Checkpoint {
         }
     }
 
-    /// A `VarBuilder` reading from this checkpoint, converting to `dtype`.
-    pub fn into_var_builder(self, dtype: DType, device: &Device) -> VarBuilder<'static> {
-        VarBuilder::from_backend(Box::new(self), dtype, device.clone())
+    /// A `VarBuilder` reading from this checkpoint under the released
+    /// names, converting to `dtype`.
+    pub fn into_var_builder(
+        self,
+        layout: CheckpointLayout,
+        dtype: DType,
+        device: &Device,
+    ) -> VarBuilder<'static> {
+        let backend: Box<dyn SimpleBackend> = match layout {
+            CheckpointLayout::Released => Box::new(self),
+            CheckpointLayout::Transformers => {
+                Box::new(crate::transformers_layout::TransformersCheckpoint(self))
+            }
+        };
+        VarBuilder::from_backend(backend, dtype, device.clone())
     }
 }
 
@@ -184,12 +198,12 @@ impl SimpleBackend for Checkpoint {
                     s.dims()
                 )
             }
-            Some(_) => self.load(name, dev)?.to_dtype(dtype),
+            Some(_) => self.load_raw(name, dev)?.to_dtype(dtype),
         }
     }
 
     fn get_unchecked(&self, name: &str, dtype: DType, dev: &Device) -> candle_core::Result<Tensor> {
-        self.load(name, dev)?.to_dtype(dtype)
+        self.load_raw(name, dev)?.to_dtype(dtype)
     }
 
     fn contains_tensor(&self, name: &str) -> bool {
