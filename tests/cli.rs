@@ -160,9 +160,7 @@ fn model_copy() -> tempfile::TempDir {
     let tmp = tempfile::tempdir().unwrap();
     for f in std::fs::read_dir(fixture_dir()).unwrap() {
         let f = f.unwrap().path();
-        if f.is_file()
-            && (f.extension().is_some_and(|e| e == "json") || f.ends_with("model.safetensors"))
-        {
+        if f.is_file() && (f.extension().is_some_and(|e| e == "json") || f.ends_with("model.safetensors")) {
             std::fs::copy(&f, tmp.path().join(f.file_name().unwrap())).unwrap();
         }
     }
@@ -171,167 +169,161 @@ fn model_copy() -> tempfile::TempDir {
 
 fn edit_config(dir: &Path, edit: impl FnOnce(&mut serde_json::Value)) {
     let path = dir.join("config.json");
-    let mut v: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    let mut v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
     edit(&mut v);
     std::fs::write(&path, serde_json::to_string(&v).unwrap()).unwrap();
 }
 
+/// A PNG whose header claims `w` x `h` pixels (no pixel data): a decompression bomb's shape.
+fn png_header_only(path: &Path, w: u32, h: u32) {
+    fn crc32(bytes: &[u8]) -> u32 {
+        let mut crc = 0xFFFF_FFFFu32;
+        for &b in bytes {
+            crc ^= b as u32;
+            for _ in 0..8 {
+                crc = if crc & 1 != 0 { (crc >> 1) ^ 0xEDB8_8320 } else { crc >> 1 };
+            }
+        }
+        !crc
+    }
+    let mut ihdr = b"IHDR".to_vec();
+    ihdr.extend(w.to_be_bytes());
+    ihdr.extend(h.to_be_bytes());
+    ihdr.extend([8, 2, 0, 0, 0]);
+    let mut png = b"\x89PNG\r\n\x1a\n".to_vec();
+    png.extend(13u32.to_be_bytes());
+    png.extend(&ihdr);
+    png.extend(crc32(&ihdr).to_be_bytes());
+    for chunk in [&b"IDAT"[..], &b"IEND"[..]] {
+        png.extend(0u32.to_be_bytes());
+        png.extend(chunk);
+        png.extend(crc32(chunk).to_be_bytes());
+    }
+    std::fs::write(path, png).unwrap();
+}
+
+/// A `pytorch_model.bin` zip whose pickle is a list of strings, not a state dict.
+fn pickle_of_wrong_type(dir: &Path) {
+    use std::io::Write;
+    let file = std::fs::File::create(dir.join("pytorch_model.bin")).unwrap();
+    let mut zip = zip::ZipWriter::new(file);
+    let opts = zip::write::SimpleFileOptions::default().compression_method(zip::CompressionMethod::Stored);
+    zip.start_file("archive/data.pkl", opts).unwrap();
+    // protocol 2: ['hello']
+    zip.write_all(b"\x80\x02]q\x00X\x05\x00\x00\x00helloq\x01a.").unwrap();
+    zip.finish().unwrap();
+}
+
 /// Fails with exit code 2 and one line on stderr that contains `needle`.
-fn assert_input_error(out: &Output, needle: &str) {
+fn assert_input_error(what: &str, out: &Output, needle: &str) {
     let err = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(2), "exit code; stderr: {err}");
-    assert!(!err.contains("panicked"), "panic: {err}");
-    assert_eq!(err.trim_end().lines().count(), 1, "one line: {err}");
-    assert!(err.contains(needle), "expected {needle:?} in {err:?}");
+    assert_eq!(out.status.code(), Some(2), "{what}: exit code; stderr: {err}");
+    assert!(!err.contains("panicked"), "{what}: panic: {err}");
+    assert_eq!(err.trim_end().lines().count(), 1, "{what}: one line: {err}");
+    assert!(err.contains(needle), "{what}: expected {needle:?} in {err:?}");
 }
 
-fn understand_on(model: &Path) -> Output {
-    let image = fixture_dir().join("images/square.png");
-    janus(&[
-        "understand",
-        "--model",
-        s(model),
-        "--image",
-        s(&image),
-        "--question",
-        "What?",
-        "--max-new-tokens",
-        "2",
-    ])
-}
-
-#[test]
-fn bad_model_folders_are_one_line_errors() {
-    assert_input_error(
-        &understand_on(Path::new("/nonexistent/model")),
-        "model folder not found",
-    );
-
-    let no_weights = model_copy();
-    std::fs::remove_file(no_weights.path().join("model.safetensors")).unwrap();
-    assert_input_error(&understand_on(no_weights.path()), "model weights");
-
-    let truncated = model_copy();
-    let st = truncated.path().join("model.safetensors");
-    let bytes = std::fs::read(&st).unwrap();
-    std::fs::write(&st, &bytes[..bytes.len() / 2]).unwrap();
-    assert_input_error(&understand_on(truncated.path()), "model.safetensors");
-
-    let bad_cls = model_copy();
-    edit_config(bad_cls.path(), |v| {
-        v["gen_vision_config"]["cls"] = "VQ-32".into()
-    });
-    assert_input_error(&understand_on(bad_cls.path()), "gen_vision_config.cls");
-
-    let bad_proj = model_copy();
-    edit_config(bad_proj.path(), |v| {
-        v["aligner_config"]["params"]["projector_type"] = "mlp_relu".into()
-    });
-    assert_input_error(&understand_on(bad_proj.path()), "projector_type");
-
-    let bad_shape = model_copy();
-    edit_config(bad_shape.path(), |v| {
-        v["language_config"]["intermediate_size"] = 128.into()
-    });
-    assert_input_error(&understand_on(bad_shape.path()), "language_model.model.layers.0.mlp.gate_proj.weight has shape [176, 64] in the checkpoint, the model expects [128, 64]");
-}
-
+/// Every bad input a user can hand the CLI, each answered by one line and exit code 2.
 #[test]
 fn bad_inputs_are_one_line_errors() {
     let dir = fixture_dir();
     let tmp = tempfile::tempdir().unwrap();
-    let not_image = tmp.path().join("notes.png");
-    std::fs::write(&not_image, "this is not an image").unwrap();
-    let out = janus(&[
-        "understand",
-        "--model",
-        s(&dir),
-        "--image",
-        s(&not_image),
-        "--question",
-        "What?",
-    ]);
-    assert_input_error(&out, "notes.png");
+    let t = |name: &str| tmp.path().join(name);
+    let square = dir.join("images/square.png");
 
-    let missing = tmp.path().join("missing.png");
-    let out = janus(&[
-        "understand",
-        "--model",
-        s(&dir),
-        "--image",
-        s(&missing),
-        "--question",
-        "What?",
-    ]);
-    assert_input_error(&out, "missing.png");
-
-    // Two placeholders, one image.
-    let image = dir.join("images/square.png");
-    let out = janus(&[
-        "understand",
-        "--model",
-        s(&dir),
-        "--image",
-        s(&image),
-        "--question",
-        "<image_placeholder> and <image_placeholder>?",
-    ]);
-    assert_input_error(&out, "placeholder");
-
-    let conv = tmp.path().join("conv.json");
-    std::fs::write(
-        &conv,
-        r#"[{"role": "<|User|>", "content": "Hi", "images": ["images/x.png"]}]"#,
-    )
-    .unwrap();
-    let out = janus(&["understand", "--model", s(&dir), "--conversation", s(&conv)]);
-    assert_input_error(&out, "x.png");
-
-    let out = janus(&[
-        "generate",
-        "--model",
-        s(&dir),
-        "--prompt",
-        "cat",
-        "--parallel-size",
-        "0",
-        "--out",
-        s(tmp.path()),
-    ]);
-    assert_input_error(&out, "parallel size");
-
-    let out = janus(&[
-        "generate",
-        "--model",
-        s(&dir),
-        "--prompt",
-        "  ",
-        "--out",
-        s(tmp.path()),
-    ]);
-    assert_input_error(&out, "prompt is empty");
-
-    // The tiny model's context is 1024 positions.
+    let no_config = tempfile::tempdir().unwrap();
+    let no_weights = model_copy();
+    std::fs::remove_file(no_weights.path().join("model.safetensors")).unwrap();
+    let truncated = model_copy();
+    let st = truncated.path().join("model.safetensors");
+    let bytes = std::fs::read(&st).unwrap();
+    std::fs::write(&st, &bytes[..bytes.len() / 2]).unwrap();
+    let bad_pickle = model_copy();
+    std::fs::remove_file(bad_pickle.path().join("model.safetensors")).unwrap();
+    pickle_of_wrong_type(bad_pickle.path());
+    let bad_cls = model_copy();
+    edit_config(bad_cls.path(), |v| v["gen_vision_config"]["cls"] = "VQ-32".into());
+    let bad_proj = model_copy();
+    edit_config(bad_proj.path(), |v| v["aligner_config"]["params"]["projector_type"] = "mlp_relu".into());
+    let bad_shape = model_copy();
+    edit_config(bad_shape.path(), |v| v["language_config"]["intermediate_size"] = 128.into());
+    std::fs::write(t("notes.png"), "this is not an image").unwrap();
+    std::fs::write(t("empty.png"), "").unwrap();
+    png_header_only(&t("huge.png"), 60_000, 60_000);
+    std::fs::write(t("conv.json"), r#"[{"role": "<|User|>", "content": "Hi", "images": ["images/x.png"]}]"#).unwrap();
     let long = "word ".repeat(1200);
-    let out = janus(&[
-        "generate",
-        "--model",
-        s(&dir),
-        "--prompt",
-        &long,
-        "--out",
-        s(tmp.path()),
-    ]);
-    assert_input_error(&out, "context");
-    let out = janus(&[
-        "understand",
-        "--model",
-        s(&dir),
-        "--image",
-        s(&image),
-        "--question",
-        &long,
-    ]);
-    assert_input_error(&out, "context");
+    let (s_dir, s_sq, s_tmp) = (s(&dir), s(&square), s(tmp.path()));
+
+    let understand = |model: &str, image: &str, question: &str| -> Output {
+        janus(&["understand", "--model", model, "--image", image, "--question", question, "--max-new-tokens", "2"])
+    };
+    let generate = |extra: &[&str]| -> Output {
+        let mut args = vec!["generate", "--model", s_dir, "--out", s_tmp];
+        args.extend(extra);
+        janus(&args)
+    };
+    let cases: Vec<(&str, Output, &str)> = vec![
+        ("nonexistent model folder", understand("/nonexistent/model", s_sq, "What?"), "model folder not found"),
+        ("folder without config", understand(s(no_config.path()), s_sq, "What?"), "model config not found"),
+        ("folder without weights", understand(s(no_weights.path()), s_sq, "What?"), "model weights"),
+        ("truncated safetensors", understand(s(truncated.path()), s_sq, "What?"), "model.safetensors"),
+        ("pickle with an unexpected type", understand(s(bad_pickle.path()), s_sq, "What?"), "pytorch_model.bin"),
+        ("unknown VQ class", understand(s(bad_cls.path()), s_sq, "What?"), "gen_vision_config.cls"),
+        ("unknown projector type", understand(s(bad_proj.path()), s_sq, "What?"), "projector_type"),
+        (
+            "config with wrong shapes",
+            understand(s(bad_shape.path()), s_sq, "What?"),
+            "language_model.model.layers.0.mlp.gate_proj.weight has shape [176, 64] in the checkpoint, the model expects [128, 64]",
+        ),
+        ("image that is not an image", understand(s_dir, s(&t("notes.png")), "What?"), "notes.png"),
+        ("0-byte image", understand(s_dir, s(&t("empty.png")), "What?"), "empty.png"),
+        ("huge image", understand(s_dir, s(&t("huge.png")), "What?"), "megapixels"),
+        ("missing image", understand(s_dir, s(&t("missing.png")), "What?"), "missing.png"),
+        ("more placeholders than images", understand(s_dir, s_sq, "<image_placeholder> and <image_placeholder>?"), "placeholder"),
+        ("conversation naming a missing image", janus(&["understand", "--model", s_dir, "--conversation", s(&t("conv.json"))]), "x.png"),
+        ("question longer than the context", understand(s_dir, s_sq, &long), "context"),
+        ("empty prompt", generate(&["--prompt", "  "]), "prompt is empty"),
+        ("prompt longer than the context", generate(&["--prompt", &long]), "context"),
+        ("parallel size 0", generate(&["--prompt", "cat", "--parallel-size", "0"]), "parallel size"),
+        ("top-p out of range", generate(&["--prompt", "cat", "--top-p", "1.5"]), "top-p"),
+        ("unknown dtype", generate(&["--prompt", "cat", "--dtype", "f8"]), "unknown dtype"),
+        ("device not compiled in", generate(&["--prompt", "cat", "--device", "metal"]), "metal"),
+        (
+            "hub id offline, not cached",
+            Command::new(env!("CARGO_BIN_EXE_janus"))
+                .args(["generate", "--model", "deepseek-ai/Janus-Pro-1B", "--prompt", "cat", "--out", s_tmp])
+                .env("HF_HUB_OFFLINE", "1")
+                .env("HF_HOME", tmp.path().join("hf-home"))
+                .env_remove("HF_HUB_CACHE")
+                .output()
+                .unwrap(),
+            "is not in the Hugging Face cache",
+        ),
+    ];
+    for (what, out, needle) in &cases {
+        assert_input_error(what, out, needle);
+    }
+    let pngs = std::fs::read_dir(tmp.path()).unwrap().filter(|e| e.as_ref().unwrap().path().extension().is_some_and(|x| x == "png")).count();
+    assert_eq!(pngs, 3, "failed runs write no image");
+}
+
+/// Ctrl-C during generation: exit 130 and no image file, complete or partial.
+#[test]
+fn interrupted_generation_leaves_no_file() {
+    let tmp = tempfile::tempdir().unwrap();
+    let prompts = tmp.path().join("prompts.txt");
+    std::fs::write(&prompts, "a cat on a mat\n".repeat(3000)).unwrap();
+    let out_dir = tmp.path().join("out");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_janus"))
+        .args(["generate", "--model", s(&fixture_dir()), "--prompts", s(&prompts), "--out", s(&out_dir), "--quiet"])
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    let killed = Command::new("kill").args(["-INT", &child.id().to_string()]).status().unwrap();
+    assert!(killed.success());
+    let status = child.wait().unwrap();
+    assert_eq!(status.code(), Some(130), "exit code after Ctrl-C");
+    let files: Vec<_> = std::fs::read_dir(&out_dir).map(|d| d.filter_map(|e| e.ok()).collect()).unwrap_or_default();
+    assert!(files.is_empty(), "no output files: {:?}", files.iter().map(|e| e.file_name()).collect::<Vec<_>>());
 }

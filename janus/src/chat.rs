@@ -82,12 +82,23 @@ impl JanusPro {
             )));
         }
 
-        // Reuse the cache when it holds a prefix of the new prompt; the
-        // images in the new part are then the last ones of the conversation.
-        let reusable = session.cache.is_some() && ids.starts_with(&session.cached_ids) && ids.len() > session.cached_ids.len();
-        let (mut cache, start) = match (reusable, session.cache.take()) {
-            (true, Some(cache)) => (cache, session.cached_ids.len()),
-            _ => (self.model.language.new_cache(), 0),
+        // Reuse the cache for the longest unchanged prefix (the answer's
+        // re-tokenisation may differ from the generated ids), never cutting
+        // into an image span; the images of the new part are the last ones.
+        let mut start = ids.iter().zip(&session.cached_ids).take_while(|(a, b)| a == b).count();
+        start = start.min(ids.len() - 1);
+        while start > 0 && ids[start] == self.processor.special.image {
+            start -= 1;
+        }
+        let mut cache = match session.cache.take() {
+            Some(mut cache) if start > 0 => {
+                cache.truncate(start);
+                cache
+            }
+            _ => {
+                start = 0;
+                self.model.language.new_cache()
+            }
         };
         let new_ids = &ids[start..];
         let new_placeholders = new_ids.iter().filter(|&&id| id == self.processor.special.image).count();

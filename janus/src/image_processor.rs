@@ -12,11 +12,25 @@
 //!    floor of `min_size` pixels per side;
 //! 3. resize with Pillow's antialiased bicubic convolution (what torchvision's
 //!    `resize(..., BICUBIC, antialias=True)` does on a PIL image), including its
-//!    22-bit fixed-point coefficients, rounding and pass order;
+//!    22-bit fixed-point coefficients, rounding and pass order. The pass order
+//!    is Pillow 13's: vertical first when the height shrinks by more than
+//!    twice as many pixels as the width, horizontal first otherwise. Pillow
+//!    12.1 and older always went horizontal first, and 12.2 and 12.3 went
+//!    vertical first only for images over 100 times taller than wide, so for
+//!    tall images those versions can differ from this by a level on some
+//!    pixels;
 //! 4. pad to a square of the background colour, centred (`expand2square`);
 //! 5. convert to CHW `f32`, rescale by `rescale_factor` (computed in `f64`,
 //!    then rounded to `f32`, like Hugging Face's `rescale`) and normalise with
 //!    `(x - mean) / std` in `f32` (like Hugging Face's `normalize`).
+//!
+//! Decoding is the `image` crate's. PNG (every colour type and bit depth) and
+//! lossy WebP were checked to decode to the same pixels as Pillow; its JPEG
+//! decoder differs from Pillow's libjpeg-turbo (by a few levels, more around
+//! chroma-subsampled edges), so JPEG inputs match the reference only
+//! approximately. 16-bit gray PNGs with a `tRNS` chunk (not checked) are
+//! expected to differ: the crate yields gray+alpha, whose high byte is kept,
+//! where Pillow clips the `I;16` values.
 //!
 //! The resampler is our own implementation of Pillow's algorithm
 //! (`src/libImaging/Resample.c`): `fast_image_resize`'s `CatmullRom`
@@ -60,10 +74,19 @@ pub struct ImageProcessorConfig {
     pub background_color: [u8; 3],
 }
 
+#[derive(Deserialize)]
+struct RawSize {
+    height: usize,
+    width: usize,
+}
+
 /// The JSON shape of `preprocessor_config.json`; unknown fields are ignored.
 #[derive(Deserialize)]
 struct RawConfig {
-    image_size: usize,
+    /// DeepSeek's processor names the square side `image_size`...
+    image_size: Option<usize>,
+    /// ...transformers' `JanusImageProcessor` a `size: {height, width}`.
+    size: Option<RawSize>,
     #[serde(default = "default_min_size")]
     min_size: usize,
     #[serde(default = "default_mean")]
@@ -108,7 +131,8 @@ fn three<T: Copy>(field: &str, values: &[T]) -> Result<[T; 3]> {
 impl ImageProcessorConfig {
     /// Reads `preprocessor_config.json`.
     ///
-    /// Recognised fields: `image_size` (required), `min_size` (default 14),
+    /// Recognised fields: `image_size` (or transformers' square `size:
+    /// {height, width}`; one is required), `min_size` (default 14),
     /// `image_mean` and `image_std` (default: the CLIP values the reference
     /// uses), `rescale_factor` (default 1/255), `do_normalize` (default true)
     /// and `background_color` (optional; when absent it is derived as
@@ -140,13 +164,24 @@ impl ImageProcessorConfig {
     }
 
     fn from_raw(raw: RawConfig) -> Result<Self> {
-        if raw.image_size == 0 {
+        let image_size = match (raw.image_size, &raw.size) {
+            (Some(s), _) => s,
+            (None, Some(size)) if size.height == size.width => size.height,
+            (None, Some(size)) => {
+                return Err(JanusError::Config(format!(
+                    "size {}x{} is not square; Janus-Pro pads images to a square",
+                    size.width, size.height
+                )))
+            }
+            (None, None) => return Err(JanusError::Config("image_size (or size) is missing".into())),
+        };
+        if image_size == 0 {
             return Err(JanusError::Config("image_size must be positive".into()));
         }
-        if raw.min_size > raw.image_size {
+        if raw.min_size > image_size {
             return Err(JanusError::Config(format!(
                 "min_size ({}) must not exceed image_size ({})",
-                raw.min_size, raw.image_size
+                raw.min_size, image_size
             )));
         }
         if !(raw.rescale_factor.is_finite()) {
@@ -213,7 +248,7 @@ impl ImageProcessorConfig {
             },
         };
         Ok(Self {
-            image_size: raw.image_size,
+            image_size,
             min_size: raw.min_size,
             // numpy's `np.array(mean, dtype=float32)`: round each f64 once.
             image_mean: mean64.map(|m| m as f32),
@@ -460,9 +495,10 @@ fn expand_to_square(img: &RgbImage, background: [u8; 3]) -> RgbImage {
 // Pillow's antialiased bicubic resampling (libImaging/Resample.c), 8 bits per
 // channel. Weights are computed in f64, normalised to sum to one, turned into
 // fixed point with 22 fractional bits (rounded half away from zero), and each
-// output sample is `clip8((1 << 21) + sum(pixel * weight)) >> 22`. The
-// horizontal pass runs first and its result is stored as 8-bit samples; a pass
-// is skipped when its dimension does not change.
+// output sample is `clip8((1 << 21) + sum(pixel * weight)) >> 22`. The image
+// is resized in two 1-D passes whose 8-bit intermediate is rounded, so the
+// order of the passes matters; a pass is skipped when its dimension does not
+// change.
 // ---------------------------------------------------------------------------
 
 /// Fractional bits of Pillow's fixed-point weights for 8-bit images.
@@ -494,45 +530,52 @@ struct Taps {
     weights: Vec<i32>,
 }
 
-fn compute_taps(in_size: usize, out_size: usize) -> Taps {
-    let scale = in_size as f64 / out_size as f64;
-    let filterscale = if scale < 1.0 { 1.0 } else { scale };
-    let support = BICUBIC_SUPPORT * filterscale;
-    let ksize = support.ceil() as usize * 2 + 1;
-    let ss = 1.0 / filterscale;
-    let mut start = Vec::with_capacity(out_size);
-    let mut len = Vec::with_capacity(out_size);
-    let mut weights = vec![0i32; out_size * ksize];
-    let mut row = vec![0f64; ksize];
-    for xx in 0..out_size {
-        let center = (xx as f64 + 0.5) * scale;
-        // C's `(int)` truncates toward zero; negatives clamp to 0 anyway.
-        let xmin = ((center - support + 0.5) as i64).max(0) as usize;
-        let xmax = ((center + support + 0.5) as i64).min(in_size as i64) as usize;
-        let n = xmax.saturating_sub(xmin).min(ksize);
-        let mut total = 0.0;
-        for (x, w) in row.iter_mut().enumerate().take(n) {
-            *w = bicubic_kernel(((x + xmin) as f64 - center + 0.5) * ss);
-            total += *w;
+impl Taps {
+    fn new(in_size: usize, out_size: usize) -> Self {
+        let scale = in_size as f64 / out_size as f64;
+        let filterscale = if scale < 1.0 { 1.0 } else { scale };
+        let support = BICUBIC_SUPPORT * filterscale;
+        let ksize = support.ceil() as usize * 2 + 1;
+        let inv_filterscale = 1.0 / filterscale;
+        let mut start = Vec::with_capacity(out_size);
+        let mut len = Vec::with_capacity(out_size);
+        let mut weights = vec![0i32; out_size * ksize];
+        let mut row = vec![0f64; ksize];
+        for i in 0..out_size {
+            let center = (i as f64 + 0.5) * scale;
+            // C's `(int)` truncates toward zero; negatives clamp to 0 anyway.
+            let first = ((center - support + 0.5) as i64).max(0) as usize;
+            let end = ((center + support + 0.5) as i64).min(in_size as i64) as usize;
+            let n = end.saturating_sub(first).min(ksize);
+            let mut total = 0.0;
+            for (j, w) in row.iter_mut().enumerate().take(n) {
+                *w = bicubic_kernel(((j + first) as f64 - center + 0.5) * inv_filterscale);
+                total += *w;
+            }
+            let fixed = &mut weights[i * ksize..i * ksize + n];
+            for (k, w) in fixed.iter_mut().zip(&row[..n]) {
+                let w = if total != 0.0 { w / total } else { *w };
+                let scaled = w * f64::from(1u32 << PRECISION_BITS);
+                *k = if w < 0.0 {
+                    (scaled - 0.5) as i32
+                } else {
+                    (scaled + 0.5) as i32
+                };
+            }
+            start.push(first);
+            len.push(n);
         }
-        let fixed = &mut weights[xx * ksize..xx * ksize + n];
-        for (k, w) in fixed.iter_mut().zip(&row[..n]) {
-            let w = if total != 0.0 { w / total } else { *w };
-            let scaled = w * f64::from(1u32 << PRECISION_BITS);
-            *k = if w < 0.0 {
-                (scaled - 0.5) as i32
-            } else {
-                (scaled + 0.5) as i32
-            };
+        Self {
+            ksize,
+            start,
+            len,
+            weights,
         }
-        start.push(xmin);
-        len.push(n);
     }
-    Taps {
-        ksize,
-        start,
-        len,
-        weights,
+
+    /// The weights of output sample `i`.
+    fn of(&self, i: usize) -> &[i32] {
+        &self.weights[i * self.ksize..][..self.len[i]]
     }
 }
 
@@ -547,73 +590,97 @@ fn clip8(acc: i64) -> u8 {
     }
 }
 
-/// Pillow's `Image.resize((out_w, out_h), Image.BICUBIC)` for an RGB image.
+/// Rounding bias added to every accumulator.
+const HALF: i64 = 1 << (PRECISION_BITS - 1);
+
+/// Horizontal pass over rows `rows` of an interleaved RGB buffer `width`
+/// pixels wide; returns those rows resampled to `taps.start.len()` pixels.
+fn horizontal_pass(src: &[u8], width: usize, rows: std::ops::Range<usize>, taps: &Taps) -> Vec<u8> {
+    let out_w = taps.start.len();
+    let mut out = vec![0u8; rows.len() * out_w * 3];
+    for (r, y) in rows.enumerate() {
+        let in_row = &src[y * width * 3..][..width * 3];
+        let out_row = &mut out[r * out_w * 3..][..out_w * 3];
+        for (x, px) in out_row.chunks_exact_mut(3).enumerate() {
+            let mut acc = [HALF; 3];
+            let base = taps.start[x] * 3;
+            for (j, &w) in taps.of(x).iter().enumerate() {
+                let p = &in_row[base + j * 3..][..3];
+                for (a, &v) in acc.iter_mut().zip(p) {
+                    *a += i64::from(v) * i64::from(w);
+                }
+            }
+            for (o, a) in px.iter_mut().zip(acc) {
+                *o = clip8(a);
+            }
+        }
+    }
+    out
+}
+
+/// Vertical pass over an interleaved RGB buffer `width` pixels wide whose
+/// first row is source row `row0`; returns `taps.start.len()` rows.
+fn vertical_pass(src: &[u8], width: usize, row0: usize, taps: &Taps) -> Vec<u8> {
+    let out_h = taps.start.len();
+    let stride = width * 3;
+    let mut out = vec![0u8; out_h * stride];
+    for (y, out_row) in out.chunks_exact_mut(stride).enumerate() {
+        let first = taps.start[y] - row0;
+        let k = taps.of(y);
+        for (x, o) in out_row.iter_mut().enumerate() {
+            let mut acc = HALF;
+            for (j, &w) in k.iter().enumerate() {
+                acc += i64::from(src[(first + j) * stride + x]) * i64::from(w);
+            }
+            *o = clip8(acc);
+        }
+    }
+    out
+}
+
+/// Whether Pillow runs the vertical pass first. Pillow 13 does when the
+/// height shrinks by more than twice as many pixels as the width does
+/// (python-pillow/Pillow#9549); Pillow 12.1 and older always ran the
+/// horizontal pass first. The two orders round the intermediate differently.
+fn vertical_first(in_w: usize, in_h: usize, out_w: usize, out_h: usize) -> bool {
+    let dh = in_h as i64 - out_h as i64;
+    let dw = in_w as i64 - out_w as i64;
+    dh > 0 && dh > dw * 2
+}
+
+/// Pillow's `Image.resize((out_w, out_h), Image.BICUBIC)` for an RGB image
+/// (Pillow 13 pass order).
 fn pillow_bicubic_resize(src: &RgbImage, out_w: u32, out_h: u32) -> RgbImage {
     let (in_w, in_h) = (src.width() as usize, src.height() as usize);
-    let (out_w, out_h) = (out_w as usize, out_h as usize);
-    let need_horizontal = out_w != in_w;
-    let need_vertical = out_h != in_h;
+    let (ow, oh) = (out_w as usize, out_h as usize);
+    let need_horizontal = ow != in_w;
+    let need_vertical = oh != in_h;
     if !need_horizontal && !need_vertical {
         return src.clone();
     }
-    let round = 1i64 << (PRECISION_BITS - 1);
-
-    let vert = need_vertical.then(|| compute_taps(in_h, out_h));
-    // Rows the vertical pass reads; the horizontal pass only makes those.
-    let (row_first, row_last) = match &vert {
-        Some(t) => (t.start[0], t.start[out_h - 1] + t.len[out_h - 1]),
-        None => (0, in_h),
-    };
-
-    let mut cur: Vec<u8>;
-    let mut cur_w = in_w;
-    let mut cur_row0 = 0; // source row of `cur`'s first row
-    let src_raw = src.as_raw();
-    if need_horizontal {
-        let t = compute_taps(in_w, out_w);
-        let rows = row_last - row_first;
-        cur = vec![0u8; rows * out_w * 3];
-        for r in 0..rows {
-            let in_row = &src_raw[(row_first + r) * in_w * 3..][..in_w * 3];
-            let out_row = &mut cur[r * out_w * 3..][..out_w * 3];
-            for xx in 0..out_w {
-                let k = &t.weights[xx * t.ksize..][..t.len[xx]];
-                let mut acc = [round; 3];
-                for (i, &w) in k.iter().enumerate() {
-                    let p = &in_row[(t.start[xx] + i) * 3..][..3];
-                    for c in 0..3 {
-                        acc[c] += i64::from(p[c]) * i64::from(w);
-                    }
-                }
-                for c in 0..3 {
-                    out_row[xx * 3 + c] = clip8(acc[c]);
-                }
-            }
+    let raw = src.as_raw();
+    let data = if vertical_first(in_w, in_h, ow, oh) {
+        let tall = vertical_pass(raw, in_w, 0, &Taps::new(in_h, oh));
+        if need_horizontal {
+            horizontal_pass(&tall, in_w, 0..oh, &Taps::new(in_w, ow))
+        } else {
+            tall
         }
-        cur_w = out_w;
-        cur_row0 = row_first;
+    } else if need_vertical {
+        let vert = Taps::new(in_h, oh);
+        // Only the source rows the vertical pass reads are resampled.
+        let rows = vert.start[0]..vert.start[oh - 1] + vert.len[oh - 1];
+        let row0 = rows.start;
+        if need_horizontal {
+            let wide = horizontal_pass(raw, in_w, rows, &Taps::new(in_w, ow));
+            vertical_pass(&wide, ow, row0, &vert)
+        } else {
+            vertical_pass(raw, in_w, 0, &vert)
+        }
     } else {
-        cur = src_raw.clone();
-    }
-
-    if let Some(t) = vert {
-        let mut out = vec![0u8; out_w * out_h * 3];
-        let stride = cur_w * 3;
-        for yy in 0..out_h {
-            let k = &t.weights[yy * t.ksize..][..t.len[yy]];
-            let first = t.start[yy] - cur_row0;
-            for x in 0..cur_w * 3 {
-                let mut acc = round;
-                for (i, &w) in k.iter().enumerate() {
-                    acc += i64::from(cur[(first + i) * stride + x]) * i64::from(w);
-                }
-                out[yy * stride + x] = clip8(acc);
-            }
-        }
-        cur = out;
-    }
-    RgbImage::from_raw(out_w as u32, out_h as u32, cur)
-        .expect("buffer length matches the output size")
+        horizontal_pass(raw, in_w, 0..in_h, &Taps::new(in_w, ow))
+    };
+    RgbImage::from_raw(out_w, out_h, data).expect("buffer length matches the output size")
 }
 
 #[cfg(test)]
@@ -622,7 +689,7 @@ mod tests {
 
     #[test]
     fn taps_sum_to_one_in_fixed_point_for_downscale() {
-        let t = compute_taps(200, 32);
+        let t = Taps::new(200, 32);
         assert_eq!(t.ksize, 2 * (2.0f64 * 6.25).ceil() as usize + 1);
         for i in 0..32 {
             let s: i64 = t.weights[i * t.ksize..][..t.len[i]]

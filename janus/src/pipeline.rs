@@ -250,7 +250,11 @@ impl JanusPro {
     ) -> Result<Answer> {
         opts.sampling.validate()?;
         let (_, embeds) = self.understanding_inputs(conversation, images)?;
-        let mut cache = self.model.language.new_cache();
+        // Sized once for the prompt and the longest answer (grows if a caller goes on).
+        let mut cache = self
+            .model
+            .language
+            .new_cache_with_capacity(embeds.dim(1)? + opts.max_new_tokens);
         let ids = self.decode_answer(&mut cache, &embeds, opts, on_token)?;
         Ok(Answer { text: self.processor.decode(&ids)?, token_ids: ids })
     }
@@ -461,7 +465,8 @@ impl JanusPro {
     ) -> Result<Vec<Vec<u32>>> {
         let (n_tokens, _) = self.image_grid()?;
         let lm = &self.model.language;
-        let mut cache: KvCache = lm.new_cache();
+        // Sized once for the prompt and every image token: decoding never reallocates.
+        let mut cache: KvCache = lm.new_cache_with_capacity(ids.len() + n_tokens);
         let mut embeds = self.cfg_prompt_embeds(ids, images)?;
         let mut out = vec![Vec::with_capacity(n_tokens); images];
         for step in 0..n_tokens {

@@ -20,11 +20,19 @@ pub struct LoadOptions {
     pub offline: bool,
     /// Show download progress bars on stderr.
     pub progress: bool,
+    /// Quantisation of the language model and image head, done at load.
+    pub quant: crate::quant::Quant,
 }
 
 impl Default for LoadOptions {
     fn default() -> Self {
-        Self { device: Device::Cpu, dtype: DType::F32, offline: false, progress: false }
+        Self {
+            device: Device::Cpu,
+            dtype: DType::F32,
+            offline: false,
+            progress: false,
+            quant: crate::quant::Quant::None,
+        }
     }
 }
 

@@ -114,6 +114,9 @@ impl Checkpoint {
         for (i, f) in files.iter().enumerate() {
             let shard = candle_core::pickle::PthTensors::new(f, None)
                 .map_err(|e| bad(f, without_backtrace(e)))?;
+            if shard.tensor_infos().is_empty() {
+                return Err(bad(f, "no tensors found: not a PyTorch state dict"));
+            }
             for name in shard.tensor_infos().keys() {
                 route.insert(name.clone(), i);
             }
@@ -152,7 +155,16 @@ impl Checkpoint {
     /// A tensor in its stored dtype.
     pub(crate) fn load_raw(&self, name: &str, dev: &Device) -> candle_core::Result<Tensor> {
         match &self.store {
-            Store::Safetensors(st) => st.load(name, dev),
+            Store::Safetensors(st) => {
+                let t = st.load(name, dev)?;
+                // The tensor now owns a copy: drop the mapped pages from this
+                // process's resident set, so a load never holds the file and
+                // the model at once (they stay in the page cache).
+                if let Ok(view) = st.get(name) {
+                    release_pages(view.data());
+                }
+                Ok(t)
+            }
             Store::Pickle { shards, route } => {
                 let shard = route.get(name).map(|&i| &shards[i]);
                 match shard.map(|s| s.get(name)).transpose()?.flatten() {
@@ -249,4 +261,23 @@ impl SimpleBackend for ShapeRecorder {
     fn contains_tensor(&self, _: &str) -> bool {
         true
     }
+}
+
+/// `madvise(MADV_DONTNEED)` over the whole pages inside `bytes`, a slice of a
+/// read-only file mapping: they leave the resident set and are read back from
+/// the page cache if touched again. A no-op elsewhere than Linux.
+fn release_pages(bytes: &[u8]) {
+    #[cfg(target_os = "linux")]
+    {
+        const PAGE: usize = 4096;
+        let start = (bytes.as_ptr() as usize).div_ceil(PAGE) * PAGE;
+        let end = (bytes.as_ptr() as usize + bytes.len()) / PAGE * PAGE;
+        if end > start {
+            // SAFETY: [start, end) lies inside the mapping that backs `bytes`;
+            // DONTNEED on a private read-only file mapping only drops pages.
+            unsafe { libc::madvise(start as *mut libc::c_void, end - start, libc::MADV_DONTNEED) };
+        }
+    }
+    #[cfg(not(target_os = "linux"))]
+    let _ = bytes;
 }

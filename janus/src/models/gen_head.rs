@@ -1,28 +1,38 @@
 //! `vision_head`: hidden state to logits over the VQ codebook.
 
 use candle_core::{Module, Result, Tensor};
-use candle_nn::{linear, Linear, VarBuilder};
+use candle_nn::VarBuilder;
 
 use crate::config::GenHeadConfig;
+use crate::quant::{QLinear, Quant};
 
 pub struct GenHead {
-    output_mlp_projector: Linear,
-    vision_head: Linear,
+    output_mlp_projector: QLinear,
+    vision_head: QLinear,
 }
 
 impl GenHead {
     /// `vb` is the `gen_head` prefix.
     pub fn load(vb: VarBuilder, cfg: &GenHeadConfig) -> Result<Self> {
+        Self::load_quantized(vb, cfg, Quant::None)
+    }
+
+    /// As [`GenHead::load`], with both linear weights in `quant`.
+    pub fn load_quantized(vb: VarBuilder, cfg: &GenHeadConfig, quant: Quant) -> Result<Self> {
         Ok(Self {
-            output_mlp_projector: linear(
+            output_mlp_projector: QLinear::load(
                 cfg.n_embed,
                 cfg.image_token_embed,
+                true,
                 vb.pp("output_mlp_projector"),
+                quant,
             )?,
-            vision_head: linear(
+            vision_head: QLinear::load(
                 cfg.image_token_embed,
                 cfg.image_token_size,
+                true,
                 vb.pp("vision_head"),
+                quant,
             )?,
         })
     }

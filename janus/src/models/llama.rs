@@ -1,11 +1,18 @@
 //! The DeepSeek-LLM language model: a LLaMA decoder (RMSNorm, RoPE, SiLU
 //! MLP, grouped-query attention) that returns hidden states, so both the
 //! text head (`lm_head`) and the image head can read them.
+//!
+//! Linear weights are [`QLinear`]s: f32 (exact), bf16 or quantised at load
+//! (see [`crate::quant`]). The q/k/v projections and the gate/up projections
+//! are each concatenated into one weight at load, so a decoding step runs
+//! four matmuls per layer instead of seven. Activations, norms and the
+//! key/value cache stay in f32 on the CPU.
 
 use candle_core::{DType, Device, Module, Result, Tensor};
-use candle_nn::{embedding, linear_no_bias, rms_norm, Embedding, Linear, RmsNorm, VarBuilder};
+use candle_nn::{embedding, Embedding, RmsNorm, VarBuilder};
 
 use crate::config::LlamaConfig;
+use crate::quant::{activation_dtype, QLinear, Quant};
 
 /// Cos/sin tables of the rotary embedding for every position.
 struct Rotary {
@@ -38,29 +45,56 @@ impl Rotary {
         let t = x.dim(2)?;
         let cos = self.cos.narrow(0, offset, t)?;
         let sin = self.sin.narrow(0, offset, t)?;
-        candle_nn::rotary_emb::rope(&x.contiguous()?, &cos, &sin)
+        let x = if x.is_contiguous() { x.clone() } else { x.contiguous()? };
+        candle_nn::rotary_emb::rope(&x, &cos, &sin)
     }
 }
 
+/// Loads `names` (each [out_i, in]) and stacks them into one [sum out_i, in]
+/// weight, so one matmul computes all of them.
+fn fused_linear(
+    vb: &VarBuilder,
+    names: &[(&str, usize)],
+    in_dim: usize,
+    quant: Quant,
+) -> Result<QLinear> {
+    let parts = names
+        .iter()
+        .map(|(name, out)| vb.pp(*name).get((*out, in_dim), "weight"))
+        .collect::<Result<Vec<_>>>()?;
+    let rows: usize = names.iter().map(|(_, out)| out).sum();
+    // A shape-only backend (see `weights::ShapeRecorder`) hands out zero-stride
+    // views; stacking them would allocate the whole model, so stay a view.
+    let w = if parts.iter().any(crate::quant::is_broadcast_view) {
+        Tensor::zeros((), parts[0].dtype(), parts[0].device())?.broadcast_as((rows, in_dim))?
+    } else {
+        Tensor::cat(&parts, 0)?
+    };
+    drop(parts);
+    QLinear::from_weight(w, None, quant)
+}
+
 struct Attention {
-    q_proj: Linear,
-    k_proj: Linear,
-    v_proj: Linear,
-    o_proj: Linear,
+    qkv_proj: QLinear,
+    o_proj: QLinear,
     heads: usize,
     kv_heads: usize,
     head_dim: usize,
 }
 
 impl Attention {
-    fn load(vb: VarBuilder, cfg: &LlamaConfig) -> Result<Self> {
+    fn load(vb: VarBuilder, cfg: &LlamaConfig, quant: Quant) -> Result<Self> {
         let hd = cfg.head_dim();
         let (h, kvh) = (cfg.num_attention_heads, cfg.num_key_value_heads);
+        let qkv_proj = fused_linear(
+            &vb,
+            &[("q_proj", h * hd), ("k_proj", kvh * hd), ("v_proj", kvh * hd)],
+            cfg.hidden_size,
+            quant,
+        )?;
         Ok(Self {
-            q_proj: linear_no_bias(cfg.hidden_size, h * hd, vb.pp("q_proj"))?,
-            k_proj: linear_no_bias(cfg.hidden_size, kvh * hd, vb.pp("k_proj"))?,
-            v_proj: linear_no_bias(cfg.hidden_size, kvh * hd, vb.pp("v_proj"))?,
-            o_proj: linear_no_bias(h * hd, cfg.hidden_size, vb.pp("o_proj"))?,
+            qkv_proj,
+            o_proj: QLinear::load(h * hd, cfg.hidden_size, false, vb.pp("o_proj"), quant)?,
             heads: h,
             kv_heads: kvh,
             head_dim: hd,
@@ -75,19 +109,21 @@ impl Attention {
         mask: Option<&Tensor>,
     ) -> Result<Tensor> {
         let (b, t, _) = x.dims3()?;
-        let offset = cache.len();
-        let split = |p: &Linear, heads: usize| -> Result<Tensor> {
-            p.forward(x)?
-                .reshape((b, t, heads, self.head_dim))?
+        let offset = cache.len;
+        let qkv = self.qkv_proj.forward(x)?;
+        let hd = self.head_dim;
+        let split = |start: usize, heads: usize| -> Result<Tensor> {
+            qkv.narrow(2, start * hd, heads * hd)?
+                .reshape((b, t, heads, hd))?
                 .transpose(1, 2)
         };
-        let q = rotary.apply(&split(&self.q_proj, self.heads)?, offset)?;
-        let k = rotary.apply(&split(&self.k_proj, self.kv_heads)?, offset)?;
-        let v = split(&self.v_proj, self.kv_heads)?.contiguous()?;
-        let (k, v) = cache.append(k, v)?;
+        let q = rotary.apply(&split(0, self.heads)?, offset)?;
+        let k = rotary.apply(&split(self.heads, self.kv_heads)?, offset)?;
+        let v = split(self.heads + self.kv_heads, self.kv_heads)?.contiguous()?;
+        let (k, v) = cache.append(&k, &v)?;
         let k = repeat_kv(&k, self.heads / self.kv_heads)?;
         let v = repeat_kv(&v, self.heads / self.kv_heads)?;
-        let scale = 1.0 / (self.head_dim as f64).sqrt();
+        let scale = 1.0 / (hd as f64).sqrt();
         let mut scores = (q.matmul(&k.t()?)? * scale)?;
         if let Some(mask) = mask {
             scores = scores.broadcast_add(mask)?;
@@ -96,7 +132,7 @@ impl Attention {
         let out = probs
             .matmul(&v)?
             .transpose(1, 2)?
-            .reshape((b, t, self.heads * self.head_dim))?;
+            .reshape((b, t, self.heads * hd))?;
         self.o_proj.forward(&out)
     }
 }
@@ -113,24 +149,26 @@ fn repeat_kv(x: &Tensor, n_rep: usize) -> Result<Tensor> {
 }
 
 struct Mlp {
-    gate_proj: Linear,
-    up_proj: Linear,
-    down_proj: Linear,
+    gate_up_proj: QLinear,
+    down_proj: QLinear,
+    intermediate: usize,
 }
 
 impl Mlp {
-    fn load(vb: VarBuilder, cfg: &LlamaConfig) -> Result<Self> {
+    fn load(vb: VarBuilder, cfg: &LlamaConfig, quant: Quant) -> Result<Self> {
         let (h, i) = (cfg.hidden_size, cfg.intermediate_size);
         Ok(Self {
-            gate_proj: linear_no_bias(h, i, vb.pp("gate_proj"))?,
-            up_proj: linear_no_bias(h, i, vb.pp("up_proj"))?,
-            down_proj: linear_no_bias(i, h, vb.pp("down_proj"))?,
+            gate_up_proj: fused_linear(&vb, &[("gate_proj", i), ("up_proj", i)], h, quant)?,
+            down_proj: QLinear::load(i, h, false, vb.pp("down_proj"), quant)?,
+            intermediate: i,
         })
     }
 
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let gate = candle_nn::ops::silu(&self.gate_proj.forward(x)?)?;
-        self.down_proj.forward(&(gate * self.up_proj.forward(x)?)?)
+        let gate_up = self.gate_up_proj.forward(x)?;
+        let i = self.intermediate;
+        let gate = candle_nn::ops::silu(&gate_up.narrow(2, 0, i)?)?;
+        self.down_proj.forward(&(gate * gate_up.narrow(2, i, i)?)?)
     }
 }
 
@@ -141,17 +179,29 @@ struct DecoderLayer {
     mlp: Mlp,
 }
 
+/// RMSNorm weights in the activation dtype, whatever the checkpoint holds.
+fn rms_norm(size: usize, eps: f64, vb: VarBuilder, act: DType) -> Result<RmsNorm> {
+    let w = vb.get(size, "weight")?.to_dtype(act)?;
+    Ok(RmsNorm::new(w, eps))
+}
+
 impl DecoderLayer {
-    fn load(vb: VarBuilder, cfg: &LlamaConfig) -> Result<Self> {
+    fn load(vb: VarBuilder, cfg: &LlamaConfig, quant: Quant, act: DType) -> Result<Self> {
         Ok(Self {
-            input_layernorm: rms_norm(cfg.hidden_size, cfg.rms_norm_eps, vb.pp("input_layernorm"))?,
-            self_attn: Attention::load(vb.pp("self_attn"), cfg)?,
+            input_layernorm: rms_norm(
+                cfg.hidden_size,
+                cfg.rms_norm_eps,
+                vb.pp("input_layernorm"),
+                act,
+            )?,
+            self_attn: Attention::load(vb.pp("self_attn"), cfg, quant)?,
             post_attention_layernorm: rms_norm(
                 cfg.hidden_size,
                 cfg.rms_norm_eps,
                 vb.pp("post_attention_layernorm"),
+                act,
             )?,
-            mlp: Mlp::load(vb.pp("mlp"), cfg)?,
+            mlp: Mlp::load(vb.pp("mlp"), cfg, quant)?,
         })
     }
 
@@ -174,24 +224,64 @@ impl DecoderLayer {
     }
 }
 
-/// Keys and values of one layer, [b, kv_heads, t, head_dim].
-#[derive(Clone, Default)]
+/// Keys and values of one layer: buffers [b, kv_heads, capacity, head_dim]
+/// of which the first `len` positions are filled. New positions are written
+/// in place, so a decoding step copies only its own keys and values.
+#[derive(Default)]
 struct LayerCache {
     kv: Option<(Tensor, Tensor)>,
+    len: usize,
+    /// Capacity to allocate on first use (at least the first chunk's length).
+    reserve: usize,
+}
+
+impl Clone for LayerCache {
+    /// A deep copy: the buffers are written in place, so clones must not share them.
+    fn clone(&self) -> Self {
+        let kv = self.kv.as_ref().map(|(k, v)| {
+            let copy = |t: &Tensor| {
+                t.copy()
+                    .expect("copying a key/value cache buffer on its own device")
+            };
+            (copy(k), copy(v))
+        });
+        Self {
+            kv,
+            len: self.len,
+            reserve: self.reserve,
+        }
+    }
 }
 
 impl LayerCache {
-    fn len(&self) -> usize {
-        self.kv.as_ref().map_or(0, |(k, _)| k.dim(2).unwrap_or(0))
-    }
-
-    fn append(&mut self, k: Tensor, v: Tensor) -> Result<(Tensor, Tensor)> {
-        let kv = match self.kv.take() {
-            None => (k, v),
-            Some((pk, pv)) => (Tensor::cat(&[&pk, &k], 2)?, Tensor::cat(&[&pv, &v], 2)?),
-        };
-        self.kv = Some(kv.clone());
-        Ok(kv)
+    fn append(&mut self, k: &Tensor, v: &Tensor) -> Result<(Tensor, Tensor)> {
+        let (b, kvh, t, d) = k.dims4()?;
+        let needed = self.len + t;
+        let capacity = self.kv.as_ref().map_or(0, |(kb, _)| kb.dim(2).unwrap_or(0));
+        let batch_ok = self.kv.as_ref().is_none_or(|(kb, _)| kb.dim(0).ok() == Some(b));
+        if !batch_ok {
+            candle_core::bail!("key/value cache holds a different batch size than the input")
+        }
+        if needed > capacity {
+            // First use: the reserved size; growth: doubling, so appends stay amortised O(1).
+            let new_cap = needed.max(self.reserve).max(2 * capacity);
+            let alloc = || Tensor::zeros((b, kvh, new_cap, d), k.dtype(), k.device());
+            let (nk, nv) = (alloc()?, alloc()?);
+            if let Some((ok, ov)) = &self.kv {
+                if self.len > 0 {
+                    nk.slice_set(&ok.narrow(2, 0, self.len)?.contiguous()?, 2, 0)?;
+                    nv.slice_set(&ov.narrow(2, 0, self.len)?.contiguous()?, 2, 0)?;
+                }
+            }
+            self.kv = Some((nk, nv));
+        }
+        let (kb, vb) = self.kv.as_ref().expect("allocated above");
+        let k = if k.is_contiguous() { k.clone() } else { k.contiguous()? };
+        let v = if v.is_contiguous() { v.clone() } else { v.contiguous()? };
+        kb.slice_set(&k, 2, self.len)?;
+        vb.slice_set(&v, 2, self.len)?;
+        self.len = needed;
+        Ok((kb.narrow(2, 0, needed)?, vb.narrow(2, 0, needed)?))
     }
 }
 
@@ -205,11 +295,27 @@ pub struct KvCache {
 impl KvCache {
     /// Number of positions already processed.
     pub fn len(&self) -> usize {
-        self.layers.first().map_or(0, LayerCache::len)
+        self.layers.first().map_or(0, |l| l.len)
     }
 
     pub fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+
+    /// Forgets every position from `len` on (e.g. to rewind a chat to the
+    /// part of a conversation that is unchanged); the buffers are kept.
+    pub fn truncate(&mut self, len: usize) {
+        for l in &mut self.layers {
+            l.len = l.len.min(len);
+        }
+    }
+
+    /// Positions the buffers hold before they must grow.
+    pub fn capacity(&self) -> usize {
+        self.layers.first().map_or(0, |l| {
+            l.kv.as_ref()
+                .map_or(l.reserve, |(k, _)| k.dim(2).unwrap_or(0))
+        })
     }
 }
 
@@ -217,32 +323,41 @@ pub struct Llama {
     embed_tokens: Embedding,
     layers: Vec<DecoderLayer>,
     norm: RmsNorm,
-    lm_head: Linear,
+    lm_head: QLinear,
     rotary: Rotary,
+    act_dtype: DType,
     cfg: LlamaConfig,
 }
 
 impl Llama {
     /// `vb` is the `language_model` prefix (`model.*` and `lm_head`).
     pub fn load(vb: VarBuilder, cfg: &LlamaConfig) -> Result<Self> {
+        Self::load_quantized(vb, cfg, Quant::None)
+    }
+
+    /// As [`Llama::load`], with the linear weights (and `lm_head`) in `quant`.
+    /// The token embedding table stays in the load dtype.
+    pub fn load_quantized(vb: VarBuilder, cfg: &LlamaConfig, quant: Quant) -> Result<Self> {
+        let act = activation_dtype(vb.device(), vb.dtype());
         let m = vb.pp("model");
         let embed_tokens = embedding(cfg.vocab_size, cfg.hidden_size, m.pp("embed_tokens"))?;
         let layers = (0..cfg.num_hidden_layers)
-            .map(|i| DecoderLayer::load(m.pp(format!("layers.{i}")), cfg))
+            .map(|i| DecoderLayer::load(m.pp(format!("layers.{i}")), cfg, quant, act))
             .collect::<Result<Vec<_>>>()?;
-        let norm = rms_norm(cfg.hidden_size, cfg.rms_norm_eps, m.pp("norm"))?;
+        let norm = rms_norm(cfg.hidden_size, cfg.rms_norm_eps, m.pp("norm"), act)?;
         let lm_head = if cfg.tie_word_embeddings {
-            Linear::new(embed_tokens.embeddings().clone(), None)
+            QLinear::from_weight(embed_tokens.embeddings().clone(), None, quant)?
         } else {
-            linear_no_bias(cfg.hidden_size, cfg.vocab_size, vb.pp("lm_head"))?
+            QLinear::load(cfg.hidden_size, cfg.vocab_size, false, vb.pp("lm_head"), quant)?
         };
-        let rotary = Rotary::new(cfg, vb.dtype(), vb.device())?;
+        let rotary = Rotary::new(cfg, act, vb.device())?;
         Ok(Self {
             embed_tokens,
             layers,
             norm,
             lm_head,
             rotary,
+            act_dtype: act,
             cfg: cfg.clone(),
         })
     }
@@ -251,15 +366,54 @@ impl Llama {
         &self.cfg
     }
 
+    /// The dtype of hidden states (f32 on the CPU).
+    pub fn activation_dtype(&self) -> DType {
+        self.act_dtype
+    }
+
+    /// Bytes held by the linear weights of the decoder layers and `lm_head`.
+    pub fn linear_weight_bytes(&self) -> usize {
+        self.layers
+            .iter()
+            .map(|l| {
+                l.self_attn.qkv_proj.weight_bytes()
+                    + l.self_attn.o_proj.weight_bytes()
+                    + l.mlp.gate_up_proj.weight_bytes()
+                    + l.mlp.down_proj.weight_bytes()
+            })
+            .sum::<usize>()
+            + self.lm_head.weight_bytes()
+    }
+
+    /// An empty cache; its buffers are sized on first use and grow as needed.
     pub fn new_cache(&self) -> KvCache {
+        self.new_cache_with_capacity(0)
+    }
+
+    /// An empty cache whose buffers are allocated once for `positions`
+    /// positions (e.g. prompt + 576 image tokens), so decoding never reallocates.
+    pub fn new_cache_with_capacity(&self, positions: usize) -> KvCache {
+        let reserve = positions.min(self.cfg.max_position_embeddings);
         KvCache {
-            layers: vec![LayerCache::default(); self.layers.len()],
+            layers: vec![
+                LayerCache {
+                    kv: None,
+                    len: 0,
+                    reserve,
+                };
+                self.layers.len()
+            ],
         }
     }
 
     /// Token embeddings, `ids` [b, t] -> [b, t, hidden].
     pub fn embed(&self, ids: &Tensor) -> Result<Tensor> {
-        self.embed_tokens.forward(ids)
+        let e = self.embed_tokens.forward(ids)?;
+        if e.dtype() == self.act_dtype {
+            Ok(e)
+        } else {
+            e.to_dtype(self.act_dtype)
+        }
     }
 
     /// Runs `embeds` [b, t, hidden] after the positions already in `cache`
@@ -274,12 +428,17 @@ impl Llama {
                 self.cfg.max_position_embeddings
             )
         }
+        let embeds = if embeds.dtype() == self.act_dtype {
+            embeds.clone()
+        } else {
+            embeds.to_dtype(self.act_dtype)?
+        };
         let mask = if t > 1 {
-            Some(causal_mask(t, offset, embeds.dtype(), embeds.device())?)
+            Some(causal_mask(t, offset, self.act_dtype, embeds.device())?)
         } else {
             None
         };
-        let mut x = embeds.clone();
+        let mut x = embeds;
         for (layer, c) in self.layers.iter().zip(cache.layers.iter_mut()) {
             x = layer.forward(&x, &self.rotary, c, mask.as_ref())?;
         }

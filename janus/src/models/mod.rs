@@ -10,6 +10,7 @@ use janus_vision::SiglipVit;
 use janus_vq::VqModel;
 
 use crate::config::JanusConfig;
+use crate::quant::Quant;
 pub use gen_head::GenHead;
 pub use llama::{KvCache, Llama};
 pub use projector::MlpProjector;
@@ -28,6 +29,12 @@ pub struct JanusModel {
 
 impl JanusModel {
     pub fn load(vb: VarBuilder, cfg: &JanusConfig) -> Result<Self> {
+        Self::load_quantized(vb, cfg, Quant::None)
+    }
+
+    /// As [`JanusModel::load`], with the language model's and image head's
+    /// linear weights quantised to `quant` as they are read.
+    pub fn load_quantized(vb: VarBuilder, cfg: &JanusConfig, quant: Quant) -> Result<Self> {
         Ok(Self {
             vision: SiglipVit::load(vb.pp("vision_model.vision_tower"), &cfg.vision)?,
             aligner: MlpProjector::load(vb.pp("aligner"), &cfg.aligner)?,
@@ -35,13 +42,13 @@ impl JanusModel {
             // CPU; it is small, so it always runs in f32.
             gen_vision: VqModel::load(vb.pp("gen_vision_model").set_dtype(DType::F32), &cfg.gen_vision)?,
             gen_aligner: MlpProjector::load(vb.pp("gen_aligner"), &cfg.gen_aligner)?,
-            gen_head: GenHead::load(vb.pp("gen_head"), &cfg.gen_head)?,
+            gen_head: GenHead::load_quantized(vb.pp("gen_head"), &cfg.gen_head, quant)?,
             gen_embed: embedding(
                 cfg.gen_vision.codebook_size,
                 cfg.gen_vision.codebook_embed_dim,
                 vb.pp("gen_embed"),
             )?,
-            language: Llama::load(vb.pp("language_model"), &cfg.language)?,
+            language: Llama::load_quantized(vb.pp("language_model"), &cfg.language, quant)?,
             config: cfg.clone(),
         })
     }

@@ -1,0 +1,612 @@
+//! Weight formats of the language model and image head, chosen at load:
+//! full precision (`f32`, exact), `bf16` weights computed in f32, or
+//! quantised weights (`q8_0`, `q4k`) through candle's quantized matmul.
+//!
+//! Quantisation is done at load, tensor by tensor, from whatever the
+//! checkpoint stores: no separate file is needed, and no full-precision copy
+//! of a quantised weight stays in memory. On the CPU activations are always
+//! f32: candle has no fast bf16 kernels there, so a bf16 weight is read as
+//! bf16 (half the bytes of f32) and widened inside the kernel.
+
+use std::fmt;
+
+use candle_core::quantized::{GgmlDType, QMatMul, QTensor};
+use candle_core::{CpuStorage, DType, Device, Module, Result, Tensor};
+use candle_nn::VarBuilder;
+
+/// Quantisation of the language model's and image head's linear weights.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Quant {
+    /// Weights in the load dtype (`f32` or `bf16`).
+    #[default]
+    None,
+    /// 8-bit blocks of 32 with one f16 scale (8.5 bits per weight).
+    Q8_0,
+    /// 4-bit k-quant: super-blocks of 256 with 6-bit sub-block scales (4.5 bits per weight).
+    Q4K,
+}
+
+impl Quant {
+    /// `none`, `q8_0` (`q8`) or `q4k` (`q4_k`, `q4`).
+    pub fn parse(name: &str) -> std::result::Result<Self, String> {
+        match name.trim().to_ascii_lowercase().as_str() {
+            "none" | "" => Ok(Self::None),
+            "q8_0" | "q8" => Ok(Self::Q8_0),
+            "q4k" | "q4_k" | "q4" => Ok(Self::Q4K),
+            other => Err(format!("unknown quantisation {other:?} (expected none, q8_0 or q4k)")),
+        }
+    }
+
+    pub fn name(&self) -> &'static str {
+        match self {
+            Self::None => "none",
+            Self::Q8_0 => "q8_0",
+            Self::Q4K => "q4k",
+        }
+    }
+
+    fn ggml(&self) -> Option<GgmlDType> {
+        match self {
+            Self::None => None,
+            Self::Q8_0 => Some(GgmlDType::Q8_0),
+            Self::Q4K => Some(GgmlDType::Q4K),
+        }
+    }
+
+    /// The format actually used for a weight whose rows have `in_dim`
+    /// values: a row must hold whole blocks, so a 4-bit weight whose rows do
+    /// not split into 256-value super-blocks falls back to q8_0, and one that
+    /// does not split into 32-value blocks stays unquantised (only tiny test
+    /// models have such sizes).
+    pub fn for_in_dim(&self, in_dim: usize) -> Quant {
+        match self {
+            Self::Q4K if in_dim % 256 == 0 => Self::Q4K,
+            Self::Q4K | Self::Q8_0 if in_dim % 32 == 0 => Self::Q8_0,
+            _ => Self::None,
+        }
+    }
+}
+
+impl fmt::Display for Quant {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl std::str::FromStr for Quant {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        Self::parse(s)
+    }
+}
+
+/// The dtype activations flow in: f32 on the CPU whatever the weights
+/// (candle's CPU bf16 ops convert per call), the weight dtype elsewhere.
+pub fn activation_dtype(dev: &Device, weight_dtype: DType) -> DType {
+    if dev.is_cpu() {
+        DType::F32
+    } else {
+        weight_dtype
+    }
+}
+
+/// Whether `t` is a broadcast view (a zero stride over a dimension longer
+/// than one), as handed out by shape-only backends.
+pub fn is_broadcast_view(t: &Tensor) -> bool {
+    t.dims().iter().zip(t.stride()).any(|(&d, &s)| d > 1 && s == 0)
+}
+
+enum Weight {
+    /// candle's own linear: the f32 path, and any dtype off the CPU.
+    Plain(candle_nn::Linear),
+    /// bf16 weight [out, in] on the CPU.
+    Bf16(Tensor),
+    /// candle's quantised tensor (GGUF block layout): many rows go through
+    /// candle's quantized matmul, few rows through [`small_matmul`], which
+    /// reads the same blocks and keeps the activations in f32.
+    Quantized(std::sync::Arc<QTensor>, QMatMul),
+}
+
+/// A linear layer `y = x W^T + b` whose weight is stored as f32, bf16 or
+/// quantised; inputs and outputs are in the activation dtype.
+pub struct QLinear {
+    weight: Weight,
+    /// Kept apart from candle's linear on the CPU, in the activation dtype.
+    bias: Option<Tensor>,
+    in_dim: usize,
+    out_dim: usize,
+    quant: Quant,
+}
+
+impl QLinear {
+    /// Loads `weight` [out, in] (and `bias` [out] when `with_bias`) from `vb`,
+    /// quantising with `quant` (see [`Quant::for_in_dim`]).
+    pub fn load(
+        in_dim: usize,
+        out_dim: usize,
+        with_bias: bool,
+        vb: VarBuilder,
+        quant: Quant,
+    ) -> Result<Self> {
+        let dev = vb.device().clone();
+        let w = vb.get((out_dim, in_dim), "weight")?;
+        let act = activation_dtype(&dev, vb.dtype());
+        let bias = if with_bias {
+            Some(vb.get(out_dim, "bias")?.to_dtype(act)?)
+        } else {
+            None
+        };
+        Self::from_weight(w, bias, quant)
+    }
+
+    /// Wraps a weight [out, in] already in memory (e.g. a tied embedding).
+    pub fn from_weight(w: Tensor, bias: Option<Tensor>, quant: Quant) -> Result<Self> {
+        let (out_dim, in_dim) = w.dims2()?;
+        let quant = quant.for_in_dim(in_dim);
+        let dev = w.device().clone();
+        let weight = if is_broadcast_view(&w) {
+            // Shape-only loads (parameter listings) never run: keep the view.
+            Weight::Plain(candle_nn::Linear::new(w, if dev.is_cpu() { None } else { bias.clone() }))
+        } else if let Some(g) = quant.ggml() {
+            let q = std::sync::Arc::new(QTensor::quantize(&w, g)?);
+            drop(w);
+            Weight::Quantized(q.clone(), QMatMul::from_arc(q)?)
+        } else if dev.is_cpu() && w.dtype() == DType::BF16 {
+            Weight::Bf16(w.contiguous()?)
+        } else if dev.is_cpu() && w.dtype() != DType::F32 {
+            // f16 (or other) weights on the CPU: activations are f32 there.
+            Weight::Plain(candle_nn::Linear::new(w.to_dtype(DType::F32)?, None))
+        } else {
+            let b = if dev.is_cpu() { None } else { bias.clone() };
+            Weight::Plain(candle_nn::Linear::new(w, b))
+        };
+        // Off the CPU the bias lives inside candle's linear.
+        let bias = match &weight {
+            Weight::Plain(_) if !dev.is_cpu() => None,
+            _ => bias,
+        };
+        Ok(Self {
+            weight,
+            bias,
+            in_dim,
+            out_dim,
+            quant,
+        })
+    }
+
+    pub fn in_dim(&self) -> usize {
+        self.in_dim
+    }
+
+    pub fn out_dim(&self) -> usize {
+        self.out_dim
+    }
+
+    /// The format this weight ended up in.
+    pub fn quant(&self) -> Quant {
+        self.quant
+    }
+
+    /// Bytes held by the weight (not the bias).
+    pub fn weight_bytes(&self) -> usize {
+        match &self.weight {
+            Weight::Plain(l) => l.weight().elem_count() * l.weight().dtype().size_in_bytes(),
+            Weight::Bf16(w) => w.elem_count() * 2,
+            Weight::Quantized(q, _) => q.storage_size_in_bytes(),
+        }
+    }
+
+    /// The few-row kernel for this weight, when there is one.
+    fn small_format(&self, x: &Tensor) -> Option<Fmt> {
+        if !x.device().is_cpu() || x.dtype() != DType::F32 || !simd::available() {
+            return None;
+        }
+        let m = x.elem_count() / self.in_dim.max(1);
+        if m == 0 || m > SMALL_MAX_ROWS {
+            return None;
+        }
+        match &self.weight {
+            // One row: gemm's own gemv is already at full bandwidth, and it
+            // keeps single-token decoding bit-identical to candle's linear.
+            Weight::Plain(l) if m >= 2 && l.weight().dtype() == DType::F32 && l.weight().is_contiguous() => {
+                Some(Fmt::F32)
+            }
+            Weight::Bf16(_) => Some(Fmt::Bf16),
+            Weight::Quantized(q, _) => match q.dtype() {
+                GgmlDType::Q8_0 => Some(Fmt::Q8_0),
+                GgmlDType::Q4K => Some(Fmt::Q4K),
+                _ => None,
+            },
+            _ => None,
+        }
+    }
+
+    fn forward_small(&self, x: &Tensor, fmt: Fmt) -> Result<Tensor> {
+        let x = if x.is_contiguous() { x.clone() } else { x.contiguous()? };
+        let (k, n) = (self.in_dim, self.out_dim);
+        let m = x.elem_count() / k;
+        let mut out = vec![0f32; m * n];
+        {
+            let (xs, xl) = x.storage_and_layout();
+            let xv = match &*xs {
+                candle_core::Storage::Cpu(CpuStorage::F32(v)) => {
+                    let (a, b) = xl.contiguous_offsets().expect("made contiguous");
+                    &v[a..b]
+                }
+                _ => candle_core::bail!("small matmul: f32 CPU input expected"),
+            };
+            let mut with_bytes = |bytes: &[u8]| small_matmul(fmt, bytes, xv, m, k, n, &mut out);
+            match &self.weight {
+                Weight::Plain(l) => {
+                    let (ws, wl) = l.weight().storage_and_layout();
+                    match &*ws {
+                        candle_core::Storage::Cpu(CpuStorage::F32(v)) => {
+                            let (a, b) = wl.contiguous_offsets().expect("checked contiguous");
+                            with_bytes(as_bytes(&v[a..b]))
+                        }
+                        _ => candle_core::bail!("small matmul: f32 weight expected"),
+                    }
+                }
+                Weight::Bf16(w) => {
+                    let (ws, wl) = w.storage_and_layout();
+                    match &*ws {
+                        candle_core::Storage::Cpu(CpuStorage::BF16(v)) => {
+                            let (a, b) = wl.contiguous_offsets().expect("made contiguous");
+                            with_bytes(as_bytes(&v[a..b]))
+                        }
+                        _ => candle_core::bail!("small matmul: bf16 weight expected"),
+                    }
+                }
+                Weight::Quantized(q, _) => with_bytes(&q.data()?),
+            }
+        }
+        let mut dims = x.dims().to_vec();
+        *dims.last_mut().expect("rank >= 1") = n;
+        Tensor::from_vec(out, dims, &Device::Cpu)
+    }
+}
+
+fn as_bytes<T: Copy>(v: &[T]) -> &[u8] {
+    // SAFETY: plain-old-data slices (f32, bf16) viewed as their bytes.
+    unsafe { std::slice::from_raw_parts(v.as_ptr() as *const u8, std::mem::size_of_val(v)) }
+}
+
+impl Module for QLinear {
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let y = if let Some(fmt) = self.small_format(x) {
+            self.forward_small(x, fmt)?
+        } else {
+            match &self.weight {
+                // Exactly candle_nn::Linear (the bias is added below, as
+                // Linear does: broadcast_add after the matmul).
+                Weight::Plain(l) => l.forward(x)?,
+                Weight::Bf16(w) => bf16_large_matmul(w, x)?,
+                Weight::Quantized(_, q) => {
+                    let x = if x.is_contiguous() { x.clone() } else { x.contiguous()? };
+                    q.forward(&x)?
+                }
+            }
+        };
+        match &self.bias {
+            Some(b) => y.broadcast_add(b),
+            None => Ok(y),
+        }
+    }
+}
+
+/// Rows up to which the direct kernels are used (decoding: 1 row per
+/// sequence, CFG pairs); above, the matmul is compute bound and goes to gemm
+/// or candle's quantized matmul.
+const SMALL_MAX_ROWS: usize = 16;
+
+/// Many rows through a bf16 weight: widen it to f32 (in parallel) and use
+/// candle's f32 matmul, whose cost dominates at these sizes.
+fn bf16_large_matmul(w: &Tensor, x: &Tensor) -> Result<Tensor> {
+    let x = if x.dtype() == DType::F32 { x.clone() } else { x.to_dtype(DType::F32)? };
+    let (n, k) = w.dims2()?;
+    let dims = x.dims().to_vec();
+    let m = x.elem_count() / k.max(1);
+    let w32 = widen_bf16(w)?;
+    let y = x.reshape((m, k))?.matmul(&w32.t()?)?;
+    let mut out_dims = dims;
+    *out_dims.last_mut().expect("rank >= 1") = n;
+    y.reshape(out_dims)
+}
+
+/// bf16 -> f32 of a whole (contiguous) tensor, split across threads.
+fn widen_bf16(w: &Tensor) -> Result<Tensor> {
+    let (storage, layout) = w.storage_and_layout();
+    let src = match &*storage {
+        candle_core::Storage::Cpu(CpuStorage::BF16(v)) => match layout.contiguous_offsets() {
+            Some((a, b)) => &v[a..b],
+            None => candle_core::bail!("bf16 weight is not contiguous"),
+        },
+        _ => candle_core::bail!("bf16 weight expected on the CPU"),
+    };
+    let mut out: Vec<f32> = Vec::with_capacity(src.len());
+    {
+        use rayon::prelude::*;
+        let spare = &mut out.spare_capacity_mut()[..src.len()];
+        spare
+            .par_chunks_mut(1 << 16)
+            .zip(src.par_chunks(1 << 16))
+            .for_each(|(d, s)| {
+                for (d, s) in d.iter_mut().zip(s) {
+                    d.write(f32::from_bits((s.to_bits() as u32) << 16));
+                }
+            });
+    }
+    // SAFETY: every element was written above.
+    unsafe { out.set_len(src.len()) };
+    drop(storage);
+    Tensor::from_vec(out, w.shape().clone(), &Device::Cpu)
+}
+
+/// Weight formats of the few-row kernels; rows are stored one after another.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Fmt {
+    F32,
+    Bf16,
+    /// GGUF Q8_0 blocks: f16 scale + 32 i8 (34 bytes per 32 weights).
+    Q8_0,
+    /// GGUF Q4_K super-blocks: f16 d, f16 dmin, 12 bytes of 6-bit scales/mins, 128 bytes of nibbles.
+    Q4K,
+}
+
+impl Fmt {
+    fn row_bytes(&self, k: usize) -> usize {
+        match self {
+            Fmt::F32 => 4 * k,
+            Fmt::Bf16 => 2 * k,
+            Fmt::Q8_0 => k / 32 * 34,
+            Fmt::Q4K => k / 256 * 144,
+        }
+    }
+}
+
+struct SendPtr(*mut f32);
+unsafe impl Send for SendPtr {}
+unsafe impl Sync for SendPtr {}
+
+/// `out[i, j] = sum_l x[i, l] * W[j, l]` for few rows `m`: every weight
+/// row is decoded once per 8 input rows, output columns split across threads.
+fn small_matmul(fmt: Fmt, w: &[u8], x: &[f32], m: usize, k: usize, n: usize, out: &mut [f32]) {
+    use rayon::prelude::*;
+    let rb = fmt.row_bytes(k);
+    assert!(w.len() >= rb * n && x.len() >= m * k && out.len() >= m * n);
+    const COLS: usize = 32;
+    let ptr = SendPtr(out.as_mut_ptr());
+    let ptr = &ptr;
+    (0..n.div_ceil(COLS)).into_par_iter().for_each(|b| {
+        let mut acc = [0f32; 8];
+        for j in b * COLS..((b + 1) * COLS).min(n) {
+            let row = &w[j * rb..(j + 1) * rb];
+            for i0 in (0..m).step_by(8) {
+                let rows = (m - i0).min(8);
+                simd::dot(fmt, row, &x[i0 * k..(i0 + rows) * k], k, rows, &mut acc);
+                for r in 0..rows {
+                    // SAFETY: (i0 + r, j) is written by this block only, and in bounds.
+                    unsafe { *ptr.0.add((i0 + r) * n + j) = acc[r] };
+                }
+            }
+        }
+    });
+}
+
+#[cfg(target_arch = "x86_64")]
+mod simd {
+    use super::Fmt;
+    use std::arch::x86_64::*;
+    use std::sync::OnceLock;
+
+    /// AVX-512 (F, BW) and F16C: the few-row kernels' requirement.
+    pub fn available() -> bool {
+        static F: OnceLock<bool> = OnceLock::new();
+        *F.get_or_init(|| {
+            is_x86_feature_detected!("avx512f")
+                && is_x86_feature_detected!("avx512bw")
+                && is_x86_feature_detected!("f16c")
+        })
+    }
+
+    /// `acc[r] = <row, x[r]>` for `rows` (1..=8) rows of `x`, each `k` long.
+    pub fn dot(fmt: Fmt, row: &[u8], x: &[f32], k: usize, rows: usize, acc: &mut [f32; 8]) {
+        macro_rules! go {
+            ($f:ident) => {
+                // SAFETY: `available()` gates every caller; sizes checked by small_matmul.
+                unsafe {
+                    match rows {
+                        1 => $f::<1>(row, x, k, acc),
+                        2 => $f::<2>(row, x, k, acc),
+                        3 => $f::<3>(row, x, k, acc),
+                        4 => $f::<4>(row, x, k, acc),
+                        5 => $f::<5>(row, x, k, acc),
+                        6 => $f::<6>(row, x, k, acc),
+                        7 => $f::<7>(row, x, k, acc),
+                        _ => $f::<8>(row, x, k, acc),
+                    }
+                }
+            };
+        }
+        match fmt {
+            Fmt::F32 => go!(dot_f32),
+            Fmt::Bf16 => go!(dot_bf16),
+            Fmt::Q8_0 => go!(dot_q8_0),
+            Fmt::Q4K => go!(dot_q4k),
+        }
+    }
+
+    #[inline]
+    #[target_feature(enable = "avx512f,avx512bw,f16c")]
+    unsafe fn fma_rows<const R: usize>(s: &mut [__m512; R], w: __m512, x: *const f32, k: usize, l: usize) {
+        for (r, acc) in s.iter_mut().enumerate() {
+            *acc = _mm512_fmadd_ps(w, _mm512_loadu_ps(x.add(r * k + l)), *acc);
+        }
+    }
+
+    #[inline]
+    #[target_feature(enable = "avx512f,avx512bw,f16c")]
+    unsafe fn finish<const R: usize>(s: &[__m512; R], acc: &mut [f32; 8]) {
+        for r in 0..R {
+            acc[r] = _mm512_reduce_add_ps(s[r]);
+        }
+    }
+
+    #[target_feature(enable = "avx512f,avx512bw,f16c")]
+    unsafe fn dot_f32<const R: usize>(row: &[u8], x: &[f32], k: usize, acc: &mut [f32; 8]) {
+        let w = row.as_ptr() as *const f32;
+        let xp = x.as_ptr();
+        let mut s = [_mm512_setzero_ps(); R];
+        let main = k / 16 * 16;
+        let mut l = 0;
+        while l < main {
+            fma_rows::<R>(&mut s, _mm512_loadu_ps(w.add(l)), xp, k, l);
+            l += 16;
+        }
+        finish::<R>(&s, acc);
+        for r in 0..R {
+            for t in main..k {
+                acc[r] += *w.add(t) * x[r * k + t];
+            }
+        }
+    }
+
+    #[target_feature(enable = "avx512f,avx512bw,f16c")]
+    unsafe fn dot_bf16<const R: usize>(row: &[u8], x: &[f32], k: usize, acc: &mut [f32; 8]) {
+        let w = row.as_ptr() as *const u16;
+        let xp = x.as_ptr();
+        let mut s = [_mm512_setzero_ps(); R];
+        let main = k / 16 * 16;
+        let mut l = 0;
+        while l < main {
+            let raw = _mm256_loadu_si256(w.add(l) as *const __m256i);
+            let wv = _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(raw), 16));
+            fma_rows::<R>(&mut s, wv, xp, k, l);
+            l += 16;
+        }
+        finish::<R>(&s, acc);
+        for r in 0..R {
+            for t in main..k {
+                acc[r] += f32::from_bits((*w.add(t) as u32) << 16) * x[r * k + t];
+            }
+        }
+    }
+
+    #[inline]
+    #[target_feature(enable = "avx512f,avx512bw,f16c")]
+    unsafe fn f16_at(p: *const u8) -> f32 {
+        _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(std::ptr::read_unaligned(p as *const u16) as i32)))
+    }
+
+    #[target_feature(enable = "avx512f,avx512bw,f16c")]
+    unsafe fn dot_q8_0<const R: usize>(row: &[u8], x: &[f32], k: usize, acc: &mut [f32; 8]) {
+        let xp = x.as_ptr();
+        let mut s = [_mm512_setzero_ps(); R];
+        for b in 0..k / 32 {
+            let blk = row.as_ptr().add(b * 34);
+            let d = _mm512_set1_ps(f16_at(blk));
+            let lo = _mm512_cvtepi8_epi32(_mm_loadu_si128(blk.add(2) as *const __m128i));
+            let hi = _mm512_cvtepi8_epi32(_mm_loadu_si128(blk.add(18) as *const __m128i));
+            let w0 = _mm512_mul_ps(_mm512_cvtepi32_ps(lo), d);
+            let w1 = _mm512_mul_ps(_mm512_cvtepi32_ps(hi), d);
+            fma_rows::<R>(&mut s, w0, xp, k, b * 32);
+            fma_rows::<R>(&mut s, w1, xp, k, b * 32 + 16);
+        }
+        finish::<R>(&s, acc);
+    }
+
+    #[inline(always)]
+    fn scale_min_k4(j: usize, q: &[u8]) -> (u8, u8) {
+        if j < 4 {
+            (q[j] & 63, q[j + 4] & 63)
+        } else {
+            ((q[j + 4] & 0xF) | ((q[j - 4] >> 6) << 4), (q[j + 4] >> 4) | ((q[j] >> 6) << 4))
+        }
+    }
+
+    #[target_feature(enable = "avx512f,avx512bw,f16c")]
+    unsafe fn dot_q4k<const R: usize>(row: &[u8], x: &[f32], k: usize, acc: &mut [f32; 8]) {
+        let xp = x.as_ptr();
+        let mut s = [_mm512_setzero_ps(); R];
+        let nib = _mm512_set1_epi32(0xF);
+        for b in 0..k / 256 {
+            let blk = row.as_ptr().add(b * 144);
+            let d = f16_at(blk);
+            let dmin = f16_at(blk.add(2));
+            let scales = std::slice::from_raw_parts(blk.add(4), 12);
+            let qs = blk.add(16);
+            let base = b * 256;
+            for j in 0..4 {
+                let (sc0, m0) = scale_min_k4(2 * j, scales);
+                let (sc1, m1) = scale_min_k4(2 * j + 1, scales);
+                let (d0, n0) = (_mm512_set1_ps(d * sc0 as f32), _mm512_set1_ps(-dmin * m0 as f32));
+                let (d1, n1) = (_mm512_set1_ps(d * sc1 as f32), _mm512_set1_ps(-dmin * m1 as f32));
+                for h in 0..2 {
+                    let bytes = _mm512_cvtepu8_epi32(_mm_loadu_si128(qs.add(32 * j + 16 * h) as *const __m128i));
+                    let lo = _mm512_cvtepi32_ps(_mm512_and_si512(bytes, nib));
+                    let hi = _mm512_cvtepi32_ps(_mm512_srli_epi32(bytes, 4));
+                    let off = base + 64 * j + 16 * h;
+                    fma_rows::<R>(&mut s, _mm512_fmadd_ps(lo, d0, n0), xp, k, off);
+                    fma_rows::<R>(&mut s, _mm512_fmadd_ps(hi, d1, n1), xp, k, off + 32);
+                }
+            }
+        }
+        finish::<R>(&s, acc);
+    }
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+mod simd {
+    use super::Fmt;
+    pub fn available() -> bool {
+        false
+    }
+    pub fn dot(_: Fmt, _: &[u8], _: &[f32], _: usize, _: usize, _: &mut [f32; 8]) {
+        unreachable!("gated by available()")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parse_names() {
+        assert_eq!(Quant::parse("q8_0").unwrap(), Quant::Q8_0);
+        assert_eq!(Quant::parse("Q4K").unwrap(), Quant::Q4K);
+        assert_eq!(Quant::parse("none").unwrap(), Quant::None);
+        assert!(Quant::parse("q3").is_err());
+        assert_eq!(Quant::Q4K.for_in_dim(2048), Quant::Q4K);
+        assert_eq!(Quant::Q4K.for_in_dim(64), Quant::Q8_0);
+        assert_eq!(Quant::Q8_0.for_in_dim(176), Quant::None);
+    }
+
+    fn rel(a: &Tensor, b: &Tensor) -> f32 {
+        let d = (a - b).unwrap().sqr().unwrap().sum_all().unwrap().to_scalar::<f32>().unwrap();
+        let n = b.sqr().unwrap().sum_all().unwrap().to_scalar::<f32>().unwrap();
+        (d / n).sqrt()
+    }
+
+    #[test]
+    fn bf16_and_quantized_linears_track_f32() {
+        let dev = Device::Cpu;
+        let w = Tensor::randn(0f32, 0.05, (96, 512), &dev).unwrap();
+        let b = Tensor::randn(0f32, 0.05, 96, &dev).unwrap();
+        let exact = QLinear::from_weight(w.clone(), Some(b.clone()), Quant::None).unwrap();
+        let wb = w.to_dtype(DType::BF16).unwrap();
+        let lin_bf16 = QLinear::from_weight(wb, Some(b.clone()), Quant::None).unwrap();
+        let q8 = QLinear::from_weight(w.clone(), Some(b.clone()), Quant::Q8_0).unwrap();
+        let q4 = QLinear::from_weight(w.clone(), Some(b.clone()), Quant::Q4K).unwrap();
+        assert_eq!(q4.quant(), Quant::Q4K);
+        // Few rows take the direct kernels, many rows the widened gemm.
+        for rows in [1usize, 3, 9, 40] {
+            let x = Tensor::randn(0f32, 1.0, (1, rows, 512), &dev).unwrap();
+            let want = exact.forward(&x).unwrap();
+            let want_ref = x.matmul(&w.t().unwrap().unsqueeze(0).unwrap()).unwrap().broadcast_add(&b).unwrap();
+            assert!(rel(&want, &want_ref) < 1e-6);
+            assert!(rel(&lin_bf16.forward(&x).unwrap(), &want) < 1e-2, "bf16 rows {rows}");
+            assert!(rel(&q8.forward(&x).unwrap(), &want) < 2e-2, "q8_0 rows {rows}");
+            assert!(rel(&q4.forward(&x).unwrap(), &want) < 8e-2, "q4k rows {rows}");
+        }
+    }
+}
