@@ -10,6 +10,21 @@ use crate::processor::Message;
 
 /// The state of one conversation: its turns, its images and the cache of
 /// every token the model has already seen.
+///
+/// ```
+/// use janus::{ChatSession, ImageProcessor, JanusPro, LoadOptions, UnderstandOptions};
+/// # fn main() -> janus::Result<()> {
+/// let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../tests/fixtures/tiny");
+/// let model = JanusPro::from_pretrained(dir, &LoadOptions::default())?;
+/// let opts = UnderstandOptions { max_new_tokens: 8, ..Default::default() };
+/// let mut chat = ChatSession::new();
+/// let image = ImageProcessor::open(format!("{dir}/images/square.png").as_ref())?;
+/// let first = model.chat_turn(&mut chat, "What is this?", vec![image], &opts, &mut |_, _| Ok(()))?;
+/// let second = model.chat_turn(&mut chat, "Why?", vec![], &opts, &mut |_, _| Ok(()))?;
+/// assert_eq!(chat.messages().len(), 4);
+/// assert!(second.new_prompt_tokens < 50, "earlier turns come from the cache");
+/// # let _ = first; Ok(()) }
+/// ```
 #[derive(Default)]
 pub struct ChatSession {
     messages: Vec<Message>,
