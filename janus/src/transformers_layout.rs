@@ -5,13 +5,12 @@
 //! renaming, re-fusing the ViT's split q/k/v and restoring the position
 //! embedding's batch axis.
 
-use candle_core::{DType, Device, Shape, Tensor};
-use candle_nn::var_builder::SimpleBackend;
+use candle_core::{Device, Tensor};
 use serde_json::{Map, Value};
 
 use crate::config::{CheckpointLayout, GenHeadConfig, JanusConfig, ProjectorConfig, ProjectorKind};
 use crate::error::{JanusError, Result};
-use crate::weights::Checkpoint;
+use crate::weights::{Checkpoint, TensorSource};
 use janus_vision::SiglipVitConfig;
 use janus_vq::VqConfig;
 
@@ -31,17 +30,20 @@ fn sub<'a>(root: &'a Map<String, Value>, key: &str) -> Result<&'a Map<String, Va
 fn get_usize(m: &Map<String, Value>, section: &str, key: &str, default: usize) -> Result<usize> {
     match m.get(key) {
         None | Some(Value::Null) => Ok(default),
-        Some(v) => v
-            .as_u64()
-            .map(|x| x as usize)
-            .ok_or_else(|| cfg_err(format!("{section}.{key} must be a non-negative integer, got {v}"))),
+        Some(v) => v.as_u64().map(|x| x as usize).ok_or_else(|| {
+            cfg_err(format!(
+                "{section}.{key} must be a non-negative integer, got {v}"
+            ))
+        }),
     }
 }
 
 fn get_f64(m: &Map<String, Value>, section: &str, key: &str, default: f64) -> Result<f64> {
     match m.get(key) {
         None | Some(Value::Null) => Ok(default),
-        Some(v) => v.as_f64().ok_or_else(|| cfg_err(format!("{section}.{key} must be a number, got {v}"))),
+        Some(v) => v
+            .as_f64()
+            .ok_or_else(|| cfg_err(format!("{section}.{key} must be a number, got {v}"))),
     }
 }
 
@@ -52,11 +54,15 @@ pub(crate) fn parse_config(root: &Map<String, Value>) -> Result<JanusConfig> {
     let language = crate::config::parse_language_section(sub(root, "text_config")?, "text_config")?;
     let hidden = language.hidden_size;
     if v.get("use_qk_norm").and_then(Value::as_bool) == Some(true) {
-        return Err(cfg_err("vision_config.use_qk_norm: query/key norms are not supported"));
+        return Err(cfg_err(
+            "vision_config.use_qk_norm: query/key norms are not supported",
+        ));
     }
     if let Some(act) = v.get("hidden_act").and_then(Value::as_str) {
         if act != "gelu" {
-            return Err(cfg_err(format!("vision_config.hidden_act: unsupported activation {act:?} (expected gelu)")));
+            return Err(cfg_err(format!(
+                "vision_config.hidden_act: unsupported activation {act:?} (expected gelu)"
+            )));
         }
     }
     let vision = SiglipVitConfig {
@@ -74,7 +80,11 @@ pub(crate) fn parse_config(root: &Map<String, Value>) -> Result<JanusConfig> {
             .map(|x| x.as_u64().map(|x| x as usize))
             .collect::<Option<Vec<_>>>()
             .ok_or_else(|| cfg_err("vq_config.channel_multiplier must be a list of integers"))?,
-        Some(other) => return Err(cfg_err(format!("vq_config.channel_multiplier must be a list, got {other}"))),
+        Some(other) => {
+            return Err(cfg_err(format!(
+                "vq_config.channel_multiplier must be a list, got {other}"
+            )))
+        }
     };
     let mut gen_vision = VqConfig::vq16(
         get_usize(q, "vq_config", "num_embeddings", 16384)?,
@@ -86,12 +96,16 @@ pub(crate) fn parse_config(root: &Map<String, Value>) -> Result<JanusConfig> {
     gen_vision.z_channels = get_usize(q, "vq_config", "latent_channels", 256)?;
     gen_vision.num_res_blocks = get_usize(q, "vq_config", "num_res_blocks", 2)?;
     let aligner = ProjectorConfig {
-        kind: ProjectorKind::MlpGelu { depth: get_usize(v, "vision_config", "depth", 2)?.max(1) },
+        kind: ProjectorKind::MlpGelu {
+            depth: get_usize(v, "vision_config", "depth", 2)?.max(1),
+        },
         input_dim: vision.width,
         n_embed: get_usize(v, "vision_config", "projection_dim", 2048)?,
     };
     let gen_aligner = ProjectorConfig {
-        kind: ProjectorKind::MlpGelu { depth: get_usize(q, "vq_config", "num_hidden_layers", 2)?.max(1) },
+        kind: ProjectorKind::MlpGelu {
+            depth: get_usize(q, "vq_config", "num_hidden_layers", 2)?.max(1),
+        },
         input_dim: gen_vision.codebook_embed_dim,
         n_embed: get_usize(q, "vq_config", "projection_dim", 2048)?,
     };
@@ -100,7 +114,15 @@ pub(crate) fn parse_config(root: &Map<String, Value>) -> Result<JanusConfig> {
         image_token_embed: get_usize(q, "vq_config", "image_token_embed_dim", 2048)?,
         image_token_size: gen_vision.codebook_size,
     };
-    let cfg = JanusConfig { layout: CheckpointLayout::Transformers, vision, aligner, gen_vision, gen_aligner, gen_head, language };
+    let cfg = JanusConfig {
+        layout: CheckpointLayout::Transformers,
+        vision,
+        aligner,
+        gen_vision,
+        gen_aligner,
+        gen_head,
+        language,
+    };
     cfg.check_consistency()?;
     Ok(cfg)
 }
@@ -119,7 +141,11 @@ fn projector_name(rest: &str, prefix: &str) -> Option<String> {
     let rest = rest.strip_prefix("layers.")?;
     let (idx, tail) = rest.split_once('.')?;
     let idx: usize = idx.parse().ok()?;
-    Some(if idx == 0 { format!("{prefix}.fc1.{tail}") } else { format!("{prefix}.hidden_layers.{}.{tail}", idx / 2 - 1) })
+    Some(if idx == 0 {
+        format!("{prefix}.fc1.{tail}")
+    } else {
+        format!("{prefix}.hidden_layers.{}.{tail}", idx / 2 - 1)
+    })
 }
 
 fn vq_name(rest: &str) -> String {
@@ -142,7 +168,9 @@ fn vq_name(rest: &str) -> String {
 fn vit_name(rest: &str) -> Source {
     const V: &str = "model.vision_model";
     match rest {
-        "pos_embed" => return Source::Unsqueezed(format!("{V}.embeddings.position_embedding.weight")),
+        "pos_embed" => {
+            return Source::Unsqueezed(format!("{V}.embeddings.position_embedding.weight"))
+        }
         _ => {}
     }
     if let Some(t) = rest.strip_prefix("patch_embed.proj.") {
@@ -155,7 +183,9 @@ fn vit_name(rest: &str) -> Source {
         if let Some((n, tail)) = b.split_once('.') {
             let layer = format!("{V}.encoder.layers.{n}");
             if let Some(t) = tail.strip_prefix("attn.qkv.") {
-                return Source::Fused(["q_proj", "k_proj", "v_proj"].map(|p| format!("{layer}.self_attn.{p}.{t}")));
+                return Source::Fused(
+                    ["q_proj", "k_proj", "v_proj"].map(|p| format!("{layer}.self_attn.{p}.{t}")),
+                );
             }
             if let Some(t) = tail.strip_prefix("attn.proj.") {
                 return Source::Same(format!("{layer}.self_attn.projection_layer.{t}"));
@@ -192,7 +222,8 @@ fn locate(name: &str) -> Source {
     } else if name == "language_model.lm_head.weight" {
         Some("lm_head.weight".into())
     } else {
-        name.strip_prefix("language_model.model.").map(|rest| format!("model.language_model.{rest}"))
+        name.strip_prefix("language_model.model.")
+            .map(|rest| format!("model.language_model.{rest}"))
     };
     Source::Same(renamed.unwrap_or_else(|| name.to_owned()))
 }
@@ -200,8 +231,8 @@ fn locate(name: &str) -> Source {
 /// A transformers-layout checkpoint served under the released names.
 pub struct TransformersCheckpoint(pub Checkpoint);
 
-impl TransformersCheckpoint {
-    fn load(&self, name: &str, dev: &Device) -> candle_core::Result<Tensor> {
+impl TensorSource for TransformersCheckpoint {
+    fn load_raw(&self, name: &str, dev: &Device) -> candle_core::Result<Tensor> {
         match locate(name) {
             Source::Same(n) => self.0.load_raw(&n, dev),
             Source::Unsqueezed(n) => self.0.load_raw(&n, dev)?.unsqueeze(0),
@@ -215,38 +246,20 @@ impl TransformersCheckpoint {
         }
     }
 
-    /// The released-layout shape of `name`, derived from the stored shapes.
+    /// The released-layout shape, derived from the stored shapes.
     fn shape_of(&self, name: &str) -> Option<Vec<usize>> {
         match locate(name) {
             Source::Same(n) => self.0.shape_of(&n),
             Source::Unsqueezed(n) => self.0.shape_of(&n).map(|s| [vec![1], s].concat()),
             Source::Fused(parts) => {
-                let shapes = parts.iter().map(|n| self.0.shape_of(n)).collect::<Option<Vec<_>>>()?;
+                let shapes = parts
+                    .iter()
+                    .map(|n| self.0.shape_of(n))
+                    .collect::<Option<Vec<_>>>()?;
                 let mut fused = shapes[0].clone();
                 fused[0] = shapes.iter().map(|s| s[0]).sum();
                 Some(fused)
             }
         }
-    }
-}
-
-impl SimpleBackend for TransformersCheckpoint {
-    fn get(&self, s: Shape, name: &str, _: candle_nn::Init, dtype: DType, dev: &Device) -> candle_core::Result<Tensor> {
-        match self.shape_of(name) {
-            None => candle_core::bail!("tensor {name} (transformers layout) is missing from the checkpoint"),
-            Some(stored) if stored.as_slice() != s.dims() => candle_core::bail!(
-                "tensor {name} (transformers layout) has shape {stored:?} in the checkpoint, the model expects {:?}",
-                s.dims()
-            ),
-            Some(_) => self.load(name, dev)?.to_dtype(dtype),
-        }
-    }
-
-    fn get_unchecked(&self, name: &str, dtype: DType, dev: &Device) -> candle_core::Result<Tensor> {
-        self.load(name, dev)?.to_dtype(dtype)
-    }
-
-    fn contains_tensor(&self, name: &str) -> bool {
-        self.shape_of(name).is_some()
     }
 }

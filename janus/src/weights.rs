@@ -141,8 +141,34 @@ impl Checkpoint {
         }
     }
 
-    /// The stored shape of a tensor, without reading its data.
-    pub fn shape_of(&self, name: &str) -> Option<Vec<usize>> {
+    /// A `VarBuilder` reading from this checkpoint under the released
+    /// names, converting to `dtype`.
+    pub fn into_var_builder(
+        self,
+        layout: CheckpointLayout,
+        dtype: DType,
+        device: &Device,
+    ) -> VarBuilder<'static> {
+        let backend: Box<dyn SimpleBackend> = match layout {
+            CheckpointLayout::Released => Box::new(Checked(self)),
+            CheckpointLayout::Transformers => Box::new(Checked(
+                crate::transformers_layout::TransformersCheckpoint(self),
+            )),
+        };
+        VarBuilder::from_backend(backend, dtype, device.clone())
+    }
+}
+
+/// Where named tensors come from, under the released names.
+pub(crate) trait TensorSource: Send + Sync {
+    /// The stored shape, without reading data.
+    fn shape_of(&self, name: &str) -> Option<Vec<usize>>;
+    /// The tensor in its stored dtype.
+    fn load_raw(&self, name: &str, dev: &Device) -> candle_core::Result<Tensor>;
+}
+
+impl TensorSource for Checkpoint {
+    fn shape_of(&self, name: &str) -> Option<Vec<usize>> {
         match &self.store {
             Store::Safetensors(st) => st.get(name).ok().map(|v| v.shape().to_vec()),
             Store::Pickle { shards, route } => route
@@ -152,8 +178,7 @@ impl Checkpoint {
         }
     }
 
-    /// A tensor in its stored dtype.
-    pub(crate) fn load_raw(&self, name: &str, dev: &Device) -> candle_core::Result<Tensor> {
+    fn load_raw(&self, name: &str, dev: &Device) -> candle_core::Result<Tensor> {
         match &self.store {
             Store::Safetensors(st) => {
                 let t = st.load(name, dev)?;
@@ -174,26 +199,13 @@ impl Checkpoint {
             }
         }
     }
-
-    /// A `VarBuilder` reading from this checkpoint under the released
-    /// names, converting to `dtype`.
-    pub fn into_var_builder(
-        self,
-        layout: CheckpointLayout,
-        dtype: DType,
-        device: &Device,
-    ) -> VarBuilder<'static> {
-        let backend: Box<dyn SimpleBackend> = match layout {
-            CheckpointLayout::Released => Box::new(self),
-            CheckpointLayout::Transformers => {
-                Box::new(crate::transformers_layout::TransformersCheckpoint(self))
-            }
-        };
-        VarBuilder::from_backend(backend, dtype, device.clone())
-    }
 }
 
-impl SimpleBackend for Checkpoint {
+/// A [`TensorSource`] as a `VarBuilder` backend: every request is checked
+/// against the stored shape before any data is read.
+pub(crate) struct Checked<T>(pub T);
+
+impl<T: TensorSource> SimpleBackend for Checked<T> {
     fn get(
         &self,
         s: Shape,
@@ -202,7 +214,7 @@ impl SimpleBackend for Checkpoint {
         dtype: DType,
         dev: &Device,
     ) -> candle_core::Result<Tensor> {
-        match self.shape_of(name) {
+        match self.0.shape_of(name) {
             None => candle_core::bail!("tensor {name} is missing from the checkpoint"),
             Some(stored) if stored.as_slice() != s.dims() => {
                 candle_core::bail!(
@@ -210,16 +222,16 @@ impl SimpleBackend for Checkpoint {
                     s.dims()
                 )
             }
-            Some(_) => self.load_raw(name, dev)?.to_dtype(dtype),
+            Some(_) => self.0.load_raw(name, dev)?.to_dtype(dtype),
         }
     }
 
     fn get_unchecked(&self, name: &str, dtype: DType, dev: &Device) -> candle_core::Result<Tensor> {
-        self.load_raw(name, dev)?.to_dtype(dtype)
+        self.0.load_raw(name, dev)?.to_dtype(dtype)
     }
 
     fn contains_tensor(&self, name: &str) -> bool {
-        self.shape_of(name).is_some()
+        self.0.shape_of(name).is_some()
     }
 }
 
