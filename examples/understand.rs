@@ -15,14 +15,27 @@ fn main() -> janus::Result<()> {
     let tiny = concat!(env!("CARGO_MANIFEST_DIR"), "/../tests/fixtures/tiny");
     let mut args = std::env::args().skip(1);
     let model_id = args.next().unwrap_or_else(|| tiny.to_owned());
-    let image_path = args.next().unwrap_or_else(|| format!("{tiny}/images/wide.png"));
-    let question = args.next().unwrap_or_else(|| "Describe this image in detail.".to_owned());
+    let image_path = args
+        .next()
+        .unwrap_or_else(|| format!("{tiny}/images/wide.png"));
+    let question = args
+        .next()
+        .unwrap_or_else(|| "Describe this image in detail.".to_owned());
 
     // A local folder or a hub id (downloaded once into the Hugging Face cache).
-    let model = JanusPro::from_pretrained(&model_id, &LoadOptions { progress: true, ..Default::default() })?;
+    let model = JanusPro::from_pretrained(
+        &model_id,
+        &LoadOptions {
+            progress: true,
+            ..Default::default()
+        },
+    )?;
     let image = ImageProcessor::open(Path::new(&image_path))?;
     let conversation = question_conversation(&question, 1);
-    let opts = UnderstandOptions { max_new_tokens: 64, ..Default::default() };
+    let opts = UnderstandOptions {
+        max_new_tokens: 64,
+        ..Default::default()
+    };
 
     let mut streamer = TextStreamer::new(&model.processor);
     let mut stdout = std::io::stdout();

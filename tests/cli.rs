@@ -160,7 +160,9 @@ fn model_copy() -> tempfile::TempDir {
     let tmp = tempfile::tempdir().unwrap();
     for f in std::fs::read_dir(fixture_dir()).unwrap() {
         let f = f.unwrap().path();
-        if f.is_file() && (f.extension().is_some_and(|e| e == "json") || f.ends_with("model.safetensors")) {
+        if f.is_file()
+            && (f.extension().is_some_and(|e| e == "json") || f.ends_with("model.safetensors"))
+        {
             std::fs::copy(&f, tmp.path().join(f.file_name().unwrap())).unwrap();
         }
     }
@@ -169,7 +171,8 @@ fn model_copy() -> tempfile::TempDir {
 
 fn edit_config(dir: &Path, edit: impl FnOnce(&mut serde_json::Value)) {
     let path = dir.join("config.json");
-    let mut v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    let mut v: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
     edit(&mut v);
     std::fs::write(&path, serde_json::to_string(&v).unwrap()).unwrap();
 }
@@ -181,7 +184,11 @@ fn png_header_only(path: &Path, w: u32, h: u32) {
         for &b in bytes {
             crc ^= b as u32;
             for _ in 0..8 {
-                crc = if crc & 1 != 0 { (crc >> 1) ^ 0xEDB8_8320 } else { crc >> 1 };
+                crc = if crc & 1 != 0 {
+                    (crc >> 1) ^ 0xEDB8_8320
+                } else {
+                    crc >> 1
+                };
             }
         }
         !crc
@@ -207,20 +214,29 @@ fn pickle_of_wrong_type(dir: &Path) {
     use std::io::Write;
     let file = std::fs::File::create(dir.join("pytorch_model.bin")).unwrap();
     let mut zip = zip::ZipWriter::new(file);
-    let opts = zip::write::SimpleFileOptions::default().compression_method(zip::CompressionMethod::Stored);
+    let opts =
+        zip::write::SimpleFileOptions::default().compression_method(zip::CompressionMethod::Stored);
     zip.start_file("archive/data.pkl", opts).unwrap();
     // protocol 2: ['hello']
-    zip.write_all(b"\x80\x02]q\x00X\x05\x00\x00\x00helloq\x01a.").unwrap();
+    zip.write_all(b"\x80\x02]q\x00X\x05\x00\x00\x00helloq\x01a.")
+        .unwrap();
     zip.finish().unwrap();
 }
 
 /// Fails with exit code 2 and one line on stderr that contains `needle`.
 fn assert_input_error(what: &str, out: &Output, needle: &str) {
     let err = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(2), "{what}: exit code; stderr: {err}");
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "{what}: exit code; stderr: {err}"
+    );
     assert!(!err.contains("panicked"), "{what}: panic: {err}");
     assert_eq!(err.trim_end().lines().count(), 1, "{what}: one line: {err}");
-    assert!(err.contains(needle), "{what}: expected {needle:?} in {err:?}");
+    assert!(
+        err.contains(needle),
+        "{what}: expected {needle:?} in {err:?}"
+    );
 }
 
 /// Every bad input a user can hand the CLI, each answered by one line and exit code 2.
@@ -242,20 +258,40 @@ fn bad_inputs_are_one_line_errors() {
     std::fs::remove_file(bad_pickle.path().join("model.safetensors")).unwrap();
     pickle_of_wrong_type(bad_pickle.path());
     let bad_cls = model_copy();
-    edit_config(bad_cls.path(), |v| v["gen_vision_config"]["cls"] = "VQ-32".into());
+    edit_config(bad_cls.path(), |v| {
+        v["gen_vision_config"]["cls"] = "VQ-32".into()
+    });
     let bad_proj = model_copy();
-    edit_config(bad_proj.path(), |v| v["aligner_config"]["params"]["projector_type"] = "mlp_relu".into());
+    edit_config(bad_proj.path(), |v| {
+        v["aligner_config"]["params"]["projector_type"] = "mlp_relu".into()
+    });
     let bad_shape = model_copy();
-    edit_config(bad_shape.path(), |v| v["language_config"]["intermediate_size"] = 128.into());
+    edit_config(bad_shape.path(), |v| {
+        v["language_config"]["intermediate_size"] = 128.into()
+    });
     std::fs::write(t("notes.png"), "this is not an image").unwrap();
     std::fs::write(t("empty.png"), "").unwrap();
     png_header_only(&t("huge.png"), 60_000, 60_000);
-    std::fs::write(t("conv.json"), r#"[{"role": "<|User|>", "content": "Hi", "images": ["images/x.png"]}]"#).unwrap();
+    std::fs::write(
+        t("conv.json"),
+        r#"[{"role": "<|User|>", "content": "Hi", "images": ["images/x.png"]}]"#,
+    )
+    .unwrap();
     let long = "word ".repeat(1200);
     let (s_dir, s_sq, s_tmp) = (s(&dir), s(&square), s(tmp.path()));
 
     let understand = |model: &str, image: &str, question: &str| -> Output {
-        janus(&["understand", "--model", model, "--image", image, "--question", question, "--max-new-tokens", "2"])
+        janus(&[
+            "understand",
+            "--model",
+            model,
+            "--image",
+            image,
+            "--question",
+            question,
+            "--max-new-tokens",
+            "2",
+        ])
     };
     let generate = |extra: &[&str]| -> Output {
         let mut args = vec!["generate", "--model", s_dir, "--out", s_tmp];
@@ -303,7 +339,16 @@ fn bad_inputs_are_one_line_errors() {
     for (what, out, needle) in &cases {
         assert_input_error(what, out, needle);
     }
-    let pngs = std::fs::read_dir(tmp.path()).unwrap().filter(|e| e.as_ref().unwrap().path().extension().is_some_and(|x| x == "png")).count();
+    let pngs = std::fs::read_dir(tmp.path())
+        .unwrap()
+        .filter(|e| {
+            e.as_ref()
+                .unwrap()
+                .path()
+                .extension()
+                .is_some_and(|x| x == "png")
+        })
+        .count();
     assert_eq!(pngs, 3, "failed runs write no image");
 }
 
@@ -315,15 +360,33 @@ fn interrupted_generation_leaves_no_file() {
     std::fs::write(&prompts, "a cat on a mat\n".repeat(3000)).unwrap();
     let out_dir = tmp.path().join("out");
     let mut child = Command::new(env!("CARGO_BIN_EXE_janus"))
-        .args(["generate", "--model", s(&fixture_dir()), "--prompts", s(&prompts), "--out", s(&out_dir), "--quiet"])
+        .args([
+            "generate",
+            "--model",
+            s(&fixture_dir()),
+            "--prompts",
+            s(&prompts),
+            "--out",
+            s(&out_dir),
+            "--quiet",
+        ])
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
     std::thread::sleep(std::time::Duration::from_millis(1500));
-    let killed = Command::new("kill").args(["-INT", &child.id().to_string()]).status().unwrap();
+    let killed = Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
     assert!(killed.success());
     let status = child.wait().unwrap();
     assert_eq!(status.code(), Some(130), "exit code after Ctrl-C");
-    let files: Vec<_> = std::fs::read_dir(&out_dir).map(|d| d.filter_map(|e| e.ok()).collect()).unwrap_or_default();
-    assert!(files.is_empty(), "no output files: {:?}", files.iter().map(|e| e.file_name()).collect::<Vec<_>>());
+    let files: Vec<_> = std::fs::read_dir(&out_dir)
+        .map(|d| d.filter_map(|e| e.ok()).collect())
+        .unwrap_or_default();
+    assert!(
+        files.is_empty(),
+        "no output files: {:?}",
+        files.iter().map(|e| e.file_name()).collect::<Vec<_>>()
+    );
 }

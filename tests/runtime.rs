@@ -22,7 +22,11 @@ fn image(name: &str) -> image::DynamicImage {
 }
 
 fn sampled(seed: u64) -> UnderstandOptions {
-    UnderstandOptions { max_new_tokens: 12, sampling: SamplingParams::default(), seed: Some(seed) }
+    UnderstandOptions {
+        max_new_tokens: 12,
+        sampling: SamplingParams::default(),
+        seed: Some(seed),
+    }
 }
 
 #[test]
@@ -35,14 +39,27 @@ fn understanding_seed_fixes_the_answer_and_changes_it() {
     let c = model.understand(&conv, &img, &sampled(2)).unwrap();
     assert_eq!(a, b, "same seed, same answer");
     assert_ne!(a.token_ids, c.token_ids, "another seed, another answer");
-    let greedy = model.understand(&conv, &img, &UnderstandOptions { max_new_tokens: 12, ..Default::default() }).unwrap();
+    let greedy = model
+        .understand(
+            &conv,
+            &img,
+            &UnderstandOptions {
+                max_new_tokens: 12,
+                ..Default::default()
+            },
+        )
+        .unwrap();
     assert_ne!(a.token_ids, greedy.token_ids, "sampling is not greedy");
 }
 
 #[test]
 fn generation_seed_fixes_every_image_whatever_the_batching() {
     let model = tiny();
-    let opts = |seed, parallel_size| GenerateOptions { parallel_size, seed: Some(seed), ..Default::default() };
+    let opts = |seed, parallel_size| GenerateOptions {
+        parallel_size,
+        seed: Some(seed),
+        ..Default::default()
+    };
     let prompt = "The cat sat on the mat.";
     let a = model.generate(prompt, &opts(7, 3)).unwrap();
     let b = model.generate(prompt, &opts(7, 3)).unwrap();
@@ -53,9 +70,13 @@ fn generation_seed_fixes_every_image_whatever_the_batching() {
     assert_ne!(a.tokens, c.tokens, "another seed, other images");
 
     // One image per batch, or several prompts in one call: same codes.
-    let one_by_one = model.generate_tokens_many(&[prompt], &opts(7, 3), 1, &mut |_| Ok(())).unwrap();
+    let one_by_one = model
+        .generate_tokens_many(&[prompt], &opts(7, 3), 1, &mut |_| Ok(()))
+        .unwrap();
     assert_eq!(one_by_one[0], a.tokens);
-    let two = model.generate_tokens_many(&[prompt, "A red apple."], &opts(7, 3), 2, &mut |_| Ok(())).unwrap();
+    let two = model
+        .generate_tokens_many(&[prompt, "A red apple."], &opts(7, 3), 2, &mut |_| Ok(()))
+        .unwrap();
     assert_eq!(two[0], a.tokens);
     assert_eq!(two[1].len(), 3);
 }
@@ -63,23 +84,37 @@ fn generation_seed_fixes_every_image_whatever_the_batching() {
 #[test]
 fn multi_prompt_progress_counts_every_step() {
     let model = tiny();
-    let opts = GenerateOptions { parallel_size: 3, sampling: SamplingParams::greedy(), ..Default::default() };
+    let opts = GenerateOptions {
+        parallel_size: 3,
+        sampling: SamplingParams::greedy(),
+        ..Default::default()
+    };
     let mut seen = vec![];
-    model.generate_tokens_many(&["a cat", "a dog"], &opts, 2, &mut |p| {
-        seen.push((p.step, p.total));
-        Ok(())
-    })
-    .unwrap();
+    model
+        .generate_tokens_many(&["a cat", "a dog"], &opts, 2, &mut |p| {
+            seen.push((p.step, p.total));
+            Ok(())
+        })
+        .unwrap();
     // Two prompts in batches of 2 + 1 images: 4 batches of 16 steps.
     assert_eq!(seen.len(), 64);
-    assert!(seen.iter().enumerate().all(|(i, &(s, t))| s == i + 1 && t == 64));
+    assert!(seen
+        .iter()
+        .enumerate()
+        .all(|(i, &(s, t))| s == i + 1 && t == 64));
 }
 
 #[test]
 fn streamed_pieces_join_to_the_answer() {
     let model = tiny();
     let conv = question_conversation("What is a cat?", 0);
-    for opts in [UnderstandOptions { max_new_tokens: 12, ..Default::default() }, sampled(3)] {
+    for opts in [
+        UnderstandOptions {
+            max_new_tokens: 12,
+            ..Default::default()
+        },
+        sampled(3),
+    ] {
         let mut streamer = TextStreamer::new(&model.processor);
         let mut pieces = String::new();
         let answer = model
@@ -131,12 +166,19 @@ fn cancellation_stops_generation_and_understanding() {
 #[test]
 fn chat_reuses_the_cache_and_matches_a_full_recompute() {
     let model = tiny();
-    let opts = UnderstandOptions { max_new_tokens: 6, ..Default::default() };
+    let opts = UnderstandOptions {
+        max_new_tokens: 6,
+        ..Default::default()
+    };
     let mut session = ChatSession::new();
     let imgs = vec![image("tall.png"), image("square.png")];
     let q1 = "<image_placeholder> is Figure 1.\n<image_placeholder> is Figure 2.\nWhich image is brighter?";
-    let first = model.chat_turn(&mut session, q1, imgs.clone(), &opts, &mut |_, _| Ok(())).unwrap();
-    let second = model.chat_turn(&mut session, "Why?", vec![], &opts, &mut |_, _| Ok(())).unwrap();
+    let first = model
+        .chat_turn(&mut session, q1, imgs.clone(), &opts, &mut |_, _| Ok(()))
+        .unwrap();
+    let second = model
+        .chat_turn(&mut session, "Why?", vec![], &opts, &mut |_, _| Ok(()))
+        .unwrap();
 
     let conv = vec![
         Message::user(q1),
@@ -145,7 +187,10 @@ fn chat_reuses_the_cache_and_matches_a_full_recompute() {
         Message::assistant(""),
     ];
     let full = model.understand(&conv, &imgs, &opts).unwrap();
-    assert_eq!(second.answer, full, "the cached turn answers as a full recompute");
+    assert_eq!(
+        second.answer, full,
+        "the cached turn answers as a full recompute"
+    );
     let (ids, _) = model.understanding_inputs(&conv, &imgs).unwrap();
     assert!(
         second.new_prompt_tokens < ids.len(),
@@ -180,7 +225,10 @@ fn fake_hub_cache(root: &Path, id: &str) {
     std::fs::write(repo.join("refs/main"), "0123456789abcdef").unwrap();
     for f in std::fs::read_dir(fixture_dir()).unwrap() {
         let f = f.unwrap().path();
-        if f.is_file() && (f.extension().is_some_and(|e| e == "json") || f.ends_with("model.safetensors")) && !f.ends_with("expected.json") {
+        if f.is_file()
+            && (f.extension().is_some_and(|e| e == "json") || f.ends_with("model.safetensors"))
+            && !f.ends_with("expected.json")
+        {
             std::fs::copy(&f, snapshot.join(f.file_name().unwrap())).unwrap();
         }
     }
@@ -192,13 +240,33 @@ fn hub_ids_load_from_the_cache_offline() {
     fake_hub_cache(tmp.path(), "janus-rs/tiny-test");
     // HF_HUB_CACHE points at the folder holding models--*; set for this process only.
     std::env::set_var("HF_HUB_CACHE", tmp.path());
-    let opts = LoadOptions { offline: true, ..Default::default() };
+    let opts = LoadOptions {
+        offline: true,
+        ..Default::default()
+    };
     let model = JanusPro::from_pretrained("janus-rs/tiny-test", &opts).unwrap();
     let conv = question_conversation("What is a cat?", 0);
-    let answer = model.understand(&conv, &[], &UnderstandOptions { max_new_tokens: 12, ..Default::default() }).unwrap();
-    assert_eq!(answer.token_ids, common::ids(&expected()["understand.text.generated_ids"]));
+    let answer = model
+        .understand(
+            &conv,
+            &[],
+            &UnderstandOptions {
+                max_new_tokens: 12,
+                ..Default::default()
+            },
+        )
+        .unwrap();
+    assert_eq!(
+        answer.token_ids,
+        common::ids(&expected()["understand.text.generated_ids"])
+    );
 
-    let err = JanusPro::from_pretrained("janus-rs/not-cached", &opts).err().unwrap();
+    let err = JanusPro::from_pretrained("janus-rs/not-cached", &opts)
+        .err()
+        .unwrap();
     let msg = err.to_string();
-    assert!(msg.contains("not in the Hugging Face cache") && msg.contains("offline"), "{msg}");
+    assert!(
+        msg.contains("not in the Hugging Face cache") && msg.contains("offline"),
+        "{msg}"
+    );
 }

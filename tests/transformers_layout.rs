@@ -20,19 +20,37 @@ fn convert(name: &str, t: &Tensor, out: &mut HashMap<String, Tensor>) {
         return;
     }
     let ordered: [(&str, &str); 17] = [
-        ("vision_model.vision_tower.pos_embed", "model.vision_model.embeddings.position_embedding.weight"),
-        ("vision_model.vision_tower.patch_embed.proj", "model.vision_model.embeddings.patch_embedding"),
-        ("vision_model.vision_tower.norm.", "model.vision_model.post_layernorm."),
-        ("vision_model.vision_tower.blocks.", "model.vision_model.encoder.layers."),
+        (
+            "vision_model.vision_tower.pos_embed",
+            "model.vision_model.embeddings.position_embedding.weight",
+        ),
+        (
+            "vision_model.vision_tower.patch_embed.proj",
+            "model.vision_model.embeddings.patch_embedding",
+        ),
+        (
+            "vision_model.vision_tower.norm.",
+            "model.vision_model.post_layernorm.",
+        ),
+        (
+            "vision_model.vision_tower.blocks.",
+            "model.vision_model.encoder.layers.",
+        ),
         (".attn.proj.", ".self_attn.projection_layer."),
         (".attn.qkv.", ".self_attn.qkv."),
         (".norm1.", ".layer_norm1."),
         (".norm2.", ".layer_norm2."),
         ("gen_aligner.layers.0.", "model.generation_aligner.fc1."),
-        ("gen_aligner.layers.2.", "model.generation_aligner.hidden_layers.0."),
+        (
+            "gen_aligner.layers.2.",
+            "model.generation_aligner.hidden_layers.0.",
+        ),
         ("aligner.layers.0.", "model.aligner.fc1."),
         ("aligner.layers.2.", "model.aligner.hidden_layers.0."),
-        ("gen_head.output_mlp_projector.", "model.generation_head.proj_out."),
+        (
+            "gen_head.output_mlp_projector.",
+            "model.generation_head.proj_out.",
+        ),
         ("gen_head.", "model.generation_head."),
         ("gen_embed.", "model.generation_embeddings."),
         ("language_model.model.", "model.language_model."),
@@ -49,7 +67,9 @@ fn convert(name: &str, t: &Tensor, out: &mut HashMap<String, Tensor>) {
             .replace("mid.2.", "mid.block_2.");
     } else {
         for (from, to) in ordered {
-            if new.contains(from) && !(from.starts_with("aligner") && new.starts_with("gen_aligner")) {
+            if new.contains(from)
+                && !(from.starts_with("aligner") && new.starts_with("gen_aligner"))
+            {
                 new = new.replacen(from, to, 1);
             }
         }
@@ -57,7 +77,10 @@ fn convert(name: &str, t: &Tensor, out: &mut HashMap<String, Tensor>) {
     if new.contains(".self_attn.qkv.") {
         let n = t.dim(0).unwrap() / 3;
         for (i, p) in ["q_proj", "k_proj", "v_proj"].iter().enumerate() {
-            out.insert(new.replace("qkv", p), t.narrow(0, i * n, n).unwrap().contiguous().unwrap());
+            out.insert(
+                new.replace("qkv", p),
+                t.narrow(0, i * n, n).unwrap().contiguous().unwrap(),
+            );
         }
     } else if new.ends_with("position_embedding.weight") {
         out.insert(new, t.squeeze(0).unwrap());
@@ -88,7 +111,11 @@ fn write_transformers_copy(dir: &Path) {
             "image_token_embed_dim": 64, "model_type": "janus_vqgan"
         }
     });
-    std::fs::write(dir.join("config.json"), serde_json::to_string_pretty(&config).unwrap()).unwrap();
+    std::fs::write(
+        dir.join("config.json"),
+        serde_json::to_string_pretty(&config).unwrap(),
+    )
+    .unwrap();
     std::fs::write(
         dir.join("preprocessor_config.json"),
         r#"{"image_processor_type": "JanusImageProcessor", "size": {"height": 32, "width": 32}, "min_size": 14,
@@ -101,10 +128,15 @@ fn write_transformers_copy(dir: &Path) {
         r#"{"processor_class": "JanusProcessor", "num_image_tokens": 16, "use_default_system_prompt": true}"#,
     )
     .unwrap();
-    for f in ["tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"] {
+    for f in [
+        "tokenizer.json",
+        "tokenizer_config.json",
+        "special_tokens_map.json",
+    ] {
         std::fs::copy(src.join(f), dir.join(f)).unwrap();
     }
-    let weights = candle_core::safetensors::load(src.join("model.safetensors"), &Device::Cpu).unwrap();
+    let weights =
+        candle_core::safetensors::load(src.join("model.safetensors"), &Device::Cpu).unwrap();
     let mut out = HashMap::new();
     for (name, t) in &weights {
         convert(name, t, &mut out);
@@ -122,21 +154,40 @@ fn transformers_layout_gives_identical_outputs() {
 
     let image = ImageProcessor::open(&fixture_dir().join("images/wide.png")).unwrap();
     let conv = question_conversation("Describe this image in detail.", 1);
-    let (ids_a, emb_a) = native.understanding_inputs(&conv, std::slice::from_ref(&image)).unwrap();
-    let (ids_b, emb_b) = released.understanding_inputs(&conv, std::slice::from_ref(&image)).unwrap();
+    let (ids_a, emb_a) = native
+        .understanding_inputs(&conv, std::slice::from_ref(&image))
+        .unwrap();
+    let (ids_b, emb_b) = released
+        .understanding_inputs(&conv, std::slice::from_ref(&image))
+        .unwrap();
     assert_eq!(ids_a, ids_b);
     assert_eq!(rel_l2(&emb_a, &emb_b), 0.0, "input embeddings");
 
-    let opts = UnderstandOptions { max_new_tokens: 12, ..Default::default() };
-    let a = native.understand(&conv, std::slice::from_ref(&image), &opts).unwrap();
+    let opts = UnderstandOptions {
+        max_new_tokens: 12,
+        ..Default::default()
+    };
+    let a = native
+        .understand(&conv, std::slice::from_ref(&image), &opts)
+        .unwrap();
     assert_eq!(a, released.understand(&conv, &[image], &opts).unwrap());
-    assert_eq!(a.token_ids, common::ids(&expected()["understand.single.generated_ids"]));
+    assert_eq!(
+        a.token_ids,
+        common::ids(&expected()["understand.single.generated_ids"])
+    );
 
-    let opts = GenerateOptions { parallel_size: 2, sampling: SamplingParams::greedy(), ..Default::default() };
+    let opts = GenerateOptions {
+        parallel_size: 2,
+        sampling: SamplingParams::greedy(),
+        ..Default::default()
+    };
     let prompt = "A close-up photo of a red apple on a wooden table.";
     let a = native.generate(prompt, &opts).unwrap();
     let b = released.generate(prompt, &opts).unwrap();
     assert_eq!(a.tokens, b.tokens);
     assert_eq!(a.images, b.images);
-    assert_eq!(a.tokens.concat(), common::ids(&expected()["t2i.apple.image_tokens"]));
+    assert_eq!(
+        a.tokens.concat(),
+        common::ids(&expected()["t2i.apple.image_tokens"])
+    );
 }

@@ -72,6 +72,9 @@ pub struct BenchResult {
     pub full_image_s: f64,
     pub load_s: f64,
     pub peak_rss_bytes: u64,
+    /// Resident memory right after loading (weights in their final form).
+    #[serde(default)]
+    pub load_rss_bytes: u64,
     /// Bytes of the language model's linear weights (shows the quantisation).
     pub llm_linear_bytes: u64,
     pub steps: usize,
@@ -105,6 +108,14 @@ fn dtype_name(d: DType) -> &'static str {
 
 /// Entry point of the subcommand.
 pub fn run(args: BenchArgs) -> Result<()> {
+    // Large buffers (activations, conversion scratch) come and go every
+    // step; a fixed mmap threshold hands them back to the OS when freed
+    // instead of letting glibc's adaptive threshold keep them in the heap.
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: mallopt only tunes the allocator; called before any threads start.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 1 << 20);
+    }
     if let Some(t) = args.threads {
         if t == 0 {
             return Err(input_err("--threads must be at least 1"));
@@ -347,10 +358,15 @@ fn random_model_dir(args: &BenchArgs, config_text: &str, cfg: &JanusConfig) -> R
 // ---------------------------------------------------------------- workloads
 
 fn peak_rss_bytes() -> u64 {
+    status_bytes("VmHWM:")
+}
+
+/// A `kB` field of /proc/self/status, in bytes (0 where there is none).
+fn status_bytes(field: &str) -> u64 {
     let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
     status
         .lines()
-        .find(|l| l.starts_with("VmHWM:"))
+        .find(|l| l.starts_with(field))
         .and_then(|l| l.split_whitespace().nth(1))
         .and_then(|kb| kb.parse::<u64>().ok())
         .map_or(0, |kb| kb * 1024)
@@ -459,19 +475,25 @@ fn run_one(args: &BenchArgs, dtype: DType, quant: Quant) -> Result<BenchResult> 
     let dev = Device::Cpu;
     let threads = rayon::current_num_threads();
     let label = format!("{}/{}", dtype_name(dtype), quant);
-    eprintln!("bench {label}: loading");
+    let stage = |what: &str| {
+        eprintln!(
+            "bench {label}: {what} (peak RSS so far {:.2} GB)",
+            status_bytes("VmHWM:") as f64 / 1e9
+        )
+    };
+    stage("loading");
 
     let (model, load_s) = time(|| {
         let vb = Checkpoint::open(&dir)?.into_var_builder(crate::config::CheckpointLayout::Released, dtype, &dev);
         Ok(JanusModel::load_quantized(vb, &cfg, quant)?)
     })?;
+    let load_rss_bytes = status_bytes("VmRSS:");
     let lm = &model.language;
     let vocab = cfg.language.vocab_size;
-    let hidden = cfg.language.hidden_size;
     let img = cfg.vision.image_size;
 
     // ViT: one image, one warm-up.
-    eprintln!("bench {label}: ViT");
+    stage("ViT");
     let pixels = {
         let mut rng = SplitMix(11);
         let v: Vec<f32> = (0..3 * img * img)
@@ -486,7 +508,7 @@ fn run_one(args: &BenchArgs, dtype: DType, quant: Quant) -> Result<BenchResult> 
     })?;
 
     // Understanding: system prompt + <image> x 576 + a short question, as the official template.
-    eprintln!("bench {label}: understanding prefill");
+    stage("understanding prefill");
     let n_img = image_embeds.dim(1)?;
     let (before, after) = (14usize, 30usize);
     let text = Tensor::new(random_ids(before + after, vocab, 3), &dev)?;
@@ -518,7 +540,7 @@ fn run_one(args: &BenchArgs, dtype: DType, quant: Quant) -> Result<BenchResult> 
     })?;
     let und_logits = und_logits.expect("prefill ran");
 
-    eprintln!("bench {label}: understanding decode");
+    stage("understanding decode");
     let mut next = crate::sampling::argmax(&und_logits.to_vec1::<f32>()?);
     let mut decode = |cache: &mut crate::models::KvCache| -> Result<()> {
         let e = lm.embed(&Tensor::new(&[[next]], &dev)?)?;
@@ -539,13 +561,13 @@ fn run_one(args: &BenchArgs, dtype: DType, quant: Quant) -> Result<BenchResult> 
     let grid = img / cfg.gen_vision.downsample_factor();
     let n_tokens = grid * grid;
     let prompt = random_ids(24, vocab, 5);
-    eprintln!("bench {label}: text-to-image steps (parallel 1)");
+    stage("text-to-image steps (parallel 1)");
     let (t2i_prefill_s, t2i_step_s, t2i_logits) = t2i(&model, &prompt, 1, steps, n_tokens)?;
-    eprintln!("bench {label}: text-to-image steps (parallel 4)");
+    stage("text-to-image steps (parallel 4)");
     let (_, t2i_step_p4_s, _) = t2i(&model, &prompt, 4, steps, n_tokens)?;
 
     // VQ decode of one image.
-    eprintln!("bench {label}: VQ decode");
+    stage("VQ decode");
     let codes = {
         let mut rng = SplitMix(13);
         let v: Vec<u32> = (0..n_tokens)
@@ -559,6 +581,7 @@ fn run_one(args: &BenchArgs, dtype: DType, quant: Quant) -> Result<BenchResult> 
         Ok(())
     })?;
 
+    stage("done");
     // Quality against the f32 run of the same weights and inputs.
     let ref_path = dir.join("reference-logits.safetensors");
     let (mut und_err, mut t2i_err) = (None, None);
@@ -576,7 +599,6 @@ fn run_one(args: &BenchArgs, dtype: DType, quant: Quant) -> Result<BenchResult> 
         }
     }
 
-    let _ = hidden;
     Ok(BenchResult {
         dtype: dtype_name(dtype).into(),
         quant: quant.name().into(),
@@ -592,6 +614,7 @@ fn run_one(args: &BenchArgs, dtype: DType, quant: Quant) -> Result<BenchResult> 
         full_image_s: t2i_prefill_s + n_tokens as f64 * t2i_step_s + vq_decode_s,
         load_s,
         peak_rss_bytes: peak_rss_bytes(),
+        load_rss_bytes,
         llm_linear_bytes: lm.linear_weight_bytes() as u64,
         steps,
         und_logits_rel_l2: und_err,

@@ -87,8 +87,15 @@ impl JanusPro {
         let mut messages = session.messages.clone();
         messages.push(Message::user(content));
         messages.push(Message::assistant(""));
-        let all_images: Vec<DynamicImage> = session.images.iter().cloned().chain(images.iter().cloned()).collect();
-        let ids = self.processor.understanding_ids(&messages, all_images.len())?;
+        let all_images: Vec<DynamicImage> = session
+            .images
+            .iter()
+            .cloned()
+            .chain(images.iter().cloned())
+            .collect();
+        let ids = self
+            .processor
+            .understanding_ids(&messages, all_images.len())?;
         let max_pos = self.model.config.language.max_position_embeddings;
         if ids.len() >= max_pos {
             return Err(JanusError::Input(format!(
@@ -100,7 +107,11 @@ impl JanusPro {
         // Reuse the cache for the longest unchanged prefix (the answer's
         // re-tokenisation may differ from the generated ids), never cutting
         // into an image span; the images of the new part are the last ones.
-        let mut start = ids.iter().zip(&session.cached_ids).take_while(|(a, b)| a == b).count();
+        let mut start = ids
+            .iter()
+            .zip(&session.cached_ids)
+            .take_while(|(a, b)| a == b)
+            .count();
         start = start.min(ids.len() - 1);
         while start > 0 && ids[start] == self.processor.special.image {
             start -= 1;
@@ -116,7 +127,10 @@ impl JanusPro {
             }
         };
         let new_ids = &ids[start..];
-        let new_placeholders = new_ids.iter().filter(|&&id| id == self.processor.special.image).count();
+        let new_placeholders = new_ids
+            .iter()
+            .filter(|&&id| id == self.processor.special.image)
+            .count();
         let new_images = new_placeholders / self.processor.config.num_image_tokens.max(1);
         let embeds = self.embed_prompt(new_ids, &all_images[all_images.len() - new_images..])?;
 
@@ -137,8 +151,19 @@ impl JanusPro {
         session.messages = messages;
         session.images = all_images;
         // Every generated id but the last was fed to the model.
-        session.cached_ids = ids.iter().chain(generated.iter().take(generated.len().saturating_sub(1))).copied().collect();
+        session.cached_ids = ids
+            .iter()
+            .chain(generated.iter().take(generated.len().saturating_sub(1)))
+            .copied()
+            .collect();
         session.cache = Some(cache);
-        Ok(ChatReply { answer: Answer { text, token_ids: generated }, stopped, new_prompt_tokens: new_ids.len() })
+        Ok(ChatReply {
+            answer: Answer {
+                text,
+                token_ids: generated,
+            },
+            stopped,
+            new_prompt_tokens: new_ids.len(),
+        })
     }
 }

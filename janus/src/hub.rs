@@ -20,8 +20,12 @@ const SIDE_FILES: [&str; 5] = [
 ];
 
 /// Weight layouts in order of preference, each named by its first file.
-const WEIGHT_ENTRIES: [&str; 4] =
-    ["model.safetensors.index.json", "model.safetensors", "pytorch_model.bin.index.json", "pytorch_model.bin"];
+const WEIGHT_ENTRIES: [&str; 4] = [
+    "model.safetensors.index.json",
+    "model.safetensors",
+    "pytorch_model.bin.index.json",
+    "pytorch_model.bin",
+];
 
 fn cache() -> Cache {
     match std::env::var_os("HF_HUB_CACHE") {
@@ -31,18 +35,32 @@ fn cache() -> Cache {
 }
 
 fn offline_from_env() -> bool {
-    std::env::var("HF_HUB_OFFLINE").is_ok_and(|v| matches!(v.trim().to_ascii_lowercase().as_str(), "1" | "true" | "yes" | "on"))
+    std::env::var("HF_HUB_OFFLINE").is_ok_and(|v| {
+        matches!(
+            v.trim().to_ascii_lowercase().as_str(),
+            "1" | "true" | "yes" | "on"
+        )
+    })
 }
 
 /// Shard files named by a downloaded `*.index.json`.
 fn shards_of(index: &std::path::Path) -> Result<Vec<String>> {
-    let text = std::fs::read_to_string(index)
-        .map_err(|e| JanusError::BadFile { path: index.into(), reason: e.to_string() })?;
-    let value: serde_json::Value = serde_json::from_str(&text)
-        .map_err(|e| JanusError::BadFile { path: index.into(), reason: format!("invalid JSON: {e}") })?;
+    let text = std::fs::read_to_string(index).map_err(|e| JanusError::BadFile {
+        path: index.into(),
+        reason: e.to_string(),
+    })?;
+    let value: serde_json::Value =
+        serde_json::from_str(&text).map_err(|e| JanusError::BadFile {
+            path: index.into(),
+            reason: format!("invalid JSON: {e}"),
+        })?;
     let mut files: Vec<String> = value["weight_map"]
         .as_object()
-        .map(|m| m.values().filter_map(|v| v.as_str().map(str::to_owned)).collect())
+        .map(|m| {
+            m.values()
+                .filter_map(|v| v.as_str().map(str::to_owned))
+                .collect()
+        })
         .unwrap_or_default();
     files.sort();
     files.dedup();
@@ -69,19 +87,28 @@ pub fn fetch(model_id: &str, opts: &LoadOptions) -> Result<PathBuf> {
         .build()
         .map_err(unreachable)?;
     let repo = api.model(model_id.to_owned());
-    let listed: Vec<String> = repo.info().map_err(unreachable)?.siblings.into_iter().map(|s| s.rfilename).collect();
+    let listed: Vec<String> = repo
+        .info()
+        .map_err(unreachable)?
+        .siblings
+        .into_iter()
+        .map(|s| s.rfilename)
+        .collect();
     let has = |f: &str| listed.iter().any(|l| l == f);
     if !has("config.json") {
-        return Err(JanusError::Input(format!("hub model {model_id:?} has no config.json; is it a Janus-Pro model?")));
+        return Err(JanusError::Input(format!(
+            "hub model {model_id:?} has no config.json; is it a Janus-Pro model?"
+        )));
     }
     let config = repo.get("config.json").map_err(unreachable)?;
     for f in SIDE_FILES.iter().filter(|f| has(f)) {
         repo.get(f).map_err(unreachable)?;
     }
-    let entry = WEIGHT_ENTRIES
-        .iter()
-        .find(|f| has(f))
-        .ok_or_else(|| JanusError::Input(format!("hub model {model_id:?} has no weights in a supported format")))?;
+    let entry = WEIGHT_ENTRIES.iter().find(|f| has(f)).ok_or_else(|| {
+        JanusError::Input(format!(
+            "hub model {model_id:?} has no weights in a supported format"
+        ))
+    })?;
     let first = repo.get(entry).map_err(unreachable)?;
     if entry.ends_with(".index.json") {
         for shard in shards_of(&first)? {
@@ -101,7 +128,10 @@ fn from_cache(model_id: &str, cache: &Cache) -> Result<PathBuf> {
         ))
     };
     let config = repo.get("config.json").ok_or_else(missing)?;
-    let dir = config.parent().map(|p| p.to_path_buf()).ok_or_else(missing)?;
+    let dir = config
+        .parent()
+        .map(|p| p.to_path_buf())
+        .ok_or_else(missing)?;
     let weights_cached = WEIGHT_ENTRIES.iter().any(|f| match repo.get(f) {
         Some(p) if f.ends_with(".index.json") => {
             shards_of(&p).is_ok_and(|shards| shards.iter().all(|s| repo.get(s).is_some()))

@@ -173,7 +173,9 @@ impl ImageProcessorConfig {
                     size.width, size.height
                 )))
             }
-            (None, None) => return Err(JanusError::Config("image_size (or size) is missing".into())),
+            (None, None) => {
+                return Err(JanusError::Config("image_size (or size) is missing".into()))
+            }
         };
         if image_size == 0 {
             return Err(JanusError::Config("image_size must be positive".into()));

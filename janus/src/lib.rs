@@ -30,6 +30,7 @@
 //! # Ok(()) }
 //! ```
 
+pub mod bench;
 pub mod cancel;
 pub mod chat;
 pub mod config;

@@ -27,7 +27,10 @@ impl Default for UnderstandOptions {
     fn default() -> Self {
         Self {
             max_new_tokens: 512,
-            sampling: SamplingParams { top_p: 0.95, ..SamplingParams::greedy() },
+            sampling: SamplingParams {
+                top_p: 0.95,
+                ..SamplingParams::greedy()
+            },
             seed: None,
         }
     }
@@ -192,7 +195,10 @@ impl JanusPro {
     /// Input embeddings [1, T, hidden] of prompt ids, with the embeddings of
     /// `images` (in order) at the image placeholder positions.
     pub fn embed_prompt(&self, ids: &[u32], images: &[DynamicImage]) -> Result<Tensor> {
-        let placeholders = ids.iter().filter(|&&id| id == self.processor.special.image).count();
+        let placeholders = ids
+            .iter()
+            .filter(|&&id| id == self.processor.special.image)
+            .count();
         let per_image = self.processor.config.num_image_tokens;
         if placeholders != images.len() * per_image {
             return Err(JanusError::Input(format!(
@@ -205,7 +211,10 @@ impl JanusPro {
         if images.is_empty() {
             return Ok(text.unsqueeze(0)?);
         }
-        let pixels = self.image_processor.preprocess(images, &self.device)?.to_dtype(self.dtype)?;
+        let pixels = self
+            .image_processor
+            .preprocess(images, &self.device)?
+            .to_dtype(self.dtype)?;
         let img = self.model.encode_images(&pixels)?;
         let (n, per, d) = img.dims3()?;
         let img = img.reshape((n * per, d))?;
@@ -256,7 +265,10 @@ impl JanusPro {
             .language
             .new_cache_with_capacity(embeds.dim(1)? + opts.max_new_tokens);
         let ids = self.decode_answer(&mut cache, &embeds, opts, on_token)?;
-        Ok(Answer { text: self.processor.decode(&ids)?, token_ids: ids })
+        Ok(Answer {
+            text: self.processor.decode(&ids)?,
+            token_ids: ids,
+        })
     }
 
     /// Feeds `embeds` after what `cache` holds, then generates up to
@@ -282,7 +294,13 @@ impl JanusPro {
             let row: Vec<f32> = logits.flatten_all()?.to_dtype(DType::F32)?.to_vec1()?;
             let next = sampler.sample_with_history(&row, &ids);
             ids.push(next);
-            on_token(next, Progress { step: step + 1, total: opts.max_new_tokens })?;
+            on_token(
+                next,
+                Progress {
+                    step: step + 1,
+                    total: opts.max_new_tokens,
+                },
+            )?;
             if next == self.processor.special.eos || cache.len() + 1 > max_pos {
                 break;
             }
@@ -402,7 +420,12 @@ impl JanusPro {
         let tokens = self.generate_tokens_many(prompts, opts, batch_size, on_step)?;
         tokens
             .into_iter()
-            .map(|t| Ok(GeneratedImages { images: self.decode_images(&t)?, tokens: t }))
+            .map(|t| {
+                Ok(GeneratedImages {
+                    images: self.decode_images(&t)?,
+                    tokens: t,
+                })
+            })
             .collect()
     }
 
@@ -421,10 +444,16 @@ impl JanusPro {
             return Err(JanusError::Input("batch size must be at least 1".into()));
         }
         if !opts.cfg_weight.is_finite() {
-            return Err(JanusError::Input(format!("cfg weight must be finite, got {}", opts.cfg_weight)));
+            return Err(JanusError::Input(format!(
+                "cfg weight must be finite, got {}",
+                opts.cfg_weight
+            )));
         }
         opts.sampling.validate()?;
-        let ids = prompts.iter().map(|p| self.generation_ids(p)).collect::<Result<Vec<_>>>()?;
+        let ids = prompts
+            .iter()
+            .map(|p| self.generation_ids(p))
+            .collect::<Result<Vec<_>>>()?;
         if ids.is_empty() {
             return Err(JanusError::Input("no prompt given".into()));
         }
@@ -446,9 +475,13 @@ impl JanusPro {
             let first_index = p * opts.parallel_size + start;
             let mut sampler = CfgSampler::new(&opts.sampling, seed, first_index, n);
             let done = b * n_tokens;
-            let rows = self.generate_rows(&ids[p], n, opts.cfg_weight, &mut sampler, &mut |pr| {
-                on_step(Progress { step: done + pr.step, total })
-            })?;
+            let rows =
+                self.generate_rows(&ids[p], n, opts.cfg_weight, &mut sampler, &mut |pr| {
+                    on_step(Progress {
+                        step: done + pr.step,
+                        total,
+                    })
+                })?;
             out[p].extend(rows);
         }
         Ok(out)
@@ -476,7 +509,10 @@ impl JanusPro {
             for (row, &code) in out.iter_mut().zip(&next) {
                 row.push(code);
             }
-            on_step(Progress { step: step + 1, total: n_tokens })?;
+            on_step(Progress {
+                step: step + 1,
+                total: n_tokens,
+            })?;
             if step + 1 < n_tokens {
                 // Both CFG rows of an image continue with the same code.
                 let pairs: Vec<u32> = next.iter().flat_map(|&c| [c, c]).collect();
@@ -502,11 +538,17 @@ impl JanusPro {
             return Err(JanusError::Input("the image is empty".into()));
         }
         let side = w.min(h);
-        let square = image::imageops::crop_imm(&rgb, (w - side) / 2, (h - side) / 2, side, side).to_image();
-        let resized = image::imageops::resize(&square, size, size, image::imageops::FilterType::CatmullRom);
-        let pixels = Tensor::from_vec(resized.into_raw(), (1, size as usize, size as usize, 3), &self.device)?
-            .permute((0, 3, 1, 2))?
-            .to_dtype(DType::F32)?;
+        let square =
+            image::imageops::crop_imm(&rgb, (w - side) / 2, (h - side) / 2, side, side).to_image();
+        let resized =
+            image::imageops::resize(&square, size, size, image::imageops::FilterType::CatmullRom);
+        let pixels = Tensor::from_vec(
+            resized.into_raw(),
+            (1, size as usize, size as usize, 3),
+            &self.device,
+        )?
+        .permute((0, 3, 1, 2))?
+        .to_dtype(DType::F32)?;
         let pixels = ((pixels / 127.5)? - 1.0)?;
         let encoded = self.model.gen_vision.encode(&pixels)?;
         Ok(encoded.indices.flatten_all()?.to_vec1::<u32>()?)

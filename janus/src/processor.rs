@@ -71,7 +71,11 @@ pub struct TextStreamer<'a> {
 
 impl<'a> TextStreamer<'a> {
     pub fn new(processor: &'a JanusProcessor) -> Self {
-        Self { processor, ids: vec![], emitted: 0 }
+        Self {
+            processor,
+            ids: vec![],
+            emitted: 0,
+        }
     }
 
     /// Adds a token; returns the newly completed text, if any.

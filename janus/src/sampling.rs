@@ -23,25 +23,40 @@ pub struct SamplingParams {
 impl Default for SamplingParams {
     /// The full distribution at temperature 1, as the official text-to-image code.
     fn default() -> Self {
-        Self { temperature: 1.0, top_p: 1.0, top_k: None, repetition_penalty: 1.0 }
+        Self {
+            temperature: 1.0,
+            top_p: 1.0,
+            top_k: None,
+            repetition_penalty: 1.0,
+        }
     }
 }
 
 impl SamplingParams {
     pub fn greedy() -> Self {
-        Self { temperature: 0.0, ..Self::default() }
+        Self {
+            temperature: 0.0,
+            ..Self::default()
+        }
     }
 
     /// The official demo's understanding preset: temperature 0.1, top-p 0.95.
     pub fn demo() -> Self {
-        Self { temperature: 0.1, top_p: 0.95, ..Self::default() }
+        Self {
+            temperature: 0.1,
+            top_p: 0.95,
+            ..Self::default()
+        }
     }
 
     /// Rejects values that would make sampling meaningless.
     pub fn validate(&self) -> crate::Result<()> {
         let bad = |m: String| Err(crate::JanusError::Input(m));
         if !(self.temperature >= 0.0 && self.temperature.is_finite()) {
-            return bad(format!("temperature must be >= 0, got {}", self.temperature));
+            return bad(format!(
+                "temperature must be >= 0, got {}",
+                self.temperature
+            ));
         }
         if !(self.top_p > 0.0 && self.top_p <= 1.0) {
             return bad(format!("top-p must be in (0, 1], got {}", self.top_p));
@@ -50,7 +65,10 @@ impl SamplingParams {
             return bad("top-k must be at least 1".into());
         }
         if !(self.repetition_penalty > 0.0 && self.repetition_penalty.is_finite()) {
-            return bad(format!("repetition penalty must be > 0, got {}", self.repetition_penalty));
+            return bad(format!(
+                "repetition penalty must be > 0, got {}",
+                self.repetition_penalty
+            ));
         }
         Ok(())
     }
@@ -161,7 +179,9 @@ impl Sampler {
 /// its own generator, so its codes depend only on the seed and its index,
 /// never on how images were batched.
 pub fn image_seed(seed: u64, index: usize) -> u64 {
-    seed ^ (index as u64).wrapping_add(1).wrapping_mul(0x9E37_79B9_7F4A_7C15)
+    seed ^ (index as u64)
+        .wrapping_add(1)
+        .wrapping_mul(0x9E37_79B9_7F4A_7C15)
 }
 
 /// Picks the next image code of every image of a classifier-free-guidance
@@ -182,6 +202,10 @@ impl CfgSampler {
     /// `mixed` [images, codebook] -> one code per image.
     pub fn sample(&mut self, mixed: &Tensor) -> Result<Vec<u32>> {
         let rows: Vec<Vec<f32>> = mixed.to_dtype(DType::F32)?.to_vec2()?;
-        Ok(rows.iter().zip(self.rows.iter_mut()).map(|(r, s)| s.sample(r)).collect())
+        Ok(rows
+            .iter()
+            .zip(self.rows.iter_mut())
+            .map(|(r, s)| s.sample(r))
+            .collect())
     }
 }

@@ -43,11 +43,13 @@ pub fn parse_device(name: &str) -> Result<Device> {
         "cpu" => Ok(Device::Cpu),
         n if n == "cuda" || n.starts_with("cuda:") => {
             let ordinal = n.strip_prefix("cuda:").map_or(Ok(0), |o| {
-                o.parse::<usize>().map_err(|_| JanusError::Input(format!("device {name:?}: bad CUDA ordinal")))
+                o.parse::<usize>()
+                    .map_err(|_| JanusError::Input(format!("device {name:?}: bad CUDA ordinal")))
             })?;
             if !candle_core::utils::cuda_is_available() {
                 return Err(JanusError::Input(
-                    "device cuda: this build has no CUDA support (rebuild with `--features cuda`)".into(),
+                    "device cuda: this build has no CUDA support (rebuild with `--features cuda`)"
+                        .into(),
                 ));
             }
             Ok(Device::new_cuda(ordinal)?)
@@ -60,7 +62,9 @@ pub fn parse_device(name: &str) -> Result<Device> {
             }
             Ok(Device::new_metal(0)?)
         }
-        _ => Err(JanusError::Input(format!("unknown device {name:?} (expected cpu, cuda, cuda:N or metal)"))),
+        _ => Err(JanusError::Input(format!(
+            "unknown device {name:?} (expected cpu, cuda, cuda:N or metal)"
+        ))),
     }
 }
 
@@ -70,7 +74,9 @@ pub fn parse_dtype(name: &str) -> Result<DType> {
         "f32" | "float32" => Ok(DType::F32),
         "bf16" | "bfloat16" => Ok(DType::BF16),
         "f16" | "float16" => Ok(DType::F16),
-        other => Err(JanusError::Input(format!("unknown dtype {other:?} (expected f32, bf16 or f16)"))),
+        other => Err(JanusError::Input(format!(
+            "unknown dtype {other:?} (expected f32, bf16 or f16)"
+        ))),
     }
 }
 
@@ -82,9 +88,13 @@ pub fn resolve_model(model: &str, opts: &LoadOptions) -> Result<PathBuf> {
     if path.exists() {
         return Ok(path.to_path_buf());
     }
-    let looks_like_hub_id = model.split('/').count() == 2 && !model.starts_with('.') && !model.starts_with('/');
+    let looks_like_hub_id =
+        model.split('/').count() == 2 && !model.starts_with('.') && !model.starts_with('/');
     if !looks_like_hub_id {
-        return Err(JanusError::MissingFile { what: "model folder".into(), path: path.into() });
+        return Err(JanusError::MissingFile {
+            what: "model folder".into(),
+            path: path.into(),
+        });
     }
     crate::hub::fetch(model, opts)
 }

@@ -181,13 +181,16 @@ impl TensorSource for Checkpoint {
     fn load_raw(&self, name: &str, dev: &Device) -> candle_core::Result<Tensor> {
         match &self.store {
             Store::Safetensors(st) => {
-                let t = st.load(name, dev)?;
-                // The tensor now owns a copy: drop the mapped pages from this
-                // process's resident set, so a load never holds the file and
-                // the model at once (they stay in the page cache).
-                if let Ok(view) = st.get(name) {
-                    release_pages(view.data());
+                let view = st.get(name)?;
+                // Copied out of the mapping in chunks, each chunk's pages then
+                // dropped from this process's resident set (they stay in the
+                // page cache): a load never holds a tensor's file pages and
+                // its copy at once, nor the file and the model.
+                if let (true, Some(t)) = (dev.is_cpu(), chunked_copy(&view)?) {
+                    return Ok(t);
                 }
+                let t = st.load(name, dev)?;
+                release_pages(view.data());
                 Ok(t)
             }
             Store::Pickle { shards, route } => {
@@ -292,4 +295,31 @@ fn release_pages(bytes: &[u8]) {
     }
     #[cfg(not(target_os = "linux"))]
     let _ = bytes;
+}
+
+/// A CPU tensor with the data of a bf16/f16/f32 safetensors view, copied
+/// 16 MiB at a time with each copied chunk's pages released; None for other
+/// dtypes (the caller falls back to candle's loader).
+fn chunked_copy(view: &safetensors::tensor::TensorView<'_>) -> candle_core::Result<Option<Tensor>> {
+    use safetensors::Dtype;
+    fn copy<T: candle_core::WithDType + Default + Clone>(bytes: &[u8], shape: &[usize]) -> candle_core::Result<Tensor> {
+        let size = std::mem::size_of::<T>();
+        let n = bytes.len() / size;
+        let mut out: Vec<T> = vec![T::default(); n];
+        const CHUNK: usize = 16 << 20;
+        // SAFETY: `out` is n plain values, i.e. exactly bytes.len() writable bytes.
+        let dst = unsafe { std::slice::from_raw_parts_mut(out.as_mut_ptr() as *mut u8, n * size) };
+        for (d, s) in dst.chunks_mut(CHUNK).zip(bytes.chunks(CHUNK)) {
+            d.copy_from_slice(s);
+            release_pages(s);
+        }
+        Tensor::from_vec(out, shape, &Device::Cpu)
+    }
+    let (bytes, shape) = (view.data(), view.shape());
+    Ok(Some(match view.dtype() {
+        Dtype::BF16 => copy::<half::bf16>(bytes, shape)?,
+        Dtype::F16 => copy::<half::f16>(bytes, shape)?,
+        Dtype::F32 => copy::<f32>(bytes, shape)?,
+        _ => return Ok(None),
+    }))
 }

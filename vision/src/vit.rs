@@ -1,7 +1,5 @@
-use candle_core::{Module, Result, Tensor};
-use candle_nn::{
-    layer_norm, linear, Conv2d, Conv2dConfig, LayerNorm, LayerNormConfig, Linear, VarBuilder,
-};
+use candle_core::{DType, Module, Result, Tensor};
+use candle_nn::{layer_norm, Conv2d, Conv2dConfig, LayerNorm, LayerNormConfig, VarBuilder};
 
 /// Sizes of a SigLIP ViT. `layers` is the number of blocks actually built,
 /// i.e. after the reference's `select_layer` truncation.
@@ -40,15 +38,83 @@ impl SiglipVitConfig {
 
 const LN_EPS: f64 = 1e-6;
 
+/// The dtype activations flow in: f32 on the CPU (candle's CPU bf16 kernels
+/// convert per call, and has no bf16 conv2d there), the weight dtype elsewhere.
+fn activation_dtype(vb: &VarBuilder) -> DType {
+    if vb.device().is_cpu() {
+        DType::F32
+    } else {
+        vb.dtype()
+    }
+}
+
 fn ln(size: usize, vb: VarBuilder) -> Result<LayerNorm> {
+    let act = activation_dtype(&vb);
     layer_norm(
         size,
         LayerNormConfig {
             eps: LN_EPS,
             ..Default::default()
         },
-        vb,
+        vb.set_dtype(act),
     )
+}
+
+/// `y = x W^T + b`. With bf16 weights on the CPU the weight is widened to f32
+/// for each call (the ViT always multiplies hundreds of rows, so the widening
+/// is a small part of the matmul) and only the bf16 copy is kept.
+struct Linear {
+    weight: Tensor,
+    bias: Tensor,
+}
+
+impl Linear {
+    fn load(in_dim: usize, out_dim: usize, vb: VarBuilder) -> Result<Self> {
+        let act = activation_dtype(&vb);
+        Ok(Self {
+            weight: vb.get((out_dim, in_dim), "weight")?,
+            bias: vb.get(out_dim, "bias")?.to_dtype(act)?,
+        })
+    }
+}
+
+/// bf16 -> f32 of a contiguous CPU tensor, split across threads.
+fn widen_bf16(w: &Tensor) -> Result<Tensor> {
+    use rayon::prelude::*;
+    let (storage, layout) = w.storage_and_layout();
+    let src = match (&*storage, layout.contiguous_offsets()) {
+        (candle_core::Storage::Cpu(candle_core::CpuStorage::BF16(v)), Some((a, b))) => &v[a..b],
+        _ => return w.to_dtype(DType::F32),
+    };
+    let mut out = vec![0f32; src.len()];
+    out.par_chunks_mut(1 << 15)
+        .zip(src.par_chunks(1 << 15))
+        .for_each(|(d, s)| {
+            for (d, s) in d.iter_mut().zip(s) {
+                *d = f32::from_bits((s.to_bits() as u32) << 16);
+            }
+        });
+    drop(storage);
+    Tensor::from_vec(out, w.shape().clone(), &candle_core::Device::Cpu)
+}
+
+impl Module for Linear {
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let w = if self.weight.dtype() == x.dtype() {
+            self.weight.clone()
+        } else if self.weight.dtype() == DType::BF16 && x.dtype() == DType::F32 && x.device().is_cpu() {
+            widen_bf16(&self.weight)?
+        } else {
+            self.weight.to_dtype(x.dtype())?
+        };
+        // As candle_nn::Linear: a batch-broadcast transposed weight.
+        let w = match *x.dims() {
+            [b1, b2, _, _] => w.broadcast_left((b1, b2))?.t()?,
+            [bsize, _, _] => w.broadcast_left(bsize)?.t()?,
+            _ => w.t()?,
+        };
+        x.matmul(&w)?.broadcast_add(&self.bias)
+    }
 }
 
 struct Attention {
@@ -62,8 +128,8 @@ impl Attention {
     fn load(vb: VarBuilder, cfg: &SiglipVitConfig) -> Result<Self> {
         let head_dim = cfg.width / cfg.heads;
         Ok(Self {
-            qkv: linear(cfg.width, 3 * cfg.width, vb.pp("qkv"))?,
-            proj: linear(cfg.width, cfg.width, vb.pp("proj"))?,
+            qkv: Linear::load(cfg.width, 3 * cfg.width, vb.pp("qkv"))?,
+            proj: Linear::load(cfg.width, cfg.width, vb.pp("proj"))?,
             heads: cfg.heads,
             scale: (head_dim as f64).powf(-0.5),
         })
@@ -96,8 +162,8 @@ impl Mlp {
     fn load(vb: VarBuilder, cfg: &SiglipVitConfig) -> Result<Self> {
         let hidden = cfg.mlp_hidden();
         Ok(Self {
-            fc1: linear(cfg.width, hidden, vb.pp("fc1"))?,
-            fc2: linear(hidden, cfg.width, vb.pp("fc2"))?,
+            fc1: Linear::load(cfg.width, hidden, vb.pp("fc1"))?,
+            fc2: Linear::load(hidden, cfg.width, vb.pp("fc2"))?,
         })
     }
 
@@ -136,6 +202,7 @@ pub struct SiglipVit {
     pos_embed: Tensor,
     blocks: Vec<Block>,
     norm: LayerNorm,
+    act_dtype: DType,
     cfg: SiglipVitConfig,
 }
 
@@ -146,14 +213,20 @@ impl SiglipVit {
             stride: cfg.patch_size,
             ..Default::default()
         };
+        // candle has no bf16 conv2d on the CPU: the small patch embedding
+        // (and the position table) are kept in the activation dtype.
+        let act = activation_dtype(&vb);
         let patch_embed = candle_nn::conv2d(
             3,
             cfg.width,
             cfg.patch_size,
             conv_cfg,
-            vb.pp("patch_embed.proj"),
+            vb.pp("patch_embed.proj").set_dtype(act),
         )?;
-        let pos_embed = vb.get((1, cfg.num_patches(), cfg.width), "pos_embed")?;
+        let pos_embed = vb
+            .clone()
+            .set_dtype(act)
+            .get((1, cfg.num_patches(), cfg.width), "pos_embed")?;
         let blocks = (0..cfg.layers)
             .map(|i| Block::load(vb.pp(format!("blocks.{i}")), cfg))
             .collect::<Result<Vec<_>>>()?;
@@ -163,6 +236,7 @@ impl SiglipVit {
             pos_embed,
             blocks,
             norm,
+            act_dtype: act,
             cfg: cfg.clone(),
         })
     }
@@ -181,6 +255,7 @@ impl SiglipVit {
                 s = self.cfg.image_size
             )
         }
+        let pixel_values = &pixel_values.to_dtype(self.act_dtype)?;
         // [n, width, gh, gw] -> [n, gh*gw, width]
         let x = self
             .patch_embed

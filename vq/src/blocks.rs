@@ -1,20 +1,70 @@
 //! Building blocks shared by the encoder and the decoder.
 
 use candle_core::{Module, Result, Tensor};
-use candle_nn::{Conv2d, Conv2dConfig, GroupNorm, VarBuilder};
+use candle_nn::{Conv2d, Conv2dConfig, VarBuilder};
 
-/// `Normalize(channels, "group")` of the reference.
-pub(crate) fn group_norm(channels: usize, vb: VarBuilder) -> Result<GroupNorm> {
-    candle_nn::group_norm(32, channels, 1e-6, vb)
+use crate::fast;
+
+/// `Normalize(channels, "group")` of the reference: 32 groups, eps 1e-6.
+#[derive(Debug, Clone)]
+pub struct GroupNorm {
+    weight: Tensor,
+    bias: Tensor,
 }
 
-/// 3x3 convolution that keeps the spatial size.
-pub(crate) fn conv3x3(in_channels: usize, out_channels: usize, vb: VarBuilder) -> Result<Conv2d> {
-    let cfg = Conv2dConfig {
-        padding: 1,
-        ..Default::default()
-    };
-    candle_nn::conv2d(in_channels, out_channels, 3, cfg, vb)
+impl GroupNorm {
+    const GROUPS: usize = 32;
+    const EPS: f64 = 1e-6;
+
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        fast::group_norm(x, Self::GROUPS, Self::EPS, &self.weight, &self.bias, false)
+    }
+
+    /// `nonlinearity(norm(x))`, fused.
+    pub fn forward_swish(&self, x: &Tensor) -> Result<Tensor> {
+        fast::group_norm(x, Self::GROUPS, Self::EPS, &self.weight, &self.bias, true)
+    }
+}
+
+pub(crate) fn group_norm(channels: usize, vb: VarBuilder) -> Result<GroupNorm> {
+    if channels % GroupNorm::GROUPS != 0 {
+        candle_core::bail!("group norm: {channels} channels do not split into 32 groups")
+    }
+    Ok(GroupNorm {
+        weight: vb.get(channels, "weight")?,
+        bias: vb.get(channels, "bias")?,
+    })
+}
+
+/// 3x3 convolution that keeps the spatial size (tiled im2col + gemm on the CPU).
+#[derive(Debug, Clone)]
+pub struct Conv3x3 {
+    weight: Tensor,
+    bias: Tensor,
+}
+
+impl Conv3x3 {
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        fast::conv3x3(x, &self.weight, Some(&self.bias), false, None)
+    }
+
+    /// `residual + conv(x)`, accumulated into one buffer.
+    pub fn forward_add(&self, x: &Tensor, residual: &Tensor) -> Result<Tensor> {
+        fast::conv3x3(x, &self.weight, Some(&self.bias), false, Some(residual))
+    }
+
+    /// The convolution of the nearest-neighbour 2x upsampled `x`, without
+    /// materialising the upsampled tensor on the CPU.
+    pub fn forward_upsampled(&self, x: &Tensor) -> Result<Tensor> {
+        fast::conv3x3(x, &self.weight, Some(&self.bias), true, None)
+    }
+}
+
+pub(crate) fn conv3x3(in_channels: usize, out_channels: usize, vb: VarBuilder) -> Result<Conv3x3> {
+    Ok(Conv3x3 {
+        weight: vb.get((out_channels, in_channels, 3, 3), "weight")?,
+        bias: vb.get(out_channels, "bias")?,
+    })
 }
 
 /// 1x1 convolution: a per-pixel linear map over channels.
@@ -22,19 +72,14 @@ pub(crate) fn conv1x1(in_channels: usize, out_channels: usize, vb: VarBuilder) -
     candle_nn::conv2d(in_channels, out_channels, 1, Conv2dConfig::default(), vb)
 }
 
-/// `nonlinearity` of the reference: swish, x * sigmoid(x).
-pub(crate) fn swish(x: &Tensor) -> Result<Tensor> {
-    x.silu()
-}
-
 /// Pre-activation residual block: norm, swish, conv, twice, plus a 1x1
 /// `nin_shortcut` projection of the input when the channel count changes.
 #[derive(Debug, Clone)]
 pub struct ResnetBlock {
     norm1: GroupNorm,
-    conv1: Conv2d,
+    conv1: Conv3x3,
     norm2: GroupNorm,
-    conv2: Conv2d,
+    conv2: Conv3x3,
     nin_shortcut: Option<Conv2d>,
 }
 
@@ -55,11 +100,14 @@ impl ResnetBlock {
     }
 
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let h = self.conv1.forward(&swish(&self.norm1.forward(x)?)?)?;
-        let h = self.conv2.forward(&swish(&self.norm2.forward(&h)?)?)?;
+        // Intermediates are dropped as soon as the next one exists, and the
+        // residual is accumulated inside the last convolution.
+        let h = self
+            .norm2
+            .forward_swish(&self.conv1.forward(&self.norm1.forward_swish(x)?)?)?;
         match &self.nin_shortcut {
-            Some(shortcut) => shortcut.forward(x)? + h,
-            None => x + h,
+            Some(shortcut) => self.conv2.forward_add(&h, &shortcut.forward(x)?),
+            None => self.conv2.forward_add(&h, x),
         }
     }
 }
@@ -156,7 +204,7 @@ impl Downsample {
 /// Doubles the resolution (nearest neighbour) and smooths with a 3x3 conv.
 #[derive(Debug, Clone)]
 pub struct Upsample {
-    conv: Conv2d,
+    conv: Conv3x3,
 }
 
 impl Upsample {
@@ -169,7 +217,6 @@ impl Upsample {
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         // The reference upcasts bf16 to f32 around the interpolation; nearest
         // neighbour only copies values, so any dtype gives the same result.
-        let (_, _, h, w) = x.dims4()?;
-        self.conv.forward(&x.upsample_nearest2d(2 * h, 2 * w)?)
+        self.conv.forward_upsampled(x)
     }
 }

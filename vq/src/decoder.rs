@@ -1,9 +1,9 @@
 //! Latent -> image half of the tokenizer (`Decoder` of the reference).
 
-use candle_core::{Error, Module, Result, Tensor};
-use candle_nn::{Conv2d, GroupNorm, VarBuilder};
+use candle_core::{Error, Result, Tensor};
+use candle_nn::VarBuilder;
 
-use crate::blocks::{conv3x3, group_norm, swish, AttnBlock, MidBlock, ResnetBlock, Upsample};
+use crate::blocks::{conv3x3, group_norm, Conv3x3, GroupNorm, AttnBlock, MidBlock, ResnetBlock, Upsample};
 use crate::VqConfig;
 
 /// One resolution level, `decoder.conv_blocks.{i}`. Levels are stored in
@@ -20,11 +20,11 @@ struct DecoderLevel {
 /// roughly [-1, 1], where `f` is [`VqConfig::downsample_factor`].
 #[derive(Debug, Clone)]
 pub struct VqDecoder {
-    conv_in: Conv2d,
+    conv_in: Conv3x3,
     mid: MidBlock,
     levels: Vec<DecoderLevel>,
     norm_out: GroupNorm,
-    conv_out: Conv2d,
+    conv_out: Conv3x3,
 }
 
 impl VqDecoder {
@@ -81,7 +81,7 @@ impl VqDecoder {
                 h = upsample.forward(&h)?;
             }
         }
-        let h = swish(&self.norm_out.forward(&h)?)?;
+        let h = self.norm_out.forward_swish(&h)?;
         self.conv_out.forward(&h)
     }
 }

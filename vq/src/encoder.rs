@@ -1,9 +1,9 @@
 //! Image -> latent half of the tokenizer (`Encoder` of the reference).
 
-use candle_core::{Error, Module, Result, Tensor};
-use candle_nn::{Conv2d, GroupNorm, VarBuilder};
+use candle_core::{Error, Result, Tensor};
+use candle_nn::VarBuilder;
 
-use crate::blocks::{conv3x3, group_norm, swish, AttnBlock, Downsample, MidBlock, ResnetBlock};
+use crate::blocks::{conv3x3, group_norm, Conv3x3, GroupNorm, AttnBlock, Downsample, MidBlock, ResnetBlock};
 use crate::VqConfig;
 
 /// One resolution level, `encoder.conv_blocks.{i}`.
@@ -19,11 +19,11 @@ struct EncoderLevel {
 /// `f` is [`VqConfig::downsample_factor`].
 #[derive(Debug, Clone)]
 pub struct VqEncoder {
-    conv_in: Conv2d,
+    conv_in: Conv3x3,
     levels: Vec<EncoderLevel>,
     mid: MidBlock,
     norm_out: GroupNorm,
-    conv_out: Conv2d,
+    conv_out: Conv3x3,
 }
 
 impl VqEncoder {
@@ -80,7 +80,7 @@ impl VqEncoder {
             }
         }
         let h = self.mid.forward(&h)?;
-        let h = swish(&self.norm_out.forward(&h)?)?;
+        let h = self.norm_out.forward_swish(&h)?;
         self.conv_out.forward(&h)
     }
 }

@@ -28,6 +28,7 @@ mod blocks;
 mod config;
 mod decoder;
 mod encoder;
+mod fast;
 mod model;
 mod pixels;
 mod quantizer;

@@ -45,7 +45,11 @@ impl Rotary {
         let t = x.dim(2)?;
         let cos = self.cos.narrow(0, offset, t)?;
         let sin = self.sin.narrow(0, offset, t)?;
-        let x = if x.is_contiguous() { x.clone() } else { x.contiguous()? };
+        let x = if x.is_contiguous() {
+            x.clone()
+        } else {
+            x.contiguous()?
+        };
         candle_nn::rotary_emb::rope(&x, &cos, &sin)
     }
 }
@@ -88,7 +92,11 @@ impl Attention {
         let (h, kvh) = (cfg.num_attention_heads, cfg.num_key_value_heads);
         let qkv_proj = fused_linear(
             &vb,
-            &[("q_proj", h * hd), ("k_proj", kvh * hd), ("v_proj", kvh * hd)],
+            &[
+                ("q_proj", h * hd),
+                ("k_proj", kvh * hd),
+                ("v_proj", kvh * hd),
+            ],
             cfg.hidden_size,
             quant,
         )?;
@@ -258,7 +266,10 @@ impl LayerCache {
         let (b, kvh, t, d) = k.dims4()?;
         let needed = self.len + t;
         let capacity = self.kv.as_ref().map_or(0, |(kb, _)| kb.dim(2).unwrap_or(0));
-        let batch_ok = self.kv.as_ref().is_none_or(|(kb, _)| kb.dim(0).ok() == Some(b));
+        let batch_ok = self
+            .kv
+            .as_ref()
+            .is_none_or(|(kb, _)| kb.dim(0).ok() == Some(b));
         if !batch_ok {
             candle_core::bail!("key/value cache holds a different batch size than the input")
         }
@@ -276,8 +287,16 @@ impl LayerCache {
             self.kv = Some((nk, nv));
         }
         let (kb, vb) = self.kv.as_ref().expect("allocated above");
-        let k = if k.is_contiguous() { k.clone() } else { k.contiguous()? };
-        let v = if v.is_contiguous() { v.clone() } else { v.contiguous()? };
+        let k = if k.is_contiguous() {
+            k.clone()
+        } else {
+            k.contiguous()?
+        };
+        let v = if v.is_contiguous() {
+            v.clone()
+        } else {
+            v.contiguous()?
+        };
         kb.slice_set(&k, 2, self.len)?;
         vb.slice_set(&v, 2, self.len)?;
         self.len = needed;
@@ -320,7 +339,7 @@ impl KvCache {
 }
 
 pub struct Llama {
-    embed_tokens: Embedding,
+    embed_tokens: TokenEmbedding,
     layers: Vec<DecoderLayer>,
     norm: RmsNorm,
     lm_head: QLinear,
@@ -336,20 +355,31 @@ impl Llama {
     }
 
     /// As [`Llama::load`], with the linear weights (and `lm_head`) in `quant`.
-    /// The token embedding table stays in the load dtype.
+    /// With quantisation the token embedding table is stored as q8_0 (rows
+    /// are dequantised as they are looked up); otherwise in the load dtype.
     pub fn load_quantized(vb: VarBuilder, cfg: &LlamaConfig, quant: Quant) -> Result<Self> {
         let act = activation_dtype(vb.device(), vb.dtype());
         let m = vb.pp("model");
-        let embed_tokens = embedding(cfg.vocab_size, cfg.hidden_size, m.pp("embed_tokens"))?;
+        let table = embedding(cfg.vocab_size, cfg.hidden_size, m.pp("embed_tokens"))?;
+        // The two vocabulary-sized matrices first, while little else is
+        // resident: their full-precision transients then never stack on top
+        // of the whole model.
+        let lm_head = if cfg.tie_word_embeddings {
+            QLinear::from_weight(table.embeddings().clone(), None, quant)?
+        } else {
+            QLinear::load(
+                cfg.hidden_size,
+                cfg.vocab_size,
+                false,
+                vb.pp("lm_head"),
+                quant,
+            )?
+        };
+        let embed_tokens = TokenEmbedding::new(table, quant)?;
         let layers = (0..cfg.num_hidden_layers)
             .map(|i| DecoderLayer::load(m.pp(format!("layers.{i}")), cfg, quant, act))
             .collect::<Result<Vec<_>>>()?;
         let norm = rms_norm(cfg.hidden_size, cfg.rms_norm_eps, m.pp("norm"), act)?;
-        let lm_head = if cfg.tie_word_embeddings {
-            QLinear::from_weight(embed_tokens.embeddings().clone(), None, quant)?
-        } else {
-            QLinear::load(cfg.hidden_size, cfg.vocab_size, false, vb.pp("lm_head"), quant)?
-        };
         let rotary = Rotary::new(cfg, act, vb.device())?;
         Ok(Self {
             embed_tokens,
@@ -408,7 +438,7 @@ impl Llama {
 
     /// Token embeddings, `ids` [b, t] -> [b, t, hidden].
     pub fn embed(&self, ids: &Tensor) -> Result<Tensor> {
-        let e = self.embed_tokens.forward(ids)?;
+        let e = self.embed_tokens.lookup(ids)?;
         if e.dtype() == self.act_dtype {
             Ok(e)
         } else {
@@ -448,6 +478,34 @@ impl Llama {
     /// Text logits of hidden states [.., hidden] -> [.., vocab].
     pub fn lm_logits(&self, hidden: &Tensor) -> Result<Tensor> {
         self.lm_head.forward(hidden)
+    }
+}
+
+/// The token embedding table: as loaded, or q8_0 when the model is quantised.
+enum TokenEmbedding {
+    Dense(Embedding),
+    Quantized(candle_core::quantized::QTensor),
+}
+
+impl TokenEmbedding {
+    fn new(table: Embedding, quant: Quant) -> Result<Self> {
+        let w = table.embeddings();
+        let q8 = quant != Quant::None
+            && Quant::Q8_0.for_in_dim(w.dim(1)?) == Quant::Q8_0
+            && w.device().is_cpu()
+            && !crate::quant::is_broadcast_view(w);
+        if !q8 {
+            return Ok(Self::Dense(table));
+        }
+        let q = crate::quant::quantize_rows(w, candle_core::quantized::GgmlDType::Q8_0)?;
+        Ok(Self::Quantized(q))
+    }
+
+    fn lookup(&self, ids: &Tensor) -> Result<Tensor> {
+        match self {
+            Self::Dense(e) => e.forward(ids),
+            Self::Quantized(q) => q.embedding(ids),
+        }
     }
 }
 

@@ -40,7 +40,10 @@ impl JanusModel {
             aligner: MlpProjector::load(vb.pp("aligner"), &cfg.aligner)?,
             // The VQ is convolutional and candle has no bf16/f16 conv2d on the
             // CPU; it is small, so it always runs in f32.
-            gen_vision: VqModel::load(vb.pp("gen_vision_model").set_dtype(DType::F32), &cfg.gen_vision)?,
+            gen_vision: VqModel::load(
+                vb.pp("gen_vision_model").set_dtype(DType::F32),
+                &cfg.gen_vision,
+            )?,
             gen_aligner: MlpProjector::load(vb.pp("gen_aligner"), &cfg.gen_aligner)?,
             gen_head: GenHead::load_quantized(vb.pp("gen_head"), &cfg.gen_head, quant)?,
             gen_embed: embedding(

@@ -57,11 +57,21 @@ fn read_prompts(args: &GenerateArgs) -> janus::Result<Vec<String>> {
     let mut prompts = args.prompt.clone();
     if let Some(file) = &args.prompts {
         if !file.exists() {
-            return Err(JanusError::MissingFile { what: "prompts file".into(), path: file.clone() });
+            return Err(JanusError::MissingFile {
+                what: "prompts file".into(),
+                path: file.clone(),
+            });
         }
-        let text = std::fs::read_to_string(file)
-            .map_err(|e| JanusError::BadFile { path: file.clone(), reason: e.to_string() })?;
-        prompts.extend(text.lines().map(str::trim).filter(|l| !l.is_empty()).map(str::to_owned));
+        let text = std::fs::read_to_string(file).map_err(|e| JanusError::BadFile {
+            path: file.clone(),
+            reason: e.to_string(),
+        })?;
+        prompts.extend(
+            text.lines()
+                .map(str::trim)
+                .filter(|l| !l.is_empty())
+                .map(str::to_owned),
+        );
     }
     if prompts.is_empty() {
         return Err(JanusError::Input("no prompt given".into()));
@@ -74,7 +84,12 @@ fn upscale(img: image::RgbImage, size: Option<u32>) -> janus::Result<image::RgbI
         None => Ok(img),
         Some(0) => Err(JanusError::Input("--size must be at least 1".into())),
         Some(s) if s > 8192 => Err(JanusError::Input(format!("--size {s} is larger than 8192"))),
-        Some(s) => Ok(image::imageops::resize(&img, s, s, image::imageops::FilterType::Lanczos3)),
+        Some(s) => Ok(image::imageops::resize(
+            &img,
+            s,
+            s,
+            image::imageops::FilterType::Lanczos3,
+        )),
     }
 }
 
@@ -83,7 +98,12 @@ pub fn generate(args: GenerateArgs) -> janus::Result<()> {
     let opts = GenerateOptions {
         parallel_size: args.parallel_size,
         cfg_weight: args.cfg_weight,
-        sampling: SamplingParams { temperature: args.temperature, top_p: args.top_p, top_k: args.top_k, ..Default::default() },
+        sampling: SamplingParams {
+            temperature: args.temperature,
+            top_p: args.top_p,
+            top_k: args.top_k,
+            ..Default::default()
+        },
         seed: args.seed,
     };
     let model = args.model.load()?;
@@ -116,7 +136,10 @@ pub fn generate(args: GenerateArgs) -> janus::Result<()> {
     bar.finish_and_clear();
     if args.json {
         let paths: Vec<String> = paths.iter().map(|p| p.display().to_string()).collect();
-        println!("{}", serde_json::json!({"images": paths, "image_tokens": all}));
+        println!(
+            "{}",
+            serde_json::json!({"images": paths, "image_tokens": all})
+        );
     } else {
         for p in &paths {
             println!("{}", p.display());
@@ -152,14 +175,24 @@ pub enum VqCommand {
 
 fn read_codes(path: &Path) -> janus::Result<Vec<Vec<u32>>> {
     if !path.exists() {
-        return Err(JanusError::MissingFile { what: "codes file".into(), path: path.into() });
+        return Err(JanusError::MissingFile {
+            what: "codes file".into(),
+            path: path.into(),
+        });
     }
-    let bad = |reason: String| JanusError::BadFile { path: path.into(), reason };
+    let bad = |reason: String| JanusError::BadFile {
+        path: path.into(),
+        reason,
+    };
     let text = std::fs::read_to_string(path).map_err(|e| bad(e.to_string()))?;
-    let value: serde_json::Value = serde_json::from_str(&text).map_err(|e| bad(format!("invalid JSON: {e}")))?;
+    let value: serde_json::Value =
+        serde_json::from_str(&text).map_err(|e| bad(format!("invalid JSON: {e}")))?;
     let value = value.get("codes").cloned().unwrap_or(value);
     let as_row = |v: &serde_json::Value| -> Option<Vec<u32>> {
-        v.as_array()?.iter().map(|c| c.as_u64().and_then(|c| u32::try_from(c).ok())).collect()
+        v.as_array()?
+            .iter()
+            .map(|c| c.as_u64().and_then(|c| u32::try_from(c).ok()))
+            .collect()
     };
     if let Some(row) = as_row(&value) {
         return Ok(vec![row]);
@@ -179,21 +212,31 @@ pub fn vq(cmd: VqCommand) -> janus::Result<()> {
             let (_, side) = model.image_grid()?;
             let json = serde_json::json!({"grid": [side, side], "codes": codes}).to_string();
             match out {
-                Some(path) => write_atomically(&path, |tmp| Ok(std::fs::write(tmp, json.as_bytes())?)),
+                Some(path) => {
+                    write_atomically(&path, |tmp| Ok(std::fs::write(tmp, json.as_bytes())?))
+                }
                 None => {
                     println!("{json}");
                     Ok(())
                 }
             }
         }
-        VqCommand::Decode { codes, model, out, size } => {
+        VqCommand::Decode {
+            codes,
+            model,
+            out,
+            size,
+        } => {
             let rows = read_codes(&codes)?;
             let model = model.load()?;
             let images = model.decode_images(&rows)?;
             let many = images.len() > 1;
             for (i, img) in images.into_iter().enumerate() {
                 let path = if many {
-                    let stem = out.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
+                    let stem = out
+                        .file_stem()
+                        .map(|s| s.to_string_lossy().into_owned())
+                        .unwrap_or_default();
                     out.with_file_name(format!("{stem}_{i}.png"))
                 } else {
                     out.clone()

@@ -10,7 +10,11 @@ use clap::{Args, Parser, Subcommand};
 use janus::{JanusError, JanusPro, LoadOptions, SamplingParams};
 
 #[derive(Parser)]
-#[command(name = "janus", version, about = "Janus-Pro image understanding and generation, in Rust")]
+#[command(
+    name = "janus",
+    version,
+    about = "Janus-Pro image understanding and generation, in Rust"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -90,7 +94,10 @@ pub struct TextSamplingArgs {
 impl TextSamplingArgs {
     pub fn options(&self) -> janus::UnderstandOptions {
         let sampling = if self.demo_sampling {
-            SamplingParams { repetition_penalty: self.repetition_penalty, ..SamplingParams::demo() }
+            SamplingParams {
+                repetition_penalty: self.repetition_penalty,
+                ..SamplingParams::demo()
+            }
         } else {
             SamplingParams {
                 temperature: self.temperature,
@@ -99,7 +106,11 @@ impl TextSamplingArgs {
                 repetition_penalty: self.repetition_penalty,
             }
         };
-        janus::UnderstandOptions { max_new_tokens: self.max_new_tokens, sampling, seed: self.seed }
+        janus::UnderstandOptions {
+            max_new_tokens: self.max_new_tokens,
+            sampling,
+            seed: self.seed,
+        }
     }
 }
 

@@ -53,8 +53,14 @@ pub fn set_idle(idle: bool) {
 
 /// Writes `bytes` next to `path` and renames, so an interrupted run never
 /// leaves a half-written file.
-pub fn write_atomically(path: &Path, write: impl FnOnce(&Path) -> janus::Result<()>) -> janus::Result<()> {
-    let mut tmp_name = path.file_name().map(|n| n.to_os_string()).unwrap_or_default();
+pub fn write_atomically(
+    path: &Path,
+    write: impl FnOnce(&Path) -> janus::Result<()>,
+) -> janus::Result<()> {
+    let mut tmp_name = path
+        .file_name()
+        .map(|n| n.to_os_string())
+        .unwrap_or_default();
     tmp_name.push(".partial");
     let tmp = path.with_file_name(tmp_name);
     if let Err(e) = write(&tmp) {
@@ -63,13 +69,19 @@ pub fn write_atomically(path: &Path, write: impl FnOnce(&Path) -> janus::Result<
     }
     std::fs::rename(&tmp, path).map_err(|e| {
         let _ = std::fs::remove_file(&tmp);
-        JanusError::BadFile { path: path.into(), reason: format!("cannot write: {e}") }
+        JanusError::BadFile {
+            path: path.into(),
+            reason: format!("cannot write: {e}"),
+        }
     })
 }
 
 pub fn save_png(img: &image::RgbImage, path: &Path) -> janus::Result<()> {
     write_atomically(path, |tmp| {
         img.save_with_format(tmp, image::ImageFormat::Png)
-            .map_err(|e| JanusError::BadFile { path: path.into(), reason: format!("cannot write image: {e}") })
+            .map_err(|e| JanusError::BadFile {
+                path: path.into(),
+                reason: format!("cannot write image: {e}"),
+            })
     })
 }

@@ -39,15 +39,24 @@ pub fn understand(args: UnderstandArgs) -> janus::Result<()> {
         }
         None => {
             let question = args.question.clone().unwrap_or_default();
-            (question_conversation(&question, args.image.len()), args.image.clone())
+            (
+                question_conversation(&question, args.image.len()),
+                args.image.clone(),
+            )
         }
     };
-    let images = image_paths.iter().map(|p| ImageProcessor::open(p)).collect::<janus::Result<Vec<_>>>()?;
+    let images = image_paths
+        .iter()
+        .map(|p| ImageProcessor::open(p))
+        .collect::<janus::Result<Vec<_>>>()?;
     let model = args.model.load()?;
     let opts = args.sampling.options();
     if args.json {
         let answer = model.understand(&conversation, &images, &opts)?;
-        println!("{}", serde_json::json!({"answer": answer.text, "token_ids": answer.token_ids}));
+        println!(
+            "{}",
+            serde_json::json!({"answer": answer.text, "token_ids": answer.token_ids})
+        );
         return Ok(());
     }
     let cancel = ctrl_c_token();
@@ -76,7 +85,8 @@ pub struct ChatArgs {
     sampling: TextSamplingArgs,
 }
 
-const CHAT_HELP: &str = "Type a message and press Enter. Commands: /image PATH (attach to the next message), \
+const CHAT_HELP: &str =
+    "Type a message and press Enter. Commands: /image PATH (attach to the next message), \
 /reset (new conversation), /exit. Ctrl-C stops an answer; Ctrl-D or Ctrl-C at the prompt leaves.";
 
 pub fn chat(args: ChatArgs) -> janus::Result<()> {

@@ -1,0 +1,248 @@
+#!/usr/bin/env python3
+"""Side-by-side CPU benchmark: PyTorch (transformers' JanusForConditionalGeneration,
+random weights of the same size) against `janus bench`, in one invocation.
+
+    python bench/bench_torch.py --config tests/fixtures/reference/Janus-Pro-1B/config.json \
+        --janus target/release/janus --threads 2 --steps 8 [--out bench/results.json]
+
+Each PyTorch dtype (f32, bf16) and each janus configuration runs in its own
+process, so every peak RSS is that configuration's own. The workloads mirror
+`janus bench` (janus/src/bench.rs): ViT encode of one 384x384 image (+ aligner),
+a 620-token understanding prefill (14 text + 576 image + 30 text embeddings)
+with the last position's text logits, greedy decoding per token, one CFG
+text-to-image step (parallel 1 and 4: LM step + generation head + CFG mix +
+sampling + next embeddings), and the VQ decode of one 24x24 code grid. Timed
+stages take the best of `--reps` runs after one warm-up; per-token stages
+average `--steps` steps after one warm-up step.
+
+Needs torch and transformers (>= 5) in the running Python; not part of CI.
+"""
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import time
+
+
+def janus_hf_config(path):
+    """transformers' JanusConfig with the sizes of a Janus-Pro config.json."""
+    from transformers import JanusConfig
+
+    with open(path) as f:
+        cfg = json.load(f)
+    lang = cfg["language_config"]
+    hidden = lang["hidden_size"]
+    text = dict(
+        model_type="llama",
+        hidden_size=hidden,
+        intermediate_size=lang["intermediate_size"],
+        num_hidden_layers=lang["num_hidden_layers"],
+        num_attention_heads=lang["num_attention_heads"],
+        num_key_value_heads=lang.get("num_key_value_heads", lang["num_attention_heads"]),
+        vocab_size=lang["vocab_size"],
+        max_position_embeddings=lang.get("max_position_embeddings", 16384),
+        rms_norm_eps=lang.get("rms_norm_eps", 1e-6),
+    )
+    gen = cfg["gen_head_config"]["params"]
+    vq = dict(
+        embed_dim=cfg["gen_vision_config"]["params"].get("n_embed", 8),
+        num_embeddings=cfg["gen_vision_config"]["params"].get("image_token_size", 16384),
+        projection_dim=gen["image_token_embed"],
+        image_token_embed_dim=hidden,
+    )
+    vision = dict(projection_dim=hidden)  # siglip_large_patch16_384 is the default
+    return JanusConfig(text_config=text, vision_config=vision, vq_config=vq)
+
+
+def rss_bytes():
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+def worker(args):
+    import torch
+    from transformers import DynamicCache, JanusForConditionalGeneration
+
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    dtype = {"f32": torch.float32, "bf16": torch.bfloat16}[args.worker]
+    config = janus_hf_config(args.config)
+    t = time.perf_counter()
+    torch.set_default_dtype(dtype)
+    model = JanusForConditionalGeneration(config).eval()
+    torch.set_default_dtype(torch.float32)
+    load_s = time.perf_counter() - t
+    inner = model.model
+    lm = inner.language_model
+    vocab = config.text_config.vocab_size
+    steps, reps = args.steps, args.reps
+    res = {"dtype": args.worker, "quant": "torch", "threads": torch.get_num_threads(), "load_s": load_s}
+
+    def best(f):
+        f()
+        b = float("inf")
+        for _ in range(reps):
+            t = time.perf_counter()
+            f()
+            b = min(b, time.perf_counter() - t)
+        return b
+
+    with torch.inference_mode():
+        g = torch.Generator().manual_seed(11)
+        pixels = (torch.rand((1, 3, 384, 384), generator=g) * 2 - 1).to(dtype)
+        enc = lambda: inner.aligner(inner.vision_model(pixels).last_hidden_state)
+        img = enc()
+        res["vit_encode_s"] = best(enc)
+
+        ids = torch.randint(100, vocab - 1000, (44,), generator=g)
+        te = lm.embed_tokens(ids)
+        embeds = torch.cat([te[:14], img[0], te[14:]], 0).unsqueeze(0)
+        n = embeds.shape[1]
+        res["und_prefill_tokens"] = n
+        state = {}
+
+        def prefill():
+            cache = DynamicCache(config=config.text_config)
+            h = lm(inputs_embeds=embeds, cache=cache, use_cache=True).last_hidden_state
+            state["cache"] = cache
+            state["next"] = model.lm_head(h[:, -1]).argmax(-1)
+
+        lm(inputs_embeds=embeds[:, :64], cache=DynamicCache(config=config.text_config), use_cache=True)
+        b = float("inf")
+        for _ in range(reps):
+            t = time.perf_counter()
+            prefill()
+            b = min(b, time.perf_counter() - t)
+        res["und_prefill_s"] = b
+
+        def decode():
+            e = lm.embed_tokens(state["next"].view(1, 1))
+            h = lm(inputs_embeds=e, cache=state["cache"], use_cache=True).last_hidden_state
+            state["next"] = model.lm_head(h[:, -1]).argmax(-1)
+
+        decode()
+        t = time.perf_counter()
+        for _ in range(steps):
+            decode()
+        res["und_decode_token_s"] = (time.perf_counter() - t) / steps
+
+        def t2i(parallel):
+            prompt = torch.randint(100, vocab - 1000, (24,), generator=torch.Generator().manual_seed(5))
+            uncond = prompt.clone()
+            uncond[1:-1] = 100_002 if vocab > 100_002 else 0
+            rows = torch.stack([prompt, uncond] * parallel)
+            cache = DynamicCache(config=config.text_config)
+            sg = torch.Generator().manual_seed(7)
+
+            def step(h):
+                scores = inner.generation_head(h[:, -1]).float()
+                cond, unc = scores[0::2], scores[1::2]
+                mixed = unc + 5.0 * (cond - unc)
+                nxt = torch.multinomial(torch.softmax(mixed, -1), 1, generator=sg).squeeze(-1)
+                nxt = torch.stack([nxt, nxt], 1).reshape(-1, 1)
+                return model.prepare_embeddings_for_image_generation(nxt)
+
+            t = time.perf_counter()
+            e = step(lm(inputs_embeds=lm.embed_tokens(rows), cache=cache, use_cache=True).last_hidden_state)
+            pre = time.perf_counter() - t
+            e = step(lm(inputs_embeds=e, cache=cache, use_cache=True).last_hidden_state)
+            t = time.perf_counter()
+            for _ in range(steps):
+                e = step(lm(inputs_embeds=e, cache=cache, use_cache=True).last_hidden_state)
+            return pre, (time.perf_counter() - t) / steps
+
+        res["t2i_prefill_s"], res["t2i_step_s"] = t2i(1)
+        _, res["t2i_step_p4_s"] = t2i(4)
+
+        codes = torch.randint(0, config.vq_config.num_embeddings, (1, 576), generator=g)
+        res["vq_decode_s"] = best(lambda: inner.vqmodel.decode(codes))
+    res["full_image_s"] = res["t2i_prefill_s"] + 576 * res["t2i_step_s"] + res["vq_decode_s"]
+    res["peak_rss_bytes"] = rss_bytes()
+    res["steps"] = steps
+    print(json.dumps(res))
+
+
+KEYS = [
+    ("vit_encode_s", "ViT encode (1 image)"),
+    ("und_prefill_s", "understanding prefill (620 tok)"),
+    ("und_decode_token_s", "understanding decode / token"),
+    ("t2i_step_s", "t2i step, CFG, parallel 1"),
+    ("t2i_step_p4_s", "t2i step, CFG, parallel 4"),
+    ("vq_decode_s", "VQ decode / image"),
+    ("full_image_s", "full image (estimate)"),
+    ("load_s", "load (torch: random init)"),
+    ("peak_rss_bytes", "peak RSS (GB)"),
+]
+
+
+def fmt(k, v):
+    if v is None:
+        return "-"
+    if k == "peak_rss_bytes":
+        return f"{v / 1e9:.2f}"
+    return f"{v:.3f}" if v < 100 else f"{v:.0f}"
+
+
+def run_json(cmd):
+    print("+", " ".join(cmd), file=sys.stderr, flush=True)
+    out = subprocess.run(cmd, stdout=subprocess.PIPE, check=True, text=True).stdout
+    return json.loads(out.strip().splitlines()[-1])
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--config", required=True)
+    ap.add_argument("--janus", default="target/release/janus")
+    ap.add_argument("--threads", type=int, default=os.cpu_count())
+    ap.add_argument("--steps", type=int, default=8)
+    ap.add_argument("--reps", type=int, default=1)
+    ap.add_argument("--out", help="write all results as JSON here")
+    ap.add_argument("--torch-dtypes", default="f32,bf16")
+    ap.add_argument("--janus-configs", default="f32/none,bf16/none,bf16/q8_0,bf16/q4k")
+    ap.add_argument("--worker", help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.worker:
+        return worker(args)
+
+    common = ["--threads", str(args.threads), "--steps", str(args.steps)]
+    torch_res = [
+        run_json([sys.executable, __file__, "--worker", d, "--config", args.config, "--reps", str(args.reps)] + common)
+        for d in args.torch_dtypes.split(",") if d
+    ]
+    ours = []
+    for c in args.janus_configs.split(","):
+        d, q = c.split("/")
+        ours.append(
+            run_json([args.janus, "bench", "--config", args.config, "--dtype", d, "--quant", q, "--json",
+                      "--reps", str(args.reps)] + common)
+        )
+    cols = [("torch " + r["dtype"], r) for r in torch_res] + [(f"janus {r['dtype']} {r['quant']}", r) for r in ours]
+    lines = ["| workload | " + " | ".join(c for c, _ in cols) + " |", "| --- |" + " ---: |" * len(cols)]
+    for k, name in KEYS:
+        lines.append(f"| {name} | " + " | ".join(fmt(k, r.get(k)) for _, r in cols) + " |")
+    lines.append("")
+    # Ratio: PyTorch's better (lower) of f32/bf16 over ours; > 1 means janus is faster.
+    lines.append("| speed-up vs PyTorch's better | " + " | ".join(c for c, _ in cols[len(torch_res):]) + " |")
+    lines.append("| --- |" + " ---: |" * len(ours))
+    for k, name in KEYS:
+        if k in ("load_s",):
+            continue
+        best = min(r[k] for r in torch_res)
+        if k == "peak_rss_bytes":
+            ref = next((r[k] for r in torch_res if r["dtype"] == "f32"), best)
+            lines.append("| peak RSS vs torch f32 | " + " | ".join(f"{r[k] / ref:.2f}x" for r in ours) + " |")
+        else:
+            lines.append(f"| {name} | " + " | ".join(f"{best / r[k]:.2f}x" for r in ours) + " |")
+    err = [(f"{r.get('und_logits_rel_l2', 0) or 0:.2e} / {r.get('t2i_logits_rel_l2', 0) or 0:.2e}") for r in ours]
+    lines.append("| logits rel. L2 vs f32 (und / t2i) | " + " | ".join(err) + " |")
+    table = "\n".join(lines)
+    print(table)
+    if args.out:
+        with open(args.out, "w") as f:
+            json.dump({"torch": torch_res, "janus": ours, "table": table}, f, indent=1)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,594 @@
+//! `janus_rs.JanusPro`: a loaded model shared by any number of Python threads.
+
+use std::sync::mpsc;
+use std::sync::Arc;
+
+use candle_core::DType;
+use image::DynamicImage;
+use janus::processor::{question_conversation, TextStreamer};
+use janus::{GenerateOptions, JanusError, JanusPro, Message, SamplingParams, UnderstandOptions};
+use pyo3::exceptions::PyImportError;
+use pyo3::prelude::*;
+use pyo3::types::{PyBytes, PyList, PyString};
+
+use crate::convert::{
+    code_row_to_array, codes_from_py, codes_to_array, conversation_from_py, image_from_py,
+    images_from_py, images_to_array,
+};
+use crate::errors::{input_error, to_py};
+use crate::hooks::{Hooks, Runs};
+use crate::stream::{Event, TextStream};
+
+fn dtype_name(dtype: DType) -> &'static str {
+    match dtype {
+        DType::F32 => "f32",
+        DType::BF16 => "bf16",
+        DType::F16 => "f16",
+        _ => "other",
+    }
+}
+
+fn seed_arg(py: Python<'_>, seed: Option<i128>) -> PyResult<Option<u64>> {
+    seed.map(|s| {
+        u64::try_from(s).map_err(|_| input_error(py, format!("seed must be in 0..2**64, got {s}")))
+    })
+    .transpose()
+}
+
+// `..defaults` keeps options the library may add at their default.
+#[allow(clippy::needless_update)]
+fn understand_options(
+    py: Python<'_>,
+    max_new_tokens: i64,
+    temperature: f64,
+    top_p: f64,
+    seed: Option<i128>,
+) -> PyResult<UnderstandOptions> {
+    let max_new_tokens = usize::try_from(max_new_tokens).map_err(|_| {
+        input_error(
+            py,
+            format!("max_new_tokens must be >= 0, got {max_new_tokens}"),
+        )
+    })?;
+    if !(temperature.is_finite() && temperature >= 0.0) {
+        return Err(input_error(
+            py,
+            format!("temperature must be >= 0 (0 is greedy), got {temperature}"),
+        ));
+    }
+    if !(top_p > 0.0 && top_p <= 1.0) {
+        return Err(input_error(
+            py,
+            format!("top_p must be in (0, 1], got {top_p}"),
+        ));
+    }
+    let defaults = UnderstandOptions::default();
+    Ok(UnderstandOptions {
+        max_new_tokens,
+        sampling: SamplingParams {
+            temperature,
+            top_p,
+            ..defaults.sampling
+        },
+        seed: seed_arg(py, seed)?,
+        ..defaults
+    })
+}
+
+#[allow(clippy::needless_update)]
+fn generate_options(
+    py: Python<'_>,
+    parallel_size: i64,
+    cfg_weight: f64,
+    temperature: f64,
+    seed: Option<i128>,
+) -> PyResult<GenerateOptions> {
+    let parallel_size = usize::try_from(parallel_size)
+        .ok()
+        .filter(|&n| n >= 1)
+        .ok_or_else(|| {
+            input_error(
+                py,
+                format!("parallel_size must be >= 1, got {parallel_size}"),
+            )
+        })?;
+    if !cfg_weight.is_finite() {
+        return Err(input_error(
+            py,
+            format!("cfg_weight must be a finite number, got {cfg_weight}"),
+        ));
+    }
+    if !(temperature.is_finite() && temperature >= 0.0) {
+        return Err(input_error(
+            py,
+            format!("temperature must be >= 0 (0 is argmax), got {temperature}"),
+        ));
+    }
+    let defaults = GenerateOptions::default();
+    Ok(GenerateOptions {
+        parallel_size,
+        cfg_weight,
+        sampling: SamplingParams {
+            temperature,
+            ..defaults.sampling
+        },
+        seed: seed_arg(py, seed)?,
+        ..defaults
+    })
+}
+
+/// A Janus-Pro model loaded by the Rust runtime (janus-rs).
+///
+/// Create one with ``JanusPro.load(...)``. Every method releases the GIL
+/// while it computes, and one model can serve calls from several threads at
+/// once. Long calls take ``progress(step, total)``, a callable called after
+/// every generated token, and ``cancel_event``, a ``threading.Event`` (or any
+/// object with ``is_set()``) that stops the call with ``janus_rs.Cancelled``
+/// within one step; ``cancel()`` stops every call running on the model.
+///
+/// Images may be given as a ``PIL.Image.Image``, a numpy ``uint8`` array
+/// (HxW, HxWx3 or HxWx4) or a path (``str`` / ``os.PathLike``); the same
+/// picture gives the same result in every form.
+#[pyclass(module = "janus_rs", name = "JanusPro", frozen)]
+pub struct PyJanusPro {
+    model: Arc<JanusPro>,
+    runs: Runs,
+    source: String,
+    device: String,
+}
+
+impl PyJanusPro {
+    /// Side in pixels of generated images.
+    fn side(&self, py: Python<'_>) -> PyResult<u32> {
+        let side = self
+            .model
+            .generated_image_size()
+            .map_err(|e| to_py(py, e))?;
+        u32::try_from(side).map_err(|_| input_error(py, "generated image size out of range"))
+    }
+
+    /// Runs `f` with the GIL released, giving it a per-step hook that
+    /// reports progress and stops the run when cancelled.
+    fn run<T, F>(
+        &self,
+        py: Python<'_>,
+        progress: Option<Py<PyAny>>,
+        cancel_event: Option<Py<PyAny>>,
+        f: F,
+    ) -> PyResult<T>
+    where
+        T: Send,
+        F: Send
+            + FnOnce(&JanusPro, &mut dyn FnMut(usize, usize) -> janus::Result<()>) -> janus::Result<T>,
+    {
+        let guard = self.runs.start();
+        let mut hooks = Hooks::new(guard.token.clone(), progress, cancel_event);
+        hooks.before(py)?;
+        let model: &JanusPro = &self.model;
+        let result = py.detach(|| {
+            hooks.token.check()?;
+            f(model, &mut |step, total| hooks.step(step, total))
+        });
+        drop(guard);
+        result.map_err(|e| hooks.into_error(py, e))
+    }
+
+    fn answer(
+        &self,
+        py: Python<'_>,
+        conversation: Vec<Message>,
+        images: Vec<DynamicImage>,
+        opts: UnderstandOptions,
+        progress: Option<Py<PyAny>>,
+        cancel_event: Option<Py<PyAny>>,
+    ) -> PyResult<String> {
+        let answer = self.run(py, progress, cancel_event, move |m, step| {
+            m.understand_with(&conversation, &images, &opts, &mut |_, p| {
+                step(p.step, p.total)
+            })
+        })?;
+        Ok(answer.text)
+    }
+
+    /// Starts an understanding run on a Rust thread and returns its stream.
+    fn stream(
+        &self,
+        py: Python<'_>,
+        conversation: Vec<Message>,
+        images: Vec<DynamicImage>,
+        opts: UnderstandOptions,
+        progress: Option<Py<PyAny>>,
+        cancel_event: Option<Py<PyAny>>,
+    ) -> PyResult<TextStream> {
+        // Prompt problems (placeholder count, ...) raise here, not at the first next().
+        self.model
+            .processor
+            .understanding_ids(&conversation, images.len())
+            .map_err(|e| to_py(py, e))?;
+        let guard = self.runs.start();
+        let token = guard.token.clone();
+        let (tx, rx) = mpsc::channel::<Event>();
+        let stream = TextStream::new(rx, token.clone(), progress, cancel_event);
+        // An already set cancel_event cancels before the first step.
+        stream.check_python(py)?;
+        let model = Arc::clone(&self.model);
+        let worker = move || {
+            let _registered = guard;
+            let run =
+                std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| -> janus::Result<()> {
+                    token.check()?;
+                    let send = |ev: Event| tx.send(ev).map_err(|_| JanusError::Cancelled);
+                    let mut streamer = TextStreamer::new(&model.processor);
+                    model.understand_with(&conversation, &images, &opts, &mut |id, p| {
+                        token.check()?;
+                        if let Some(piece) = streamer.push(id)? {
+                            send(Event::Piece(piece))?;
+                        }
+                        send(Event::Progress(p.step, p.total))?;
+                        token.check()
+                    })?;
+                    if let Some(piece) = streamer.finish()? {
+                        send(Event::Piece(piece))?;
+                    }
+                    Ok(())
+                }));
+            let result = run.unwrap_or_else(|panic| {
+                let msg = panic
+                    .downcast_ref::<&str>()
+                    .map(|s| s.to_string())
+                    .or_else(|| panic.downcast_ref::<String>().cloned())
+                    .unwrap_or_else(|| "unknown panic".into());
+                // Reported as a plain janus_rs.JanusError, not as a bad input.
+                Err(JanusError::Io(std::io::Error::other(format!(
+                    "internal error in the generation thread: {msg}"
+                ))))
+            });
+            let _ = tx.send(Event::Done(result));
+        };
+        std::thread::Builder::new()
+            .name("janus-stream".into())
+            .spawn(worker)
+            .map_err(|e| {
+                crate::errors::JanusError::new_err(format!(
+                    "cannot start the generation thread: {e}"
+                ))
+            })?;
+        Ok(stream)
+    }
+
+    fn generated(
+        &self,
+        py: Python<'_>,
+        prompt: String,
+        opts: GenerateOptions,
+        progress: Option<Py<PyAny>>,
+        cancel_event: Option<Py<PyAny>>,
+    ) -> PyResult<janus::GeneratedImages> {
+        self.run(py, progress, cancel_event, move |m, step| {
+            m.generate_with(&prompt, &opts, &mut |p| step(p.step, p.total))
+        })
+    }
+}
+
+#[pymethods]
+impl PyJanusPro {
+    /// Loads a model: a local folder in the released layout (config.json,
+    /// tokenizer.json, processor configs, safetensors or pickle weights) or
+    /// a Hugging Face hub id such as "deepseek-ai/Janus-Pro-1B".
+    ///
+    /// device: "cpu", "cuda", "cuda:N" or "metal" (GPU backends need a build
+    /// with that backend). dtype: "f32" (exact; the default), "bf16" or "f16".
+    ///
+    /// Raises FileNotFoundError (janus_rs.MissingFileError) for a missing
+    /// folder or file, ValueError (janus_rs.InputError) for a bad device,
+    /// dtype or config, and janus_rs.JanusError for unreadable weights.
+    #[staticmethod]
+    #[pyo3(signature = (model = PathOrStr(janus::DEFAULT_MODEL.to_string()), device = "cpu".to_string(), dtype = "f32".to_string()))]
+    #[pyo3(text_signature = "(model='deepseek-ai/Janus-Pro-1B', device='cpu', dtype='f32')")]
+    fn load(py: Python<'_>, model: PathOrStr, device: String, dtype: String) -> PyResult<Self> {
+        let model = model.0;
+        let device_obj = janus::parse_device(&device).map_err(|e| to_py(py, e))?;
+        let dtype_obj = janus::parse_dtype(&dtype).map_err(|e| to_py(py, e))?;
+        let opts = janus::LoadOptions {
+            device: device_obj,
+            dtype: dtype_obj,
+            ..Default::default()
+        };
+        let loaded = py
+            .detach(|| JanusPro::from_pretrained(&model, &opts))
+            .map_err(|e| to_py(py, e))?;
+        Ok(Self {
+            model: Arc::new(loaded),
+            runs: Runs::default(),
+            source: model,
+            device: device.trim().to_ascii_lowercase(),
+        })
+    }
+
+    /// The folder or hub id the model was loaded from.
+    #[getter]
+    fn source(&self) -> &str {
+        &self.source
+    }
+
+    /// The device the model computes on, as given to load() ("cpu", "cuda:1", ...).
+    #[getter]
+    fn device(&self) -> &str {
+        &self.device
+    }
+
+    /// The compute dtype: "f32", "bf16" or "f16".
+    #[getter]
+    fn dtype(&self) -> &'static str {
+        dtype_name(self.model.dtype())
+    }
+
+    /// VQ codes per generated image (576 for Janus-Pro: a 24x24 grid).
+    #[getter]
+    fn image_token_count(&self, py: Python<'_>) -> PyResult<usize> {
+        Ok(self.model.image_grid().map_err(|e| to_py(py, e))?.0)
+    }
+
+    /// Side in pixels of generated images (384 for Janus-Pro).
+    #[getter]
+    fn generated_image_size(&self, py: Python<'_>) -> PyResult<usize> {
+        self.model.generated_image_size().map_err(|e| to_py(py, e))
+    }
+
+    /// Number of entries of the VQ codebook (valid codes are 0..codebook_size).
+    #[getter]
+    fn codebook_size(&self) -> usize {
+        self.model.config().gen_vision.codebook_size
+    }
+
+    fn __repr__(&self, py: Python<'_>) -> PyResult<String> {
+        let repr = |s: &str| -> PyResult<String> { Ok(PyString::new(py, s).repr()?.to_string()) };
+        Ok(format!(
+            "JanusPro(source={}, device={}, dtype={})",
+            repr(&self.source)?,
+            repr(&self.device)?,
+            repr(dtype_name(self.model.dtype()))?
+        ))
+    }
+
+    /// Answers a question about zero or more images.
+    ///
+    /// images: one image, a list of images, or None for a text-only question.
+    /// One "<image_placeholder>" line per image is put before the question,
+    /// unless the question already holds the placeholders.
+    /// temperature 0 is greedy decoding (the official default); otherwise
+    /// tokens are sampled with top_p, reproducibly when seed is given.
+    /// progress(step, total) is called after every token (total is
+    /// max_new_tokens); cancel_event (threading.Event) stops the call.
+    ///
+    /// Returns the answer text. Raises ValueError (janus_rs.InputError) for
+    /// bad arguments, FileNotFoundError for a missing image file,
+    /// janus_rs.Cancelled when cancelled.
+    #[pyo3(signature = (images, question, *, max_new_tokens = 512, temperature = 0.0, top_p = 0.95, seed = None, progress = None, cancel_event = None))]
+    #[allow(clippy::too_many_arguments)]
+    fn understand(
+        &self,
+        py: Python<'_>,
+        images: Option<&Bound<'_, PyAny>>,
+        question: &str,
+        max_new_tokens: i64,
+        temperature: f64,
+        top_p: f64,
+        seed: Option<i128>,
+        progress: Option<Py<PyAny>>,
+        cancel_event: Option<Py<PyAny>>,
+    ) -> PyResult<String> {
+        let opts = understand_options(py, max_new_tokens, temperature, top_p, seed)?;
+        let images = images_from_py(images)?;
+        let conversation = question_conversation(question, images.len());
+        self.answer(py, conversation, images, opts, progress, cancel_event)
+    }
+
+    /// Answers a conversation in the official format:
+    /// [{"role": "<|User|>", "content": "<image_placeholder>\nWhat is this?",
+    ///   "images": [image, ...]}, {"role": "<|Assistant|>", "content": ""}].
+    ///
+    /// Each "images" entry may be a path, a PIL image or a uint8 array, one per
+    /// "<image_placeholder>" of its turn. "user" / "assistant" are accepted as
+    /// roles, and a conversation ending with a user turn gets the empty
+    /// assistant turn appended. Options as understand().
+    #[pyo3(signature = (conversation, *, max_new_tokens = 512, temperature = 0.0, top_p = 0.95, seed = None, progress = None, cancel_event = None))]
+    #[allow(clippy::too_many_arguments)]
+    fn chat(
+        &self,
+        py: Python<'_>,
+        conversation: &Bound<'_, PyAny>,
+        max_new_tokens: i64,
+        temperature: f64,
+        top_p: f64,
+        seed: Option<i128>,
+        progress: Option<Py<PyAny>>,
+        cancel_event: Option<Py<PyAny>>,
+    ) -> PyResult<String> {
+        let opts = understand_options(py, max_new_tokens, temperature, top_p, seed)?;
+        let (conversation, images) = conversation_from_py(conversation)?;
+        self.answer(py, conversation, images, opts, progress, cancel_event)
+    }
+
+    /// As understand(), but returns at once a janus_rs.TextStream: an
+    /// iterator over the pieces of the answer as they are generated (on a
+    /// background thread). "".join(pieces) equals understand()'s answer.
+    ///
+    ///     for piece in model.stream_understand("cat.png", "Describe it."):
+    ///         print(piece, end="", flush=True)
+    #[pyo3(signature = (images, question, *, max_new_tokens = 512, temperature = 0.0, top_p = 0.95, seed = None, progress = None, cancel_event = None))]
+    #[allow(clippy::too_many_arguments)]
+    fn stream_understand(
+        &self,
+        py: Python<'_>,
+        images: Option<&Bound<'_, PyAny>>,
+        question: &str,
+        max_new_tokens: i64,
+        temperature: f64,
+        top_p: f64,
+        seed: Option<i128>,
+        progress: Option<Py<PyAny>>,
+        cancel_event: Option<Py<PyAny>>,
+    ) -> PyResult<TextStream> {
+        let opts = understand_options(py, max_new_tokens, temperature, top_p, seed)?;
+        let images = images_from_py(images)?;
+        let conversation = question_conversation(question, images.len());
+        self.stream(py, conversation, images, opts, progress, cancel_event)
+    }
+
+    /// As chat(), streaming: returns a janus_rs.TextStream of answer pieces.
+    #[pyo3(signature = (conversation, *, max_new_tokens = 512, temperature = 0.0, top_p = 0.95, seed = None, progress = None, cancel_event = None))]
+    #[allow(clippy::too_many_arguments)]
+    fn stream_chat(
+        &self,
+        py: Python<'_>,
+        conversation: &Bound<'_, PyAny>,
+        max_new_tokens: i64,
+        temperature: f64,
+        top_p: f64,
+        seed: Option<i128>,
+        progress: Option<Py<PyAny>>,
+        cancel_event: Option<Py<PyAny>>,
+    ) -> PyResult<TextStream> {
+        let opts = understand_options(py, max_new_tokens, temperature, top_p, seed)?;
+        let (conversation, images) = conversation_from_py(conversation)?;
+        self.stream(py, conversation, images, opts, progress, cancel_event)
+    }
+
+    /// Generates parallel_size images for a text prompt; returns a list of
+    /// RGB PIL images (needs Pillow; generate_array() returns numpy arrays).
+    ///
+    /// cfg_weight: classifier-free guidance weight. temperature 0 takes the
+    /// argmax code at every step (deterministic); otherwise codes are
+    /// sampled, reproducibly when seed is given. progress(step, total) is
+    /// called after each of the image_token_count steps; cancel_event
+    /// (threading.Event) or cancel() stops the call with janus_rs.Cancelled.
+    #[pyo3(signature = (prompt, *, parallel_size = 1, cfg_weight = 5.0, temperature = 1.0, seed = None, progress = None, cancel_event = None))]
+    #[allow(clippy::too_many_arguments)]
+    fn generate<'py>(
+        &self,
+        py: Python<'py>,
+        prompt: String,
+        parallel_size: i64,
+        cfg_weight: f64,
+        temperature: f64,
+        seed: Option<i128>,
+        progress: Option<Py<PyAny>>,
+        cancel_event: Option<Py<PyAny>>,
+    ) -> PyResult<Bound<'py, PyList>> {
+        let pil = py.import("PIL.Image").map_err(|_| {
+            PyImportError::new_err(
+                "JanusPro.generate() returns PIL images and needs Pillow (pip install pillow); generate_array() returns numpy arrays",
+            )
+        })?;
+        let opts = generate_options(py, parallel_size, cfg_weight, temperature, seed)?;
+        let generated = self.generated(py, prompt, opts, progress, cancel_event)?;
+        let images = generated
+            .images
+            .iter()
+            .map(|img| {
+                let (w, h) = img.dimensions();
+                pil.call_method1("frombytes", ("RGB", (w, h), PyBytes::new(py, img.as_raw())))
+            })
+            .collect::<PyResult<Vec<_>>>()?;
+        PyList::new(py, images)
+    }
+
+    /// As generate(), returning a numpy uint8 array [parallel_size, S, S, 3]
+    /// (S = generated_image_size). Does not need Pillow.
+    #[pyo3(signature = (prompt, *, parallel_size = 1, cfg_weight = 5.0, temperature = 1.0, seed = None, progress = None, cancel_event = None))]
+    #[allow(clippy::too_many_arguments)]
+    fn generate_array<'py>(
+        &self,
+        py: Python<'py>,
+        prompt: String,
+        parallel_size: i64,
+        cfg_weight: f64,
+        temperature: f64,
+        seed: Option<i128>,
+        progress: Option<Py<PyAny>>,
+        cancel_event: Option<Py<PyAny>>,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let opts = generate_options(py, parallel_size, cfg_weight, temperature, seed)?;
+        let generated = self.generated(py, prompt, opts, progress, cancel_event)?;
+        images_to_array(py, generated.images, self.side(py)?)
+    }
+
+    /// The sampling loop of generate() alone: the VQ codes of the images, an
+    /// int64 array [parallel_size, image_token_count]. vq_decode() of them
+    /// gives generate_array()'s pixels (for the same seed and options).
+    #[pyo3(signature = (prompt, *, parallel_size = 1, cfg_weight = 5.0, temperature = 1.0, seed = None, progress = None, cancel_event = None))]
+    #[allow(clippy::too_many_arguments)]
+    fn generate_tokens<'py>(
+        &self,
+        py: Python<'py>,
+        prompt: String,
+        parallel_size: i64,
+        cfg_weight: f64,
+        temperature: f64,
+        seed: Option<i128>,
+        progress: Option<Py<PyAny>>,
+        cancel_event: Option<Py<PyAny>>,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let opts = generate_options(py, parallel_size, cfg_weight, temperature, seed)?;
+        let tokens = self.run(py, progress, cancel_event, move |m, step| {
+            m.generate_tokens(&prompt, &opts, &mut |p| step(p.step, p.total))
+        })?;
+        codes_to_array(py, &tokens)
+    }
+
+    /// VQ-encodes an image: its centred square crop, resized to
+    /// generated_image_size, as image_token_count codes (int64 array [T]).
+    fn vq_encode<'py>(
+        &self,
+        py: Python<'py>,
+        image: &Bound<'py, PyAny>,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let image = image_from_py(image)?;
+        let codes = self.run(py, None, None, move |m, _| m.vq_encode_image(&image))?;
+        Ok(code_row_to_array(py, &codes))
+    }
+
+    /// VQ-decodes codes into pixels: [T] codes give a uint8 array [S, S, 3],
+    /// [n, T] codes give [n, S, S, 3] (S = generated_image_size). Codes may be
+    /// any integer array-like with values in 0..codebook_size.
+    fn vq_decode<'py>(
+        &self,
+        py: Python<'py>,
+        codes: &Bound<'py, PyAny>,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let (rows, one) = codes_from_py(codes, self.codebook_size())?;
+        let images = self.run(py, None, None, move |m, _| m.decode_images(&rows))?;
+        let arr = images_to_array(py, images, self.side(py)?)?;
+        if one {
+            arr.get_item(0)
+        } else {
+            Ok(arr)
+        }
+    }
+
+    /// Cancels every call running on this model (from any thread): each
+    /// raises janus_rs.Cancelled within one step. Calls started afterwards
+    /// are not affected. Returns the number of calls cancelled.
+    fn cancel(&self) -> usize {
+        self.runs.cancel_all()
+    }
+}
+
+/// A `str` or `os.PathLike` model argument.
+pub struct PathOrStr(String);
+
+impl<'a, 'py> FromPyObject<'a, 'py> for PathOrStr {
+    type Error = PyErr;
+
+    fn extract(obj: pyo3::Borrowed<'a, 'py, PyAny>) -> PyResult<Self> {
+        if let Ok(s) = obj.extract::<String>() {
+            return Ok(Self(s));
+        }
+        let path: std::path::PathBuf = obj.extract()?;
+        path.into_os_string()
+            .into_string()
+            .map(Self)
+            .map_err(|p| input_error(obj.py(), format!("the model path {p:?} is not valid UTF-8")))
+    }
+}

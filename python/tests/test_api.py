@@ -1,0 +1,76 @@
+"""The module's surface: docstrings, signatures, type stubs, metadata."""
+
+import ast
+import inspect
+import pathlib
+
+import janus_rs
+
+PUBLIC = [
+    "load", "understand", "chat", "stream_understand", "stream_chat", "generate", "generate_array",
+    "generate_tokens", "vq_encode", "vq_decode", "cancel",
+]
+
+
+def test_metadata(model):
+    assert janus_rs.__version__
+    assert janus_rs.DEFAULT_MODEL == "deepseek-ai/Janus-Pro-1B"
+    assert model.device == "cpu" and model.dtype == "f32"
+    assert model.image_token_count == 16 and model.generated_image_size == 16 and model.codebook_size == 256
+    assert repr(model).startswith("JanusPro(source='")
+
+
+def test_help_is_useful():
+    for name in PUBLIC:
+        fn = getattr(janus_rs.JanusPro, name)
+        assert fn.__doc__ and len(fn.__doc__) > 40, name
+        assert fn.__text_signature__, name
+    sig = inspect.signature(janus_rs.JanusPro.generate)
+    assert sig.parameters["parallel_size"].default == 1
+    assert sig.parameters["cfg_weight"].default == 5.0
+    assert sig.parameters["parallel_size"].kind is inspect.Parameter.KEYWORD_ONLY
+    assert inspect.signature(janus_rs.JanusPro.load).parameters["model"].default == janus_rs.DEFAULT_MODEL
+    assert "progress" in janus_rs.JanusPro.generate.__doc__
+    assert janus_rs.JanusPro.__doc__ and janus_rs.TextStream.__doc__
+
+
+def stub_classes():
+    pkg = pathlib.Path(janus_rs.__file__).parent
+    assert (pkg / "py.typed").exists()
+    tree = ast.parse((pkg / "__init__.pyi").read_text())
+    return {node.name: node for node in tree.body if isinstance(node, ast.ClassDef)}
+
+
+def test_stubs_match_the_module():
+    classes = stub_classes()
+    for name in janus_rs.__all__:
+        if isinstance(getattr(janus_rs, name), type):
+            assert name in classes, name
+    stub = {n.name: n for n in classes["JanusPro"].body if isinstance(n, ast.FunctionDef)}
+    runtime = [n for n in dir(janus_rs.JanusPro) if not n.startswith("_")]
+    assert sorted(stub) == sorted(runtime)
+    for name in PUBLIC:
+        args = stub[name].args
+        stub_params = [a.arg for a in args.posonlyargs + args.args + args.kwonlyargs if a.arg != "self"]
+        params = [p for p in inspect.signature(getattr(janus_rs.JanusPro, name)).parameters if p != "self"]
+        assert stub_params == params, name
+    stream_stub = {n.name for n in classes["TextStream"].body if isinstance(n, ast.FunctionDef)}
+    assert {n for n in dir(janus_rs.TextStream) if not n.startswith("_")} <= stream_stub
+
+
+def test_stubs_pass_mypy_stubtest():
+    """mypy's stubtest compares the .pyi with the module (skipped without mypy)."""
+    import subprocess
+    import sys
+
+    import pytest
+
+    pytest.importorskip("mypy.stubtest")
+    run = subprocess.run(
+        [sys.executable, "-m", "mypy.stubtest", "janus_rs"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=pathlib.Path(janus_rs.__file__).parents[2],  # away from the source tree
+    )
+    assert run.returncode == 0, run.stdout + run.stderr

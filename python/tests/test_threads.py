@@ -1,0 +1,196 @@
+"""Cancellation, the GIL, and one model serving several threads."""
+
+import _thread
+import threading
+import time
+
+import numpy as np
+import pytest
+
+import janus_rs
+
+PROMPT = "A close-up photo of a red apple on a wooden table."
+
+
+def slow_progress(seen, delay=0.05):
+    def progress(step, total):
+        seen.append(step)
+        time.sleep(delay)
+
+    return progress
+
+
+def cancel_when(seen, at_step, do_cancel):
+    """A thread that calls do_cancel() once `seen` reaches at_step; records len(seen) then."""
+    state = {}
+
+    def run():
+        deadline = time.monotonic() + 30
+        while len(seen) < at_step and time.monotonic() < deadline:
+            time.sleep(0.001)
+        state["at"] = len(seen)
+        state["result"] = do_cancel()
+
+    t = threading.Thread(target=run)
+    t.start()
+    return t, state
+
+
+def test_cancel_from_another_thread_stops_within_one_step(model):
+    seen = []
+    t, state = cancel_when(seen, 3, model.cancel)
+    with pytest.raises(janus_rs.Cancelled):
+        model.generate_array(PROMPT, temperature=0, progress=slow_progress(seen))
+    t.join()
+    assert state["result"] == 1  # one call was running
+    assert max(seen) <= state["at"] + 1 < model.image_token_count
+    # cancel() only stops calls running at the time.
+    assert model.cancel() == 0
+    assert model.generate_tokens(PROMPT, temperature=0).shape == (1, model.image_token_count)
+
+
+def test_cancel_event_stops_within_one_step(model):
+    seen = []
+    event = threading.Event()
+    t, state = cancel_when(seen, 4, event.set)
+    with pytest.raises(janus_rs.Cancelled):
+        model.generate(PROMPT, temperature=0, progress=slow_progress(seen), cancel_event=event)
+    t.join()
+    assert max(seen) <= state["at"] + 1 < model.image_token_count
+
+
+def test_cancel_event_without_progress(model):
+    event = threading.Event()
+    event.set()
+    with pytest.raises(janus_rs.Cancelled):
+        model.generate_tokens(PROMPT, cancel_event=event)
+    with pytest.raises(janus_rs.Cancelled):
+        model.understand(None, "What is a cat?", cancel_event=event)
+    with pytest.raises(janus_rs.Cancelled):
+        list(model.stream_understand(None, "What is a cat?", cancel_event=event))
+    # Anything with is_set() will do.
+    class Flag:
+        def is_set(self):
+            return False
+
+    assert model.understand(None, "What is a cat?", max_new_tokens=2, cancel_event=Flag()) is not None
+
+
+def test_cancel_understanding(model):
+    seen = []
+    event = threading.Event()
+    t, state = cancel_when(seen, 5, event.set)
+    with pytest.raises(janus_rs.Cancelled):
+        model.understand(None, "What is a cat?", max_new_tokens=200, progress=slow_progress(seen, 0.01),
+                         cancel_event=event)
+    t.join()
+    assert max(seen) <= state["at"] + 1
+
+
+def test_cancel_a_stream(model):
+    event = threading.Event()
+    stream = model.stream_understand(None, "What is a cat?", max_new_tokens=500, cancel_event=event)
+    next(stream)
+    event.set()
+    with pytest.raises(janus_rs.Cancelled):
+        for _ in stream:
+            pass
+    # model.cancel() reaches streams too.
+    stream = model.stream_understand(None, "What is a cat?", max_new_tokens=500)
+    next(stream)
+    assert model.cancel() >= 1
+    with pytest.raises(janus_rs.Cancelled):
+        stream.read()
+
+
+def test_keyboard_interrupt_stops_a_call(model):
+    seen = []
+    t, _ = cancel_when(seen, 2, _thread.interrupt_main)
+    with pytest.raises(KeyboardInterrupt):
+        model.generate_tokens(PROMPT, temperature=0, progress=slow_progress(seen))
+    t.join()
+    assert max(seen) < model.image_token_count
+
+
+def test_gil_is_released_during_generate(model):
+    """A Python thread keeps running while generate_array computes (no callback)."""
+    ticks = []
+    stop = threading.Event()
+
+    def ticker():
+        while not stop.is_set():
+            ticks.append(time.perf_counter())
+            time.sleep(0.001)
+
+    # Large enough a batch that the call takes a while.
+    parallel = 16
+    while True:
+        start = time.perf_counter()
+        model.generate_array(PROMPT, parallel_size=parallel, temperature=0)
+        if time.perf_counter() - start > 0.5 or parallel >= 512:
+            break
+        parallel *= 2
+
+    th = threading.Thread(target=ticker)
+    th.start()
+    time.sleep(0.02)
+    start = time.perf_counter()
+    model.generate_array(PROMPT, parallel_size=parallel, temperature=0)
+    end = time.perf_counter()
+    stop.set()
+    th.join()
+    during = [t for t in ticks if start <= t <= end]
+    duration = end - start
+    points = [start] + during + [end]
+    longest_gap = max(b - a for a, b in zip(points, points[1:]))
+    # Holding the GIL, the ticker would stop for the whole call.
+    assert len(during) >= 20, (len(during), duration)
+    assert longest_gap < duration / 2, (longest_gap, duration)
+
+
+def test_one_model_serves_several_threads(model, expected, fixture_dir):
+    c_img = expected["cases"]["t2i.apple"]
+    want_tokens = c_img["image_tokens"]
+    c_txt = expected["cases"]["understand.single"]
+    image = fixture_dir / c_txt["conversation"][0]["images"][0]
+    question = "Describe this image in detail."
+    results, errors = [], []
+
+    def work(i):
+        try:
+            for _ in range(3):
+                if i % 2:
+                    got = model.generate_tokens(c_img["prompt"], parallel_size=2, temperature=0).tolist()
+                    results.append(got == want_tokens)
+                else:
+                    got = model.understand(image, question, max_new_tokens=12)
+                    results.append(got == c_txt["answer"])
+        except Exception as e:  # pragma: no cover - reported below
+            errors.append(e)
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors
+    assert len(results) == 18 and all(results)
+
+
+def test_cancel_only_affects_its_model(model, fixture_dir):
+    other = janus_rs.JanusPro.load(fixture_dir)
+    seen = []
+    out = {}
+
+    def run_other():
+        out["tokens"] = other.generate_tokens(PROMPT, temperature=0, progress=slow_progress(seen, 0.01))
+
+    t = threading.Thread(target=run_other)
+    t.start()
+    while not seen:
+        time.sleep(0.001)
+    assert model.cancel() == 0
+    t.join()
+    assert out["tokens"].shape == (1, other.image_token_count)
+    del other
+    np.testing.assert_array_equal(out["tokens"], model.generate_tokens(PROMPT, temperature=0))
