@@ -94,7 +94,9 @@ fn parse_dtype(name: &str) -> Result<DType> {
     match name.trim().to_ascii_lowercase().as_str() {
         "f32" | "float32" => Ok(DType::F32),
         "bf16" | "bfloat16" => Ok(DType::BF16),
-        other => Err(input_err(format!("bench dtype {other:?}: expected f32 or bf16"))),
+        other => Err(input_err(format!(
+            "bench dtype {other:?}: expected f32 or bf16"
+        ))),
     }
 }
 
@@ -132,7 +134,11 @@ pub fn run(args: BenchArgs) -> Result<()> {
     let dtype = args.dtype.as_deref().map(parse_dtype).transpose()?;
     if args.json || dtype.is_some() || quant.is_some() {
         let quant = quant.unwrap_or_default();
-        let dtype = dtype.unwrap_or(if quant == Quant::None { DType::F32 } else { DType::BF16 });
+        let dtype = dtype.unwrap_or(if quant == Quant::None {
+            DType::F32
+        } else {
+            DType::BF16
+        });
         let result = run_one(&args, dtype, quant)?;
         if args.json {
             println!("{}", to_json(&result));
@@ -144,7 +150,12 @@ pub fn run(args: BenchArgs) -> Result<()> {
     // Every configuration, each in its own process; f32 first, as the reference.
     let exe = std::env::current_exe()?;
     let mut results = vec![];
-    for (d, q) in [("f32", "none"), ("bf16", "none"), ("bf16", "q8_0"), ("bf16", "q4k")] {
+    for (d, q) in [
+        ("f32", "none"),
+        ("bf16", "none"),
+        ("bf16", "q8_0"),
+        ("bf16", "q4k"),
+    ] {
         eprintln!("bench: {d} / {q} ...");
         let mut cmd = std::process::Command::new(&exe);
         cmd.arg("bench").arg("--config").arg(&args.config);
@@ -193,10 +204,20 @@ fn print_table(results: &[BenchResult]) {
         ("VQ decode s", |r| format!("{:.3}", r.vq_decode_s)),
         ("image s", |r| format!("{:.1}", r.full_image_s)),
         ("load s", |r| format!("{:.1}", r.load_s)),
-        ("peak RSS GB", |r| format!("{:.2}", r.peak_rss_bytes as f64 / 1e9)),
-        ("LLM weights GB", |r| format!("{:.2}", r.llm_linear_bytes as f64 / 1e9)),
-        ("und logits err", |r| r.und_logits_rel_l2.map_or("-".into(), |e| format!("{e:.2e}"))),
-        ("t2i logits err", |r| r.t2i_logits_rel_l2.map_or("-".into(), |e| format!("{e:.2e}"))),
+        ("peak RSS GB", |r| {
+            format!("{:.2}", r.peak_rss_bytes as f64 / 1e9)
+        }),
+        ("LLM weights GB", |r| {
+            format!("{:.2}", r.llm_linear_bytes as f64 / 1e9)
+        }),
+        ("und logits err", |r| {
+            r.und_logits_rel_l2
+                .map_or("-".into(), |e| format!("{e:.2e}"))
+        }),
+        ("t2i logits err", |r| {
+            r.t2i_logits_rel_l2
+                .map_or("-".into(), |e| format!("{e:.2e}"))
+        }),
     ];
     let _ = write!(out, "| workload |");
     for r in results {
@@ -342,7 +363,10 @@ fn random_model_dir(args: &BenchArgs, config_text: &str, cfg: &JanusConfig) -> R
         std::fs::create_dir_all(&dir)?;
         std::fs::write(dir.join("config.json"), config_text)?;
         let params = parameter_list(cfg)?;
-        let total: usize = params.iter().map(|(_, s)| s.iter().product::<usize>()).sum();
+        let total: usize = params
+            .iter()
+            .map(|(_, s)| s.iter().product::<usize>())
+            .sum();
         eprintln!(
             "bench: writing {:.2}B random parameters (bf16) to {} (once)",
             total as f64 / 1e9,
@@ -484,7 +508,11 @@ fn run_one(args: &BenchArgs, dtype: DType, quant: Quant) -> Result<BenchResult> 
     stage("loading");
 
     let (model, load_s) = time(|| {
-        let vb = Checkpoint::open(&dir)?.into_var_builder(crate::config::CheckpointLayout::Released, dtype, &dev);
+        let vb = Checkpoint::open(&dir)?.into_var_builder(
+            crate::config::CheckpointLayout::Released,
+            dtype,
+            &dev,
+        );
         Ok(JanusModel::load_quantized(vb, &cfg, quant)?)
     })?;
     let load_rss_bytes = status_bytes("VmRSS:");
@@ -545,7 +573,10 @@ fn run_one(args: &BenchArgs, dtype: DType, quant: Quant) -> Result<BenchResult> 
     let mut decode = |cache: &mut crate::models::KvCache| -> Result<()> {
         let e = lm.embed(&Tensor::new(&[[next]], &dev)?)?;
         let h = lm.forward_embeds(&e, cache)?;
-        let logits = lm.lm_logits(&h.i((.., 0, ..))?)?.squeeze(0)?.to_dtype(DType::F32)?;
+        let logits = lm
+            .lm_logits(&h.i((.., 0, ..))?)?
+            .squeeze(0)?
+            .to_dtype(DType::F32)?;
         next = crate::sampling::argmax(&logits.to_vec1::<f32>()?);
         Ok(())
     };

@@ -182,6 +182,63 @@ impl QLinear {
         })
     }
 
+    /// Stacks weights [out_i, in] (read one at a time by `load(i)`) into one
+    /// [sum out_i, in] linear without bias. Quantised parts are quantised as
+    /// they arrive, so at most one full-precision part is resident.
+    pub fn stacked(
+        n_parts: usize,
+        load: impl Fn(usize) -> Result<Tensor>,
+        quant: Quant,
+    ) -> Result<Self> {
+        let first = load(0)?;
+        let (_, in_dim) = first.dims2()?;
+        let g = quant.for_in_dim(in_dim).ggml();
+        if let (Some(g), true, false) = (g, first.device().is_cpu(), is_broadcast_view(&first)) {
+            let mut bytes = Vec::new();
+            let mut rows = 0;
+            let mut part = Some(first);
+            for i in 0..n_parts {
+                let w = match part.take() {
+                    Some(w) => w,
+                    None => load(i)?,
+                };
+                rows += w.dim(0)?;
+                let q = quantize_rows(&w, g)?;
+                drop(w);
+                bytes.extend_from_slice(&q.data()?);
+            }
+            let q = candle_core::quantized::ggml_file::qtensor_from_ggml(
+                g,
+                &bytes,
+                vec![rows, in_dim],
+                &Device::Cpu,
+            )?;
+            drop(bytes);
+            let q = std::sync::Arc::new(q);
+            return Ok(Self {
+                weight: Weight::Quantized(q.clone(), QMatMul::from_arc(q)?),
+                bias: None,
+                in_dim,
+                out_dim: rows,
+                quant: quant.for_in_dim(in_dim),
+            });
+        }
+        let mut parts = vec![first];
+        for i in 1..n_parts {
+            parts.push(load(i)?);
+        }
+        let rows: usize = parts.iter().map(|p| p.dim(0)).sum::<Result<usize>>()?;
+        // A shape-only backend (see `weights::ShapeRecorder`) hands out
+        // zero-stride views; stacking them would allocate, so stay a view.
+        let w = if parts.iter().any(is_broadcast_view) {
+            Tensor::zeros((), parts[0].dtype(), parts[0].device())?.broadcast_as((rows, in_dim))?
+        } else {
+            Tensor::cat(&parts, 0)?
+        };
+        drop(parts);
+        Self::from_weight(w, None, quant)
+    }
+
     pub fn in_dim(&self) -> usize {
         self.in_dim
     }
@@ -335,7 +392,11 @@ impl Module for QLinear {
 /// transient memory is one band per thread.
 pub(crate) fn quantize_rows(w: &Tensor, dtype: GgmlDType) -> Result<QTensor> {
     use candle_core::quantized::k_quants::{BlockQ4K, BlockQ8_0};
-    let w = if w.is_contiguous() { w.clone() } else { w.contiguous()? };
+    let w = if w.is_contiguous() {
+        w.clone()
+    } else {
+        w.contiguous()?
+    };
     if !w.device().is_cpu() || !matches!(w.dtype(), DType::F32 | DType::BF16) {
         return QTensor::quantize(&w, dtype);
     }
@@ -346,11 +407,16 @@ pub(crate) fn quantize_rows(w: &Tensor, dtype: GgmlDType) -> Result<QTensor> {
     }
 }
 
-fn quantize_blocks<T: candle_core::quantized::k_quants::GgmlType + 'static>(w: &Tensor) -> Result<QTensor> {
+fn quantize_blocks<T: candle_core::quantized::k_quants::GgmlType + 'static>(
+    w: &Tensor,
+) -> Result<QTensor> {
     use rayon::prelude::*;
     let (n, k) = w.dims2()?;
     if k % T::BLCK_SIZE != 0 {
-        candle_core::bail!("rows of {k} values do not split into blocks of {}", T::BLCK_SIZE)
+        candle_core::bail!(
+            "rows of {k} values do not split into blocks of {}",
+            T::BLCK_SIZE
+        )
     }
     let per_row = k / T::BLCK_SIZE;
     const BAND: usize = 32;
@@ -376,13 +442,19 @@ fn quantize_blocks<T: candle_core::quantized::k_quants::GgmlType + 'static>(w: &
                 match &src {
                     Src::F32(v) => T::from_float(&v[r0 * k..(r0 + rows) * k], dst),
                     Src::Bf16(v) => {
-                        let f: Vec<f32> = v[r0 * k..(r0 + rows) * k].iter().map(|x| x.to_f32()).collect();
+                        let f: Vec<f32> = v[r0 * k..(r0 + rows) * k]
+                            .iter()
+                            .map(|x| x.to_f32())
+                            .collect();
                         T::from_float(&f, dst)
                     }
                 }
             });
     }
-    QTensor::new(candle_core::quantized::QStorage::Cpu(Box::new(blocks)), (n, k))
+    QTensor::new(
+        candle_core::quantized::QStorage::Cpu(Box::new(blocks)),
+        (n, k),
+    )
 }
 
 /// Many-row quantised matmuls: weight-only dequantisation + f32 gemm (more
@@ -435,7 +507,12 @@ fn quant_large_matmul(q: &QTensor, x: &Tensor) -> Result<Tensor> {
         use rayon::prelude::*;
         let per_row = k / T::BLCK_SIZE;
         // SAFETY: `data` holds n * per_row blocks of T (candle's CPU storage).
-        let blocks = unsafe { std::slice::from_raw_parts(data.as_ptr() as *const T, data.len() / std::mem::size_of::<T>()) };
+        let blocks = unsafe {
+            std::slice::from_raw_parts(
+                data.as_ptr() as *const T,
+                data.len() / std::mem::size_of::<T>(),
+            )
+        };
         let rows = band.len() / k;
         band.par_chunks_mut(k)
             .zip(blocks[j0 * per_row..(j0 + rows) * per_row].par_chunks(per_row))
@@ -450,13 +527,22 @@ fn quant_large_matmul(q: &QTensor, x: &Tensor) -> Result<Tensor> {
 
 /// `x [.., k] W^T` for a weight [n, k] delivered band by band (`fill(j0, band)`
 /// writes rows j0.. as f32) into one reused buffer, one gemm per band.
-fn banded_matmul(x: &Tensor, n: usize, k: usize, fill: impl Fn(usize, &mut [f32])) -> Result<Tensor> {
+fn banded_matmul(
+    x: &Tensor,
+    n: usize,
+    k: usize,
+    fill: impl Fn(usize, &mut [f32]),
+) -> Result<Tensor> {
     let x = if x.dtype() == DType::F32 {
         x.clone()
     } else {
         x.to_dtype(DType::F32)?
     };
-    let x = if x.is_contiguous() { x } else { x.contiguous()? };
+    let x = if x.is_contiguous() {
+        x
+    } else {
+        x.contiguous()?
+    };
     let dims = x.dims().to_vec();
     if dims.last() != Some(&k) {
         candle_core::bail!("linear: input {dims:?} does not end in {k}")
@@ -563,7 +649,15 @@ fn small_matmul(fmt: Fmt, w: &[u8], x: &[f32], m: usize, k: usize, n: usize, out
             while j + 4 <= j1 {
                 for i0 in (0..m).step_by(4) {
                     let rows = (m - i0).min(4);
-                    simd::dot4(fmt, &w[j * rb..(j + 4) * rb], rb, &x[i0 * k..(i0 + rows) * k], k, rows, &mut acc4);
+                    simd::dot4(
+                        fmt,
+                        &w[j * rb..(j + 4) * rb],
+                        rb,
+                        &x[i0 * k..(i0 + rows) * k],
+                        k,
+                        rows,
+                        &mut acc4,
+                    );
                     for (wr, a) in acc4.iter().enumerate() {
                         for r in 0..rows {
                             // SAFETY: (i0 + r, j + wr) is written by this block only, and in bounds.
@@ -634,7 +728,15 @@ mod simd {
 
     /// `acc[w][r] = <row w, x[r]>` for 4 weight rows (`rb` bytes apart) and
     /// `rows` (1..=4) input rows.
-    pub fn dot4(fmt: Fmt, w: &[u8], rb: usize, x: &[f32], k: usize, rows: usize, acc: &mut [[f32; 4]; 4]) {
+    pub fn dot4(
+        fmt: Fmt,
+        w: &[u8],
+        rb: usize,
+        x: &[f32],
+        k: usize,
+        rows: usize,
+        acc: &mut [[f32; 4]; 4],
+    ) {
         macro_rules! go {
             ($f:ident) => {
                 // SAFETY: `available()` gates every caller; sizes checked by small_matmul.
@@ -686,7 +788,13 @@ mod simd {
     }
 
     #[target_feature(enable = "avx512f,avx512bw,f16c")]
-    unsafe fn dot4_f32<const R: usize>(w: *const u8, rb: usize, x: *const f32, k: usize, acc: &mut [[f32; 4]; 4]) {
+    unsafe fn dot4_f32<const R: usize>(
+        w: *const u8,
+        rb: usize,
+        x: *const f32,
+        k: usize,
+        acc: &mut [[f32; 4]; 4],
+    ) {
         let mut s = [[_mm512_setzero_ps(); R]; 4];
         let main = k / 16 * 16;
         let mut l = 0;
@@ -709,14 +817,21 @@ mod simd {
     }
 
     #[target_feature(enable = "avx512f,avx512bw,f16c")]
-    unsafe fn dot4_bf16<const R: usize>(w: *const u8, rb: usize, x: *const f32, k: usize, acc: &mut [[f32; 4]; 4]) {
+    unsafe fn dot4_bf16<const R: usize>(
+        w: *const u8,
+        rb: usize,
+        x: *const f32,
+        k: usize,
+        acc: &mut [[f32; 4]; 4],
+    ) {
         let mut s = [[_mm512_setzero_ps(); R]; 4];
         let main = k / 16 * 16;
         let mut l = 0;
         while l < main {
             let xv = load_x::<R>(x, k, l);
             for (wr, sw) in s.iter_mut().enumerate() {
-                let raw = _mm256_loadu_si256((w.add(wr * rb) as *const u16).add(l) as *const __m256i);
+                let raw =
+                    _mm256_loadu_si256((w.add(wr * rb) as *const u16).add(l) as *const __m256i);
                 let wv = _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(raw), 16));
                 fma4::<R>(sw, wv, &xv);
             }
@@ -734,7 +849,13 @@ mod simd {
     }
 
     #[target_feature(enable = "avx512f,avx512bw,f16c")]
-    unsafe fn dot4_q8_0<const R: usize>(w: *const u8, rb: usize, x: *const f32, k: usize, acc: &mut [[f32; 4]; 4]) {
+    unsafe fn dot4_q8_0<const R: usize>(
+        w: *const u8,
+        rb: usize,
+        x: *const f32,
+        k: usize,
+        acc: &mut [[f32; 4]; 4],
+    ) {
         let mut s = [[_mm512_setzero_ps(); R]; 4];
         for b in 0..k / 32 {
             let l = b * 32;
@@ -743,8 +864,12 @@ mod simd {
             for (wr, sw) in s.iter_mut().enumerate() {
                 let blk = w.add(wr * rb + b * 34);
                 let d = _mm512_set1_ps(f16_at(blk));
-                let q0 = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(blk.add(2) as *const __m128i)));
-                let q1 = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(blk.add(18) as *const __m128i)));
+                let q0 = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(
+                    blk.add(2) as *const __m128i
+                )));
+                let q1 = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(
+                    blk.add(18) as *const __m128i
+                )));
                 fma4::<R>(sw, _mm512_mul_ps(q0, d), &x0);
                 fma4::<R>(sw, _mm512_mul_ps(q1, d), &x1);
             }
@@ -753,13 +878,24 @@ mod simd {
     }
 
     #[target_feature(enable = "avx512f,avx512bw,f16c")]
-    unsafe fn dot4_q4k<const R: usize>(w: *const u8, rb: usize, x: *const f32, k: usize, acc: &mut [[f32; 4]; 4]) {
+    unsafe fn dot4_q4k<const R: usize>(
+        w: *const u8,
+        rb: usize,
+        x: *const f32,
+        k: usize,
+        acc: &mut [[f32; 4]; 4],
+    ) {
         let mut s = [[_mm512_setzero_ps(); R]; 4];
         let nib = _mm512_set1_epi32(0xF);
         for b in 0..k / 256 {
             for j in 0..4 {
                 // Per weight row: the two sub-blocks' (scale, -min) of this 64-value group.
-                let mut sc = [(_mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps()); 4];
+                let mut sc = [(
+                    _mm512_setzero_ps(),
+                    _mm512_setzero_ps(),
+                    _mm512_setzero_ps(),
+                    _mm512_setzero_ps(),
+                ); 4];
                 for (wr, c) in sc.iter_mut().enumerate() {
                     let blk = w.add(wr * rb + b * 144);
                     let d = f16_at(blk);
@@ -885,15 +1021,31 @@ mod simd {
             ));
             let d0 = _mm512_broadcastss_ps(d01);
             let d1 = _mm512_broadcastss_ps(_mm_movehdup_ps(d01));
-            let q0 = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(blk.add(2) as *const __m128i)));
-            let q1 = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(blk.add(18) as *const __m128i)));
-            let q2 = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(blk.add(36) as *const __m128i)));
-            let q3 = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(blk.add(52) as *const __m128i)));
+            let q0 = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(
+                blk.add(2) as *const __m128i
+            )));
+            let q1 = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(
+                blk.add(18) as *const __m128i
+            )));
+            let q2 = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(
+                blk.add(36) as *const __m128i
+            )));
+            let q3 = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(
+                blk.add(52) as *const __m128i
+            )));
             let l = b * 32;
             for r in 0..R {
                 let xr = xp.add(r * k + l);
-                let t0 = _mm512_fmadd_ps(q1, _mm512_loadu_ps(xr.add(16)), _mm512_mul_ps(q0, _mm512_loadu_ps(xr)));
-                let t1 = _mm512_fmadd_ps(q3, _mm512_loadu_ps(xr.add(48)), _mm512_mul_ps(q2, _mm512_loadu_ps(xr.add(32))));
+                let t0 = _mm512_fmadd_ps(
+                    q1,
+                    _mm512_loadu_ps(xr.add(16)),
+                    _mm512_mul_ps(q0, _mm512_loadu_ps(xr)),
+                );
+                let t1 = _mm512_fmadd_ps(
+                    q3,
+                    _mm512_loadu_ps(xr.add(48)),
+                    _mm512_mul_ps(q2, _mm512_loadu_ps(xr.add(32))),
+                );
                 s[r] = _mm512_fmadd_ps(t1, d1, _mm512_fmadd_ps(t0, d0, s[r]));
             }
             b += 2;
@@ -901,8 +1053,18 @@ mod simd {
         while b < nb {
             let blk = row.as_ptr().add(b * 34);
             let d = _mm512_set1_ps(f16_at(blk));
-            let w0 = _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(blk.add(2) as *const __m128i))), d);
-            let w1 = _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(blk.add(18) as *const __m128i))), d);
+            let w0 = _mm512_mul_ps(
+                _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(
+                    blk.add(2) as *const __m128i
+                ))),
+                d,
+            );
+            let w1 = _mm512_mul_ps(
+                _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(
+                    blk.add(18) as *const __m128i
+                ))),
+                d,
+            );
             fma_rows::<R>(&mut s, w0, xp, k, b * 32);
             fma_rows::<R>(&mut s, w1, xp, k, b * 32 + 16);
             b += 1;

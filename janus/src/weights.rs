@@ -302,7 +302,10 @@ fn release_pages(bytes: &[u8]) {
 /// dtypes (the caller falls back to candle's loader).
 fn chunked_copy(view: &safetensors::tensor::TensorView<'_>) -> candle_core::Result<Option<Tensor>> {
     use safetensors::Dtype;
-    fn copy<T: candle_core::WithDType + Default + Clone>(bytes: &[u8], shape: &[usize]) -> candle_core::Result<Tensor> {
+    fn copy<T: candle_core::WithDType + Default + Clone>(
+        bytes: &[u8],
+        shape: &[usize],
+    ) -> candle_core::Result<Tensor> {
         let size = std::mem::size_of::<T>();
         let n = bytes.len() / size;
         let mut out: Vec<T> = vec![T::default(); n];

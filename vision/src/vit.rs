@@ -102,7 +102,10 @@ impl Module for Linear {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let w = if self.weight.dtype() == x.dtype() {
             self.weight.clone()
-        } else if self.weight.dtype() == DType::BF16 && x.dtype() == DType::F32 && x.device().is_cpu() {
+        } else if self.weight.dtype() == DType::BF16
+            && x.dtype() == DType::F32
+            && x.device().is_cpu()
+        {
             widen_bf16(&self.weight)?
         } else {
             self.weight.to_dtype(x.dtype())?

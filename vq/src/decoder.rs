@@ -3,7 +3,9 @@
 use candle_core::{Error, Result, Tensor};
 use candle_nn::VarBuilder;
 
-use crate::blocks::{conv3x3, group_norm, Conv3x3, GroupNorm, AttnBlock, MidBlock, ResnetBlock, Upsample};
+use crate::blocks::{
+    conv3x3, group_norm, AttnBlock, Conv3x3, GroupNorm, MidBlock, ResnetBlock, Upsample,
+};
 use crate::VqConfig;
 
 /// One resolution level, `decoder.conv_blocks.{i}`. Levels are stored in

@@ -3,7 +3,9 @@
 use candle_core::{Error, Result, Tensor};
 use candle_nn::VarBuilder;
 
-use crate::blocks::{conv3x3, group_norm, Conv3x3, GroupNorm, AttnBlock, Downsample, MidBlock, ResnetBlock};
+use crate::blocks::{
+    conv3x3, group_norm, AttnBlock, Conv3x3, Downsample, GroupNorm, MidBlock, ResnetBlock,
+};
 use crate::VqConfig;
 
 /// One resolution level, `encoder.conv_blocks.{i}`.

@@ -14,7 +14,11 @@ fn fast_ok(t: &Tensor) -> bool {
 
 /// Runs `f` on the contiguous f32 data of `t`.
 fn with_f32<R>(t: &Tensor, f: impl FnOnce(&[f32]) -> R) -> Result<R> {
-    let t = if t.is_contiguous() { t.clone() } else { t.contiguous()? };
+    let t = if t.is_contiguous() {
+        t.clone()
+    } else {
+        t.contiguous()?
+    };
     let (s, l) = t.storage_and_layout();
     match &*s {
         Storage::Cpu(CpuStorage::F32(v)) => {
@@ -65,7 +69,11 @@ pub(crate) fn conv3x3(
     let (b, c_in, h_in, w_in) = x.dims4()?;
     let (c_out, wc, kh, kw) = weight.dims4()?;
     if wc != c_in || kh != 3 || kw != 3 {
-        candle_core::bail!("conv3x3: weight {:?} does not fit input {:?}", weight.dims(), x.dims())
+        candle_core::bail!(
+            "conv3x3: weight {:?} does not fit input {:?}",
+            weight.dims(),
+            x.dims()
+        )
     }
     let f = if upsample { 2 } else { 1 };
     let (h, w) = (h_in * f, w_in * f);
@@ -81,7 +89,9 @@ pub(crate) fn conv3x3(
         None => vec![0f32; b * c_out * hw],
     };
     let accumulate = residual.is_some();
-    let bias_v: Option<Vec<f32>> = bias.map(|t| t.to_dtype(DType::F32)?.flatten_all()?.to_vec1()).transpose()?;
+    let bias_v: Option<Vec<f32>> = bias
+        .map(|t| t.to_dtype(DType::F32)?.flatten_all()?.to_vec1())
+        .transpose()?;
     let threads = rayon::current_num_threads();
     let par = if threads > 1 {
         gemm::Parallelism::Rayon(threads)
@@ -117,7 +127,11 @@ pub(crate) fn conv3x3(
                                     }
                                     continue;
                                 }
-                                let sy = if f == 2 { yy as usize >> 1 } else { yy as usize };
+                                let sy = if f == 2 {
+                                    yy as usize >> 1
+                                } else {
+                                    yy as usize
+                                };
                                 let srow = &plane[sy * w_in..(sy + 1) * w_in];
                                 if f == 2 {
                                     for (i, &v) in srow.iter().enumerate() {
@@ -128,7 +142,8 @@ pub(crate) fn conv3x3(
                                     padded[1..=w].copy_from_slice(srow);
                                 }
                                 for kx in 0..3 {
-                                    cc[a + kx * p..a + kx * p + w].copy_from_slice(&padded[kx..kx + w]);
+                                    cc[a + kx * p..a + kx * p + w]
+                                        .copy_from_slice(&padded[kx..kx + w]);
                                 }
                             }
                         }
@@ -167,7 +182,8 @@ pub(crate) fn conv3x3(
                     let ptr = &ptr;
                     (0..c_out).into_par_iter().for_each(|co| {
                         // SAFETY: each channel plane is touched by one task only.
-                        let plane = unsafe { std::slice::from_raw_parts_mut(ptr.0.add(co * hw), hw) };
+                        let plane =
+                            unsafe { std::slice::from_raw_parts_mut(ptr.0.add(co * hw), hw) };
                         for v in plane {
                             *v += bv[co];
                         }
@@ -252,7 +268,15 @@ fn norm_group(src: &[f32], o: &mut [f32], hw: usize, w: &[f32], b: &[f32], eps: 
 /// [`norm_group`] compiled for AVX2 + FMA (8-wide loops).
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
-unsafe fn norm_group_avx2(src: &[f32], o: &mut [f32], hw: usize, w: &[f32], b: &[f32], eps: f64, swish: bool) {
+unsafe fn norm_group_avx2(
+    src: &[f32],
+    o: &mut [f32],
+    hw: usize,
+    w: &[f32],
+    b: &[f32],
+    eps: f64,
+    swish: bool,
+) {
     norm_group(src, o, hw, w, b, eps, swish)
 }
 
@@ -295,7 +319,7 @@ fn fast_exp(x: f32) -> f32 {
     let p = p * r + 8.333_452e-3;
     let p = p * r + 4.166_579_6e-2;
     let p = p * r + 1.666_666_6e-1;
-    let p = p * r + 5.000_000_1e-1;
+    let p = p * r + 0.5;
     let e = p * r * r + r + 1.0;
     let scale = f32::from_bits(((n as i32 + 127) as u32) << 23);
     e * scale
@@ -306,8 +330,21 @@ mod tests {
     use candle_core::{Device, Module, Tensor};
 
     fn rel(a: &Tensor, b: &Tensor) -> f32 {
-        let d = (a - b).unwrap().sqr().unwrap().sum_all().unwrap().to_scalar::<f32>().unwrap();
-        let n = b.sqr().unwrap().sum_all().unwrap().to_scalar::<f32>().unwrap();
+        let d = (a - b)
+            .unwrap()
+            .sqr()
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap();
+        let n = b
+            .sqr()
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap();
         (d / n).sqrt()
     }
 
@@ -317,22 +354,37 @@ mod tests {
         let x = Tensor::randn(0f32, 1.0, (2, 64, 9, 7), &dev).unwrap();
         let w = Tensor::randn(0f32, 0.1, (48, 64, 3, 3), &dev).unwrap();
         let b = Tensor::randn(0f32, 0.1, 48, &dev).unwrap();
-        let cfg = candle_nn::Conv2dConfig { padding: 1, ..Default::default() };
+        let cfg = candle_nn::Conv2dConfig {
+            padding: 1,
+            ..Default::default()
+        };
         let conv = candle_nn::Conv2d::new(w.clone(), Some(b.clone()), cfg);
         for up in [false, true] {
-            let xin = if up { x.upsample_nearest2d(18, 14).unwrap() } else { x.clone() };
+            let xin = if up {
+                x.upsample_nearest2d(18, 14).unwrap()
+            } else {
+                x.clone()
+            };
             let want = conv.forward(&xin).unwrap();
             let res = Tensor::randn(0f32, 1.0, want.dims(), &dev).unwrap();
             let got = super::conv3x3(&x, &w, Some(&b), up, None).unwrap();
             assert!(rel(&got, &want) < 1e-5, "conv upsample={up}");
             let got = super::conv3x3(&x, &w, Some(&b), up, Some(&res)).unwrap();
-            assert!(rel(&got, &(want + &res).unwrap()) < 1e-5, "conv + residual upsample={up}");
+            assert!(
+                rel(&got, &(want + &res).unwrap()) < 1e-5,
+                "conv + residual upsample={up}"
+            );
         }
         let gw = Tensor::randn(1f32, 0.1, 64, &dev).unwrap();
         let gb = Tensor::randn(0f32, 0.1, 64, &dev).unwrap();
         let gn = candle_nn::GroupNorm::new(gw.clone(), gb.clone(), 64, 32, 1e-6).unwrap();
         let want = gn.forward(&x).unwrap();
-        assert!(rel(&super::group_norm(&x, 32, 1e-6, &gw, &gb, false).unwrap(), &want) < 1e-5);
+        assert!(
+            rel(
+                &super::group_norm(&x, 32, 1e-6, &gw, &gb, false).unwrap(),
+                &want
+            ) < 1e-5
+        );
         let got = super::group_norm(&x, 32, 1e-6, &gw, &gb, true).unwrap();
         assert!(rel(&got, &want.silu().unwrap()) < 1e-5);
     }

@@ -62,20 +62,11 @@ fn fused_linear(
     in_dim: usize,
     quant: Quant,
 ) -> Result<QLinear> {
-    let parts = names
-        .iter()
-        .map(|(name, out)| vb.pp(*name).get((*out, in_dim), "weight"))
-        .collect::<Result<Vec<_>>>()?;
-    let rows: usize = names.iter().map(|(_, out)| out).sum();
-    // A shape-only backend (see `weights::ShapeRecorder`) hands out zero-stride
-    // views; stacking them would allocate the whole model, so stay a view.
-    let w = if parts.iter().any(crate::quant::is_broadcast_view) {
-        Tensor::zeros((), parts[0].dtype(), parts[0].device())?.broadcast_as((rows, in_dim))?
-    } else {
-        Tensor::cat(&parts, 0)?
-    };
-    drop(parts);
-    QLinear::from_weight(w, None, quant)
+    QLinear::stacked(
+        names.len(),
+        |i| vb.pp(names[i].0).get((names[i].1, in_dim), "weight"),
+        quant,
+    )
 }
 
 struct Attention {
@@ -129,6 +120,11 @@ impl Attention {
         let k = rotary.apply(&split(self.heads, self.kv_heads)?, offset)?;
         let v = split(self.heads + self.kv_heads, self.kv_heads)?.contiguous()?;
         let (k, v) = cache.append(&k, &v)?;
+        if t == 1 && mask.is_none() {
+            if let Some(out) = decode_attention(&q, &k, &v, self.heads / self.kv_heads)? {
+                return self.o_proj.forward(&out);
+            }
+        }
         let k = repeat_kv(&k, self.heads / self.kv_heads)?;
         let v = repeat_kv(&v, self.heads / self.kv_heads)?;
         let scale = 1.0 / (hd as f64).sqrt();
@@ -143,6 +139,96 @@ impl Attention {
             .reshape((b, t, self.heads * hd))?;
         self.o_proj.forward(&out)
     }
+}
+
+/// One query position per sequence (decoding) on the CPU in f32: scores,
+/// softmax and the weighted sum of values for every (sequence, head) in one
+/// parallel pass over the cache buffers, instead of two batched matmuls of
+/// `b * heads` tiny products. `q` [b, h, 1, d]; `k`, `v` [b, kvh, len, d]
+/// views of the cache. Returns [b, 1, h * d], or None when not applicable.
+fn decode_attention(q: &Tensor, k: &Tensor, v: &Tensor, n_rep: usize) -> Result<Option<Tensor>> {
+    use candle_core::{CpuStorage, Storage};
+    use rayon::prelude::*;
+    if !q.device().is_cpu() || q.dtype() != DType::F32 || k.dtype() != DType::F32 {
+        return Ok(None);
+    }
+    let (b, h, _, d) = q.dims4()?;
+    let len = k.dim(2)?;
+    let q = if q.is_contiguous() {
+        q.clone()
+    } else {
+        q.contiguous()?
+    };
+    let (qs, ql) = q.storage_and_layout();
+    let (ks, kl) = k.storage_and_layout();
+    let (vs, vl) = v.storage_and_layout();
+    let (
+        Storage::Cpu(CpuStorage::F32(qv)),
+        Storage::Cpu(CpuStorage::F32(kv)),
+        Storage::Cpu(CpuStorage::F32(vv)),
+    ) = (&*qs, &*ks, &*vs)
+    else {
+        return Ok(None);
+    };
+    // The cache views: [b, kvh, len, d] inside [b, kvh, cap, d] buffers.
+    let (kst, vst) = (kl.stride(), vl.stride());
+    if kst[3] != 1 || vst[3] != 1 || kst[2] != d || vst[2] != d || kst != vst {
+        return Ok(None);
+    }
+    let (sb, sh) = (kst[0], kst[1]);
+    let (k0, v0) = (kl.start_offset(), vl.start_offset());
+    let qv = &qv[ql.start_offset()..ql.start_offset() + b * h * d];
+    let scale = 1.0 / (d as f32).sqrt();
+    let mut out = vec![0f32; b * h * d];
+    out.par_chunks_mut(d).enumerate().for_each_init(
+        || vec![0f32; len],
+        |scores, (i, o)| {
+            let (bi, hi) = (i / h, i % h);
+            let base = bi * sb + (hi / n_rep) * sh;
+            let qrow = &qv[i * d..(i + 1) * d];
+            let mut max = f32::NEG_INFINITY;
+            for (j, s) in scores.iter_mut().enumerate() {
+                let krow = &kv[k0 + base + j * d..k0 + base + (j + 1) * d];
+                *s = dot(qrow, krow) * scale;
+                max = max.max(*s);
+            }
+            let mut sum = 0f32;
+            for s in scores.iter_mut() {
+                *s = (*s - max).exp();
+                sum += *s;
+            }
+            for (j, &p) in scores.iter().enumerate() {
+                let vrow = &vv[v0 + base + j * d..v0 + base + (j + 1) * d];
+                for (o, &x) in o.iter_mut().zip(vrow) {
+                    *o += p * x;
+                }
+            }
+            let inv = 1.0 / sum;
+            for o in o.iter_mut() {
+                *o *= inv;
+            }
+        },
+    );
+    drop((qs, ks, vs));
+    Ok(Some(Tensor::from_vec(out, (b, 1, h * d), &Device::Cpu)?))
+}
+
+/// Dot product in 8 independent lanes, so it vectorises.
+#[inline]
+fn dot(a: &[f32], b: &[f32]) -> f32 {
+    let mut lanes = [0f32; 8];
+    let mut ca = a.chunks_exact(8);
+    let mut cb = b.chunks_exact(8);
+    for (x, y) in (&mut ca).zip(&mut cb) {
+        for l in 0..8 {
+            lanes[l] += x[l] * y[l];
+        }
+    }
+    let mut s: f32 = lanes.iter().sum();
+    for (x, y) in ca.remainder().iter().zip(cb.remainder()) {
+        s += x * y;
+    }
+    s
 }
 
 /// Grouped-query attention: each key/value head serves `n_rep` query heads.
