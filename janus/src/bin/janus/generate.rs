@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use clap::{Args, Subcommand};
 use janus::{GenerateOptions, ImageProcessor, JanusError, SamplingParams};
 
-use crate::output::{ctrl_c_token, progress_bar, save_png, write_atomically};
+use crate::output::{ctrl_c_token, progress_bar, save_png, set_idle, write_atomically};
 use crate::ModelArgs;
 
 #[derive(Args)]
@@ -108,6 +108,7 @@ pub fn generate(args: GenerateArgs) -> janus::Result<()> {
     };
     let model = args.model.load()?;
     let cancel = ctrl_c_token();
+    set_idle(false);
     let refs: Vec<&str> = prompts.iter().map(String::as_str).collect();
     let batch = args.batch_size.unwrap_or(args.parallel_size);
     let bar = progress_bar(0, "generating", args.quiet);

@@ -118,6 +118,9 @@ impl TextSamplingArgs {
 /// (as clap's usage errors), 130 cancelled by Ctrl-C.
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    // Until a command starts cancellable work, Ctrl-C simply ends the program.
+    output::set_idle(true);
+    output::ctrl_c_token();
     let result = match cli.command {
         Command::Understand(a) => understand::understand(a),
         Command::Chat(a) => understand::chat(a),

@@ -27,7 +27,7 @@ pub fn progress_bar(total: usize, what: &str, quiet: bool) -> ProgressBar {
 }
 
 /// The token Ctrl-C cancels. The first Ctrl-C cancels the running work;
-/// when nothing is running (`idle_exit`), it ends the program.
+/// while the program is idle (see [`set_idle`]), it ends the program.
 pub fn ctrl_c_token() -> &'static CancelToken {
     static TOKEN: OnceLock<CancelToken> = OnceLock::new();
     TOKEN.get_or_init(|| {
@@ -51,7 +51,7 @@ pub fn set_idle(idle: bool) {
     IDLE.store(idle, std::sync::atomic::Ordering::SeqCst);
 }
 
-/// Writes `bytes` next to `path` and renames, so an interrupted run never
+/// Writes the file next to `path` and renames, so an interrupted run never
 /// leaves a half-written file.
 pub fn write_atomically(
     path: &Path,

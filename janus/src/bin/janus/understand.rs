@@ -60,6 +60,7 @@ pub fn understand(args: UnderstandArgs) -> janus::Result<()> {
         return Ok(());
     }
     let cancel = ctrl_c_token();
+    set_idle(false);
     let mut streamer = TextStreamer::new(&model.processor);
     let mut stdout = std::io::stdout();
     model.understand_with(&conversation, &images, &opts, &mut |id, _| {
