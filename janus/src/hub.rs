@@ -43,30 +43,6 @@ fn offline_from_env() -> bool {
     })
 }
 
-/// Shard files named by a downloaded `*.index.json`.
-fn shards_of(index: &std::path::Path) -> Result<Vec<String>> {
-    let text = std::fs::read_to_string(index).map_err(|e| JanusError::BadFile {
-        path: index.into(),
-        reason: e.to_string(),
-    })?;
-    let value: serde_json::Value =
-        serde_json::from_str(&text).map_err(|e| JanusError::BadFile {
-            path: index.into(),
-            reason: format!("invalid JSON: {e}"),
-        })?;
-    let mut files: Vec<String> = value["weight_map"]
-        .as_object()
-        .map(|m| {
-            m.values()
-                .filter_map(|v| v.as_str().map(str::to_owned))
-                .collect()
-        })
-        .unwrap_or_default();
-    files.sort();
-    files.dedup();
-    Ok(files)
-}
-
 /// The local snapshot folder of `model_id`, downloading what is missing
 /// unless offline.
 pub fn fetch(model_id: &str, opts: &LoadOptions) -> Result<PathBuf> {
@@ -111,7 +87,7 @@ pub fn fetch(model_id: &str, opts: &LoadOptions) -> Result<PathBuf> {
     })?;
     let first = repo.get(entry).map_err(unreachable)?;
     if entry.ends_with(".index.json") {
-        for shard in shards_of(&first)? {
+        for shard in crate::weights::index_shard_names(&first)? {
             repo.get(&shard).map_err(unreachable)?;
         }
     }
@@ -133,9 +109,8 @@ fn from_cache(model_id: &str, cache: &Cache) -> Result<PathBuf> {
         .map(|p| p.to_path_buf())
         .ok_or_else(missing)?;
     let weights_cached = WEIGHT_ENTRIES.iter().any(|f| match repo.get(f) {
-        Some(p) if f.ends_with(".index.json") => {
-            shards_of(&p).is_ok_and(|shards| shards.iter().all(|s| repo.get(s).is_some()))
-        }
+        Some(p) if f.ends_with(".index.json") => crate::weights::index_shard_names(&p)
+            .is_ok_and(|shards| shards.iter().all(|s| repo.get(s).is_some())),
         Some(_) => true,
         None => false,
     });

@@ -37,7 +37,7 @@ fn bad(path: &Path, reason: impl std::fmt::Display) -> JanusError {
 }
 
 /// Shard file names of a `*.index.json`, in first-seen order.
-fn index_shards(index: &Path) -> Result<Vec<PathBuf>> {
+pub(crate) fn index_shard_names(index: &Path) -> Result<Vec<String>> {
     let text = std::fs::read_to_string(index).map_err(|e| bad(index, e))?;
     let value: serde_json::Value =
         serde_json::from_str(&text).map_err(|e| bad(index, format!("invalid JSON: {e}")))?;
@@ -45,7 +45,6 @@ fn index_shards(index: &Path) -> Result<Vec<PathBuf>> {
         .get("weight_map")
         .and_then(|m| m.as_object())
         .ok_or_else(|| bad(index, "no weight_map object"))?;
-    let dir = index.parent().unwrap_or(Path::new("."));
     let mut seen = BTreeSet::new();
     let mut files = vec![];
     for file in map.values() {
@@ -53,9 +52,19 @@ fn index_shards(index: &Path) -> Result<Vec<PathBuf>> {
             .as_str()
             .ok_or_else(|| bad(index, "weight_map values must be file names"))?;
         if seen.insert(file.to_owned()) {
-            files.push(dir.join(file));
+            files.push(file.to_owned());
         }
     }
+    Ok(files)
+}
+
+/// Shard paths of a `*.index.json`, each checked to exist.
+fn index_shards(index: &Path) -> Result<Vec<PathBuf>> {
+    let dir = index.parent().unwrap_or(Path::new("."));
+    let files: Vec<PathBuf> = index_shard_names(index)?
+        .iter()
+        .map(|f| dir.join(f))
+        .collect();
     for f in &files {
         if !f.exists() {
             return Err(JanusError::MissingFile {
