@@ -12,9 +12,11 @@ use janus::processor::Message;
 use janus::{GenerateOptions, JanusPro, Quant, SamplingParams, UnderstandOptions};
 
 /// Relative L2 error of the logits allowed against f32. bf16 weights are
-/// exact here (the fixture is stored in bf16 and the compute stays f32);
+/// exact here (the fixture is stored in bf16), but on CPUs with AVX-512-BF16
+/// many-row passes round activations to bf16 (2^-9, as PyTorch bf16; measured
+/// 2.3e-3), and without it the compute stays f32 (measured < 1e-6);
 /// q8_0 loses ~0.3% per matmul.
-const TOL_BF16: f64 = 1e-4;
+const TOL_BF16: f64 = 1e-2;
 const TOL_Q8: f64 = 3e-2;
 
 fn last_logits(model: &JanusPro) -> candle_core::Tensor {

@@ -13,6 +13,7 @@ use std::fmt;
 use candle_core::quantized::{GgmlDType, QMatMul, QTensor};
 use candle_core::{CpuStorage, DType, Device, Module, Result, Tensor};
 use candle_nn::VarBuilder;
+use janus_kernels::bf16_gemm::{self, Rhs};
 
 /// Quantisation of the language model's and image head's linear weights.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -351,7 +352,32 @@ impl Module for QLinear {
                 // Exactly candle_nn::Linear (the bias is added below, as
                 // Linear does: broadcast_add after the matmul).
                 Weight::Plain(l) => l.forward(x)?,
+                Weight::Bf16(w) if bf16_gemm::available() => {
+                    let (ws, wl) = w.storage_and_layout();
+                    let wv = cpu_bf16(&ws, wl)?;
+                    rows_matmul(x, self.out_dim, self.in_dim, |xv, m, out| {
+                        let rhs = Rhs::Bf16Rows {
+                            data: wv,
+                            ld: self.in_dim,
+                        };
+                        bf16_gemm::gemm(
+                            m,
+                            self.out_dim,
+                            self.in_dim,
+                            xv,
+                            self.in_dim,
+                            &rhs,
+                            out,
+                            self.out_dim,
+                            false,
+                            true,
+                        )
+                    })?
+                }
                 Weight::Bf16(w) => bf16_large_matmul(w, x)?,
+                Weight::Quantized(q, _) if x.device().is_cpu() && bf16_gemm::available() => {
+                    quant_bf16_matmul(q, x)?
+                }
                 Weight::Quantized(q, qm) => {
                     let x = if x.is_contiguous() {
                         x.clone()
@@ -457,9 +483,10 @@ fn quantize_blocks<T: candle_core::quantized::k_quants::GgmlType + 'static>(
     )
 }
 
-/// Many-row quantised matmuls: weight-only dequantisation + f32 gemm (more
-/// accurate) when `JANUS_QUANT_PREFILL=dequant`, else candle's integer
-/// kernels (which also quantise the activations to 8 bits, and are faster).
+/// Many-row quantised matmuls on CPUs without the bf16 GEMM: weight-only
+/// dequantisation + f32 gemm (more accurate) when
+/// `JANUS_QUANT_PREFILL=dequant`, else candle's integer kernels (which also
+/// quantise the activations to 8 bits, and are faster).
 fn large_matmul_weight_only() -> bool {
     static F: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
     *F.get_or_init(|| std::env::var("JANUS_QUANT_PREFILL").as_deref() == Ok("dequant"))
@@ -470,19 +497,24 @@ fn large_matmul_weight_only() -> bool {
 /// or candle's quantized matmul.
 const SMALL_MAX_ROWS: usize = 16;
 
-/// Many rows through a bf16 weight: bands of weight rows are widened into
-/// one reused f32 buffer (no full-size f32 copy, no fresh pages per call),
-/// each followed by one gemm, whose cost dominates at these sizes.
-fn bf16_large_matmul(w: &Tensor, x: &Tensor) -> Result<Tensor> {
-    let (n, k) = w.dims2()?;
-    let (ws, wl) = w.storage_and_layout();
-    let wv = match &*ws {
-        candle_core::Storage::Cpu(CpuStorage::BF16(v)) => match wl.contiguous_offsets() {
-            Some((a, b)) => &v[a..b],
+/// The contiguous bf16 data of a CPU weight.
+fn cpu_bf16<'a>(s: &'a candle_core::Storage, l: &candle_core::Layout) -> Result<&'a [half::bf16]> {
+    match s {
+        candle_core::Storage::Cpu(CpuStorage::BF16(v)) => match l.contiguous_offsets() {
+            Some((a, b)) => Ok(&v[a..b]),
             None => candle_core::bail!("bf16 weight is not contiguous"),
         },
         _ => candle_core::bail!("bf16 weight expected on the CPU"),
-    };
+    }
+}
+
+/// Many rows through a bf16 weight without the bf16 GEMM: bands of weight
+/// rows are widened into one reused f32 buffer (no full-size f32 copy, no
+/// fresh pages per call), each followed by one f32 gemm.
+fn bf16_large_matmul(w: &Tensor, x: &Tensor) -> Result<Tensor> {
+    let (n, k) = w.dims2()?;
+    let (ws, wl) = w.storage_and_layout();
+    let wv = cpu_bf16(&ws, wl)?;
     banded_matmul(x, n, k, |j0, band| {
         use rayon::prelude::*;
         let len = band.len();
@@ -496,27 +528,60 @@ fn bf16_large_matmul(w: &Tensor, x: &Tensor) -> Result<Tensor> {
     })
 }
 
+/// Dequantises `len` values of row `j` from `l0` (block aligned).
+fn dequant_row<T: candle_core::quantized::k_quants::GgmlType>(
+    data: &[u8],
+    k: usize,
+    j: usize,
+    l0: usize,
+    out: &mut [f32],
+) {
+    // SAFETY: `data` holds n * k / BLCK_SIZE blocks of T (candle's CPU storage).
+    let blocks = unsafe {
+        std::slice::from_raw_parts(
+            data.as_ptr() as *const T,
+            data.len() / std::mem::size_of::<T>(),
+        )
+    };
+    let b0 = (j * k + l0) / T::BLCK_SIZE;
+    T::to_float(&blocks[b0..b0 + out.len() / T::BLCK_SIZE], out);
+}
+
+/// Many rows through a quantised weight with the bf16 GEMM: each packed
+/// panel is dequantised on the fly (weight error of the 8/4-bit blocks plus
+/// bf16 rounding; the activations stay far more precise than candle's 8-bit
+/// activation quantisation).
+fn quant_bf16_matmul(q: &QTensor, x: &Tensor) -> Result<Tensor> {
+    use candle_core::quantized::k_quants::{BlockQ4K, BlockQ8_0};
+    let (n, k) = q.shape().dims2()?;
+    let data = q.data()?;
+    let row: &(dyn Fn(usize, usize, &mut [f32]) + Sync) = match q.dtype() {
+        GgmlDType::Q8_0 => &|j, l0, out| dequant_row::<BlockQ8_0>(&data, k, j, l0, out),
+        GgmlDType::Q4K => &|j, l0, out| dequant_row::<BlockQ4K>(&data, k, j, l0, out),
+        _ => return x.broadcast_matmul(&q.dequantize(&Device::Cpu)?.t()?),
+    };
+    rows_matmul(x, n, k, |xv, m, out| {
+        bf16_gemm::gemm(m, n, k, xv, k, &Rhs::Rows(row), out, n, false, true)
+    })
+}
+
 /// Many rows through a quantised weight, weight-only: bands are dequantised
 /// to f32 and multiplied by gemm (activations are not quantised, unlike
 /// candle's integer kernels).
 fn quant_large_matmul(q: &QTensor, x: &Tensor) -> Result<Tensor> {
-    use candle_core::quantized::k_quants::{BlockQ4K, BlockQ8_0, GgmlType};
+    use candle_core::quantized::k_quants::{BlockQ4K, BlockQ8_0};
     let (n, k) = q.shape().dims2()?;
     let data = q.data()?;
-    fn fill<T: GgmlType>(data: &[u8], k: usize, j0: usize, band: &mut [f32]) {
+    fn fill<T: candle_core::quantized::k_quants::GgmlType>(
+        data: &[u8],
+        k: usize,
+        j0: usize,
+        band: &mut [f32],
+    ) {
         use rayon::prelude::*;
-        let per_row = k / T::BLCK_SIZE;
-        // SAFETY: `data` holds n * per_row blocks of T (candle's CPU storage).
-        let blocks = unsafe {
-            std::slice::from_raw_parts(
-                data.as_ptr() as *const T,
-                data.len() / std::mem::size_of::<T>(),
-            )
-        };
-        let rows = band.len() / k;
         band.par_chunks_mut(k)
-            .zip(blocks[j0 * per_row..(j0 + rows) * per_row].par_chunks(per_row))
-            .for_each(|(d, b)| T::to_float(b, d));
+            .enumerate()
+            .for_each(|(r, d)| dequant_row::<T>(data, k, j0 + r, 0, d));
     }
     match q.dtype() {
         GgmlDType::Q8_0 => banded_matmul(x, n, k, |j0, band| fill::<BlockQ8_0>(&data, k, j0, band)),
@@ -525,13 +590,13 @@ fn quant_large_matmul(q: &QTensor, x: &Tensor) -> Result<Tensor> {
     }
 }
 
-/// `x [.., k] W^T` for a weight [n, k] delivered band by band (`fill(j0, band)`
-/// writes rows j0.. as f32) into one reused buffer, one gemm per band.
-fn banded_matmul(
+/// `x [.., k]` as contiguous f32 rows handed to `f(rows, m, out)`, which
+/// writes `out [m, n]`; returns `out` as `[.., n]`.
+fn rows_matmul(
     x: &Tensor,
     n: usize,
     k: usize,
-    fill: impl Fn(usize, &mut [f32]),
+    f: impl FnOnce(&[f32], usize, &mut [f32]),
 ) -> Result<Tensor> {
     let x = if x.dtype() == DType::F32 {
         x.clone()
@@ -558,6 +623,22 @@ fn banded_matmul(
             }
             _ => candle_core::bail!("linear: f32 CPU input expected"),
         };
+        f(xv, m, &mut out);
+    }
+    let mut out_dims = dims;
+    *out_dims.last_mut().expect("rank >= 1") = n;
+    Tensor::from_vec(out, out_dims, &Device::Cpu)
+}
+
+/// `x [.., k] W^T` for a weight [n, k] delivered band by band (`fill(j0, band)`
+/// writes rows j0.. as f32) into one reused buffer, one f32 gemm per band.
+fn banded_matmul(
+    x: &Tensor,
+    n: usize,
+    k: usize,
+    fill: impl Fn(usize, &mut [f32]),
+) -> Result<Tensor> {
+    rows_matmul(x, n, k, |xv, m, out| {
         const BAND: usize = 256;
         let mut buf = vec![0f32; BAND.min(n) * k];
         let threads = rayon::current_num_threads();
@@ -598,10 +679,7 @@ fn banded_matmul(
             };
             j0 += nb;
         }
-    }
-    let mut out_dims = dims;
-    *out_dims.last_mut().expect("rank >= 1") = n;
-    Tensor::from_vec(out, out_dims, &Device::Cpu)
+    })
 }
 
 /// Weight formats of the few-row kernels; rows are stored one after another.

@@ -1,5 +1,6 @@
 use candle_core::{DType, Module, Result, Tensor};
 use candle_nn::{layer_norm, Conv2d, Conv2dConfig, LayerNorm, LayerNormConfig, VarBuilder};
+use janus_kernels::tensor::with_cpu_slice;
 
 /// Sizes of a SigLIP ViT. `layers` is the number of blocks actually built,
 /// i.e. after the reference's `select_layer` truncation.
@@ -98,8 +99,62 @@ fn widen_bf16(w: &Tensor) -> Result<Tensor> {
     Tensor::from_vec(out, w.shape().clone(), &candle_core::Device::Cpu)
 }
 
+/// `x Φ(x)` with `erf` from Abramowitz & Stegun 7.1.26 (absolute error
+/// < 1.5e-7, far below the bf16 rounding of this path); branch-free so
+/// loops over it vectorise.
+#[inline(always)]
+fn gelu_erf(x: f32) -> f32 {
+    let z = x.abs() * std::f32::consts::FRAC_1_SQRT_2;
+    let t = 1.0 / (1.0 + 0.327_591_1 * z);
+    let poly = t
+        * (0.254_829_6
+            + t * (-0.284_496_74 + t * (1.421_413_8 + t * (-1.453_152_1 + t * 1.061_405_4))));
+    let erf_abs = 1.0 - poly * janus_kernels::math::fast_exp(-z * z);
+    0.5 * x * (1.0 + erf_abs.copysign(x))
+}
+
+/// bf16 compute on the CPU: a bf16 weight and f32 activations go through
+/// the bf16 GEMM (activations rounded to bf16, f32 sums, as PyTorch bf16).
+fn fast(weight: &Tensor, x: &Tensor) -> bool {
+    weight.dtype() == DType::BF16
+        && x.dtype() == DType::F32
+        && x.device().is_cpu()
+        && janus_kernels::bf16_gemm::available()
+}
+
+impl Linear {
+    /// `x W^T + b` through the bf16 GEMM, then exact-form GELU when `gelu`
+    /// (bias and activation in one pass over the output).
+    fn forward_bf16(&self, x: &Tensor, gelu: bool) -> Result<Tensor> {
+        use janus_kernels::bf16_gemm::{gemm, Rhs};
+        let (n, k) = self.weight.dims2()?;
+        let m = x.elem_count() / k;
+        let mut out = vec![0f32; m * n];
+        with_cpu_slice::<f32, _>(x, |xv| {
+            with_cpu_slice::<half::bf16, _>(&self.weight, |wv| {
+                let rhs = Rhs::Bf16Rows { data: wv, ld: k };
+                gemm(m, n, k, xv, k, &rhs, &mut out, n, false, true)
+            })
+        })??;
+        with_cpu_slice::<f32, _>(&self.bias, |bias| {
+            use rayon::prelude::*;
+            out.par_chunks_mut(n).for_each(|row| {
+                for (y, &b) in row.iter_mut().zip(bias) {
+                    *y = if gelu { gelu_erf(*y + b) } else { *y + b };
+                }
+            })
+        })?;
+        let mut dims = x.dims().to_vec();
+        *dims.last_mut().expect("rank >= 1") = n;
+        Tensor::from_vec(out, dims, x.device())
+    }
+}
+
 impl Module for Linear {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        if fast(&self.weight, x) {
+            return self.forward_bf16(x, false);
+        }
         let w = if self.weight.dtype() == x.dtype() {
             self.weight.clone()
         } else if self.weight.dtype() == DType::BF16
@@ -141,6 +196,11 @@ impl Attention {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let (b, n, c) = x.dims3()?;
         let head_dim = c / self.heads;
+        if fast(&self.qkv.weight, x) {
+            return self
+                .proj
+                .forward(&self.attention_bf16(&self.qkv.forward(x)?)?);
+        }
         // [b, n, 3c] -> [3, b, heads, n, head_dim]
         let qkv = self
             .qkv
@@ -153,6 +213,38 @@ impl Attention {
         let attn = candle_nn::ops::softmax_last_dim(&q.matmul(&k.t()?)?)?;
         let out = attn.matmul(&v)?.transpose(1, 2)?.reshape((b, n, c))?;
         self.proj.forward(&out)
+    }
+}
+
+impl Attention {
+    /// Attention of `qkv` [b, n, 3c] with the fused CPU kernel, reading q, k
+    /// and v where the projection put them. Returns [b, n, c].
+    fn attention_bf16(&self, qkv: &Tensor) -> Result<Tensor> {
+        use janus_kernels::attention::{attention, AttentionShape, Heads};
+        let (b, n, c3) = qkv.dims3()?;
+        let c = c3 / 3;
+        let hd = c / self.heads;
+        let shape = AttentionShape {
+            heads: self.heads,
+            kv_heads: self.heads,
+            head_dim: hd,
+            queries: n,
+            keys: n,
+            scale: self.scale as f32,
+            causal: None,
+        };
+        let mut out = vec![0f32; b * n * c];
+        with_cpu_slice::<f32, _>(qkv, |v| {
+            for (bi, o) in out.chunks_mut(n * c).enumerate() {
+                let part = |i: usize| Heads {
+                    data: &v[bi * n * c3 + i * c..(bi + 1) * n * c3],
+                    row: c3,
+                    head: hd,
+                };
+                attention(&shape, part(0), part(1), part(2), o, c);
+            }
+        })?;
+        Tensor::from_vec(out, (b, n, c), qkv.device())
     }
 }
 
@@ -172,6 +264,9 @@ impl Mlp {
 
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         // nn.GELU() default: the exact erf form, not the tanh approximation.
+        if fast(&self.fc1.weight, x) {
+            return self.fc2.forward(&self.fc1.forward_bf16(x, true)?);
+        }
         self.fc2.forward(&self.fc1.forward(x)?.gelu_erf()?)
     }
 }
@@ -270,5 +365,18 @@ impl SiglipVit {
             x = block.forward(&x)?;
         }
         self.norm.forward(&x)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn gelu_matches_candle_exact_form() {
+        let xs: Vec<f32> = (-1200..1200).map(|i| i as f32 / 100.0).collect();
+        let t = candle_core::Tensor::new(xs.as_slice(), &candle_core::Device::Cpu).unwrap();
+        let want: Vec<f32> = t.gelu_erf().unwrap().to_vec1().unwrap();
+        for (x, w) in xs.iter().zip(want) {
+            assert!((super::gelu_erf(*x) - w).abs() < 1e-6, "{x}");
+        }
     }
 }

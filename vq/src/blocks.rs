@@ -1,6 +1,6 @@
 //! Building blocks shared by the encoder and the decoder.
 
-use candle_core::{Module, Result, Tensor};
+use candle_core::{DType, Module, Result, Tensor};
 use candle_nn::{Conv2d, Conv2dConfig, VarBuilder};
 
 use crate::fast;
@@ -30,6 +30,7 @@ pub(crate) fn group_norm(channels: usize, vb: VarBuilder) -> Result<GroupNorm> {
     if channels % GroupNorm::GROUPS != 0 {
         candle_core::bail!("group norm: {channels} channels do not split into 32 groups")
     }
+    let vb = vb.set_dtype(DType::F32);
     Ok(GroupNorm {
         weight: vb.get(channels, "weight")?,
         bias: vb.get(channels, "bias")?,
@@ -41,27 +42,42 @@ pub(crate) fn group_norm(channels: usize, vb: VarBuilder) -> Result<GroupNorm> {
 pub struct Conv3x3 {
     weight: Tensor,
     bias: Tensor,
+    /// The gemm rounds its inputs to bf16 (see [`crate::VqModel::load`]).
+    bf16: bool,
 }
 
 impl Conv3x3 {
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        fast::conv3x3(x, &self.weight, Some(&self.bias), false, None)
+        fast::conv3x3(x, &self.weight, Some(&self.bias), false, None, self.bf16)
     }
 
     /// `residual + conv(x)`, accumulated into one buffer.
     pub fn forward_add(&self, x: &Tensor, residual: &Tensor) -> Result<Tensor> {
-        fast::conv3x3(x, &self.weight, Some(&self.bias), false, Some(residual))
+        fast::conv3x3(
+            x,
+            &self.weight,
+            Some(&self.bias),
+            false,
+            Some(residual),
+            self.bf16,
+        )
     }
 
     /// The convolution of the nearest-neighbour 2x upsampled `x`, without
     /// materialising the upsampled tensor on the CPU.
     pub fn forward_upsampled(&self, x: &Tensor) -> Result<Tensor> {
-        fast::conv3x3(x, &self.weight, Some(&self.bias), true, None)
+        fast::conv3x3(x, &self.weight, Some(&self.bias), true, None, self.bf16)
     }
 }
 
+/// A bf16 `vb` (on a CPU with the bf16 GEMM) selects bf16 compute; the
+/// weights are held in f32 either way.
 pub(crate) fn conv3x3(in_channels: usize, out_channels: usize, vb: VarBuilder) -> Result<Conv3x3> {
+    let bf16 =
+        vb.dtype() == DType::BF16 && vb.device().is_cpu() && janus_kernels::bf16_gemm::available();
+    let vb = vb.set_dtype(DType::F32);
     Ok(Conv3x3 {
+        bf16,
         weight: vb.get((out_channels, in_channels, 3, 3), "weight")?,
         bias: vb.get(out_channels, "bias")?,
     })
@@ -69,7 +85,13 @@ pub(crate) fn conv3x3(in_channels: usize, out_channels: usize, vb: VarBuilder) -
 
 /// 1x1 convolution: a per-pixel linear map over channels.
 pub(crate) fn conv1x1(in_channels: usize, out_channels: usize, vb: VarBuilder) -> Result<Conv2d> {
-    candle_nn::conv2d(in_channels, out_channels, 1, Conv2dConfig::default(), vb)
+    candle_nn::conv2d(
+        in_channels,
+        out_channels,
+        1,
+        Conv2dConfig::default(),
+        vb.set_dtype(DType::F32),
+    )
 }
 
 /// Pre-activation residual block: norm, swish, conv, twice, plus a 1x1

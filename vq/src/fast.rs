@@ -4,7 +4,8 @@
 //! always follows it. Anything else (other devices or dtypes) goes through
 //! candle's own ops, which compute the same values.
 
-use candle_core::{CpuStorage, DType, Device, Result, Storage, Tensor};
+use candle_core::{DType, Device, Result, Tensor};
+use janus_kernels::math::fast_exp;
 use rayon::prelude::*;
 
 /// Whether `t` can take the fast paths.
@@ -14,19 +15,7 @@ fn fast_ok(t: &Tensor) -> bool {
 
 /// Runs `f` on the contiguous f32 data of `t`.
 fn with_f32<R>(t: &Tensor, f: impl FnOnce(&[f32]) -> R) -> Result<R> {
-    let t = if t.is_contiguous() {
-        t.clone()
-    } else {
-        t.contiguous()?
-    };
-    let (s, l) = t.storage_and_layout();
-    match &*s {
-        Storage::Cpu(CpuStorage::F32(v)) => {
-            let (a, b) = l.contiguous_offsets().expect("contiguous");
-            Ok(f(&v[a..b]))
-        }
-        _ => candle_core::bail!("fast path: f32 CPU tensor expected"),
-    }
+    janus_kernels::tensor::with_cpu_slice(t, f)
 }
 
 struct SendPtr(*mut f32);
@@ -47,6 +36,7 @@ pub(crate) fn conv3x3(
     bias: Option<&Tensor>,
     upsample: bool,
     residual: Option<&Tensor>,
+    bf16: bool,
 ) -> Result<Tensor> {
     if !(fast_ok(x) && fast_ok(weight) && residual.is_none_or(fast_ok)) {
         let x = if upsample {
@@ -150,6 +140,18 @@ pub(crate) fn conv3x3(
                     });
                     // out[co, y0*w ..][p] = W[co, kdim] x col[kdim, p]
                     let dst_tile = dst[y0 * w..].as_mut_ptr();
+                    if bf16 {
+                        use janus_kernels::bf16_gemm::{gemm, Rhs};
+                        // SAFETY: rows co * hw + [y0*w, y0*w + p) lie inside
+                        // this image's output (dst has c_out * hw values).
+                        let out = unsafe {
+                            std::slice::from_raw_parts_mut(dst_tile, (c_out - 1) * hw + p)
+                        };
+                        let rhs = Rhs::F32Cols { data: &*col, ld: p };
+                        gemm(c_out, p, kdim, wv, kdim, &rhs, out, hw, accumulate, true);
+                        y0 += rows;
+                        continue;
+                    }
                     // SAFETY: dst rows co * hw + [y0*w, y0*w + p) lie inside this image's output;
                     // lhs [c_out, kdim] and rhs [kdim, p] are dense row-major.
                     unsafe {
@@ -302,29 +304,6 @@ fn lane_sum(xs: &[f32], f: impl Fn(f32) -> f32) -> f64 {
     total
 }
 
-/// `e^x` in f32 without branches or library calls, so loops over it
-/// vectorise: Cody-Waite range reduction and a degree-6 polynomial
-/// (relative error ~2e-7 over the range where the result is finite).
-#[inline(always)]
-fn fast_exp(x: f32) -> f32 {
-    const LOG2E: f32 = std::f32::consts::LOG2_E;
-    const LN2_HI: f32 = 0.693_359_4;
-    const LN2_LO: f32 = -2.121_944_4e-4;
-    let x = x.clamp(-87.3, 88.7);
-    // Round to nearest through the 1.5 * 2^23 trick (no `round` call).
-    let n = (x * LOG2E + 12_582_912.0) - 12_582_912.0;
-    let r = x - n * LN2_HI - n * LN2_LO;
-    let p = 1.987_569_1e-4;
-    let p = p * r + 1.398_199_9e-3;
-    let p = p * r + 8.333_452e-3;
-    let p = p * r + 4.166_579_6e-2;
-    let p = p * r + 1.666_666_6e-1;
-    let p = p * r + 0.5;
-    let e = p * r * r + r + 1.0;
-    let scale = f32::from_bits(((n as i32 + 127) as u32) << 23);
-    e * scale
-}
-
 #[cfg(test)]
 mod tests {
     use candle_core::{Device, Module, Tensor};
@@ -367,13 +346,22 @@ mod tests {
             };
             let want = conv.forward(&xin).unwrap();
             let res = Tensor::randn(0f32, 1.0, want.dims(), &dev).unwrap();
-            let got = super::conv3x3(&x, &w, Some(&b), up, None).unwrap();
+            let got = super::conv3x3(&x, &w, Some(&b), up, None, false).unwrap();
             assert!(rel(&got, &want) < 1e-5, "conv upsample={up}");
-            let got = super::conv3x3(&x, &w, Some(&b), up, Some(&res)).unwrap();
+            let got = super::conv3x3(&x, &w, Some(&b), up, Some(&res), false).unwrap();
             assert!(
-                rel(&got, &(want + &res).unwrap()) < 1e-5,
+                rel(&got, &(want.clone() + &res).unwrap()) < 1e-5,
                 "conv + residual upsample={up}"
             );
+            if janus_kernels::bf16_gemm::available() {
+                // bf16 inputs: about 2^-9 relative per product.
+                let got = super::conv3x3(&x, &w, Some(&b), up, None, true).unwrap();
+                let e = rel(&got, &want);
+                assert!(e < 5e-3 && e > 0.0, "bf16 conv upsample={up}: {e}");
+                let got = super::conv3x3(&x, &w, Some(&b), up, Some(&res), true).unwrap();
+                let e = rel(&got, &(want + &res).unwrap());
+                assert!(e < 5e-3, "bf16 conv + residual upsample={up}: {e}");
+            }
         }
         let gw = Tensor::randn(1f32, 0.1, 64, &dev).unwrap();
         let gb = Tensor::randn(0f32, 0.1, 64, &dev).unwrap();
@@ -387,14 +375,5 @@ mod tests {
         );
         let got = super::group_norm(&x, 32, 1e-6, &gw, &gb, true).unwrap();
         assert!(rel(&got, &want.silu().unwrap()) < 1e-5);
-    }
-
-    #[test]
-    fn fast_exp_is_accurate() {
-        for i in -8700..8800 {
-            let x = i as f32 / 100.0;
-            let (a, b) = (super::fast_exp(x), x.exp());
-            assert!(((a - b) / b).abs() < 1e-6, "{x}: {a} vs {b}");
-        }
     }
 }

@@ -19,7 +19,13 @@ pub struct VqModel {
 
 impl VqModel {
     /// Loads the weights under `vb` (`gen_vision_model` in Janus checkpoints).
+    /// The tokenizer computes in f32. When `vb`'s dtype is bf16 on a CPU
+    /// with the bf16 GEMM (AVX-512-BF16), the decoder's 3×3 convolutions,
+    /// nearly all of its work, round their inputs to bf16 and sum in f32,
+    /// as PyTorch's bf16 convolutions do; weights are held in f32 either way.
     pub fn load(vb: VarBuilder, cfg: &VqConfig) -> Result<Self> {
+        let decoder_vb = vb.pp("decoder");
+        let vb = vb.set_dtype(candle_core::DType::F32);
         Ok(Self {
             encoder: VqEncoder::load(vb.pp("encoder"), cfg)?,
             quant_conv: conv1x1(cfg.z_channels, cfg.codebook_embed_dim, vb.pp("quant_conv"))?,
@@ -29,7 +35,7 @@ impl VqModel {
                 cfg.z_channels,
                 vb.pp("post_quant_conv"),
             )?,
-            decoder: VqDecoder::load(vb.pp("decoder"), cfg)?,
+            decoder: VqDecoder::load(decoder_vb, cfg)?,
             config: cfg.clone(),
         })
     }

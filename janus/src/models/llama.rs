@@ -8,7 +8,7 @@
 //! four matmuls per layer instead of seven. Activations, norms and the
 //! key/value cache stay in f32 on the CPU.
 
-use candle_core::{DType, Device, Module, Result, Tensor};
+use candle_core::{CpuStorage, DType, Device, Module, Result, Tensor};
 use candle_nn::{embedding, Embedding, RmsNorm, VarBuilder};
 
 use crate::config::LlamaConfig;
@@ -75,6 +75,36 @@ struct Attention {
     heads: usize,
     kv_heads: usize,
     head_dim: usize,
+    /// bf16 compute (see [`bf16_compute`]): many-position passes use the
+    /// fused rope and attention kernels.
+    fast: bool,
+}
+
+/// Whether a model loaded with `dtype` weights and `quant` computes its
+/// many-row passes with bf16 GEMMs: on CPUs that have them, whenever the
+/// weights are not f32 (the f32 path stays exact against the reference).
+pub(crate) fn bf16_compute(dev: &Device, dtype: DType, quant: Quant) -> bool {
+    dev.is_cpu()
+        && (dtype == DType::BF16 || quant != Quant::None)
+        && janus_kernels::bf16_gemm::available()
+}
+
+/// Runs `f` on the contiguous f32 CPU data of `t`.
+fn with_f32<R>(t: &Tensor, f: impl FnOnce(&[f32]) -> R) -> Result<R> {
+    janus_kernels::tensor::with_cpu_slice(t, f)
+}
+
+/// Rotates one head (`src` -> `dst`, `head_dim` values) by the angles of
+/// one position, as candle's `rope` (halves, not interleaved pairs).
+#[inline]
+fn rope_head(src: &[f32], cos: &[f32], sin: &[f32], dst: &mut [f32]) {
+    let half = cos.len();
+    let (x1, x2) = src.split_at(half);
+    let (y1, y2) = dst.split_at_mut(half);
+    for d in 0..half {
+        y1[d] = x1[d] * cos[d] - x2[d] * sin[d];
+        y2[d] = x1[d] * sin[d] + x2[d] * cos[d];
+    }
 }
 
 impl Attention {
@@ -97,6 +127,7 @@ impl Attention {
             heads: h,
             kv_heads: kvh,
             head_dim: hd,
+            fast: bf16_compute(vb.device(), vb.dtype(), quant),
         })
     }
 
@@ -110,6 +141,11 @@ impl Attention {
         let (b, t, _) = x.dims3()?;
         let offset = cache.len;
         let qkv = self.qkv_proj.forward(x)?;
+        if self.fast && t > 1 && mask.is_some() && qkv.dtype() == DType::F32 {
+            return self
+                .o_proj
+                .forward(&self.prefill_attention(&qkv, rotary, cache)?);
+        }
         let hd = self.head_dim;
         let split = |start: usize, heads: usize| -> Result<Tensor> {
             qkv.narrow(2, start * hd, heads * hd)?
@@ -138,6 +174,109 @@ impl Attention {
             .transpose(1, 2)?
             .reshape((b, t, self.heads * hd))?;
         self.o_proj.forward(&out)
+    }
+}
+
+impl Attention {
+    /// Causal attention of `qkv` [b, t, (heads + 2 kv_heads) head_dim] after
+    /// the cached positions: rope into fresh q/k buffers, keys and values
+    /// appended to the cache, then the fused attention kernel over the
+    /// cache's buffers. Returns [b, t, heads head_dim].
+    fn prefill_attention(
+        &self,
+        qkv: &Tensor,
+        rotary: &Rotary,
+        cache: &mut LayerCache,
+    ) -> Result<Tensor> {
+        use janus_kernels::attention::{attention, AttentionShape, Heads};
+        use rayon::prelude::*;
+        let (b, t, width) = qkv.dims3()?;
+        let (h, kvh, hd) = (self.heads, self.kv_heads, self.head_dim);
+        if width != (h + 2 * kvh) * hd {
+            candle_core::bail!("attention: projection width {width} does not fit the heads")
+        }
+        let offset = cache.len;
+        let half = hd / 2;
+        let mut q = vec![0f32; b * t * h * hd];
+        let mut k = vec![0f32; b * kvh * t * hd];
+        let mut v = vec![0f32; b * kvh * t * hd];
+        with_f32(&rotary.cos, |cos| {
+            with_f32(&rotary.sin, |sin| {
+                with_f32(qkv, |src| {
+                    let angles = |i: usize| {
+                        let p = (offset + i) * half;
+                        (&cos[p..p + half], &sin[p..p + half])
+                    };
+                    q.par_chunks_mut(h * hd).enumerate().for_each(|(row, dst)| {
+                        let (c, s) = angles(row % t);
+                        for (head, d) in dst.chunks_mut(hd).enumerate() {
+                            rope_head(&src[row * width + head * hd..][..hd], c, s, d);
+                        }
+                    });
+                    // k, v: [b, kv_heads, t, hd], the cache's layout.
+                    let from = |idx: usize, first: usize| {
+                        let (bi, g, i) = (idx / (kvh * t), idx / t % kvh, idx % t);
+                        ((bi * t + i) * width + (first + g) * hd, i)
+                    };
+                    k.par_chunks_mut(hd).enumerate().for_each(|(idx, d)| {
+                        let (at, i) = from(idx, h);
+                        let (c, s) = angles(i);
+                        rope_head(&src[at..at + hd], c, s, d);
+                    });
+                    v.par_chunks_mut(hd).enumerate().for_each(|(idx, d)| {
+                        let (at, _) = from(idx, h + kvh);
+                        d.copy_from_slice(&src[at..at + hd]);
+                    });
+                })
+            })
+        })???;
+        let k = Tensor::from_vec(k, (b, kvh, t, hd), &Device::Cpu)?;
+        let v = Tensor::from_vec(v, (b, kvh, t, hd), &Device::Cpu)?;
+        let (kc, vc) = cache.append(&k, &v)?;
+        let keys = offset + t;
+        let shape = AttentionShape {
+            heads: h,
+            kv_heads: kvh,
+            head_dim: hd,
+            queries: t,
+            keys,
+            scale: 1.0 / (hd as f32).sqrt(),
+            causal: Some(offset),
+        };
+        let mut out = vec![0f32; b * t * h * hd];
+        let (ks, kl) = kc.storage_and_layout();
+        let (vs, vl) = vc.storage_and_layout();
+        match (&*ks, &*vs) {
+            (
+                candle_core::Storage::Cpu(CpuStorage::F32(kd)),
+                candle_core::Storage::Cpu(CpuStorage::F32(vd)),
+            ) => {
+                let (kst, vst) = (kl.stride(), vl.stride());
+                for bi in 0..b {
+                    fn heads<'a>(d: &'a [f32], start: usize, st: &[usize], bi: usize) -> Heads<'a> {
+                        Heads {
+                            data: &d[start + bi * st[0]..],
+                            row: st[2],
+                            head: st[1],
+                        }
+                    }
+                    attention(
+                        &shape,
+                        Heads {
+                            data: &q[bi * t * h * hd..(bi + 1) * t * h * hd],
+                            row: h * hd,
+                            head: hd,
+                        },
+                        heads(kd, kl.start_offset(), kst, bi),
+                        heads(vd, vl.start_offset(), vst, bi),
+                        &mut out[bi * t * h * hd..(bi + 1) * t * h * hd],
+                        h * hd,
+                    );
+                }
+            }
+            _ => candle_core::bail!("attention: f32 CPU key/value cache expected"),
+        }
+        Tensor::from_vec(out, (b, t, h * hd), &Device::Cpu)
     }
 }
 
@@ -246,6 +385,8 @@ struct Mlp {
     gate_up_proj: QLinear,
     down_proj: QLinear,
     intermediate: usize,
+    /// bf16 compute: `silu(gate) * up` in one pass over many rows.
+    fast: bool,
 }
 
 impl Mlp {
@@ -255,15 +396,38 @@ impl Mlp {
             gate_up_proj: fused_linear(&vb, &[("gate_proj", i), ("up_proj", i)], h, quant)?,
             down_proj: QLinear::load(i, h, false, vb.pp("down_proj"), quant)?,
             intermediate: i,
+            fast: bf16_compute(vb.device(), vb.dtype(), quant),
         })
     }
 
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let gate_up = self.gate_up_proj.forward(x)?;
         let i = self.intermediate;
+        if self.fast && gate_up.dtype() == DType::F32 && gate_up.dim(1)? > 1 {
+            return self.down_proj.forward(&silu_mul(&gate_up, i)?);
+        }
         let gate = candle_nn::ops::silu(&gate_up.narrow(2, 0, i)?)?;
         self.down_proj.forward(&(gate * gate_up.narrow(2, i, i)?)?)
     }
+}
+
+/// `silu(gate) * up` of `gate_up` [.., 2 i] (gate first) -> [.., i].
+fn silu_mul(gate_up: &Tensor, i: usize) -> Result<Tensor> {
+    use janus_kernels::math::fast_exp;
+    use rayon::prelude::*;
+    let rows = gate_up.elem_count() / (2 * i);
+    let mut out = vec![0f32; rows * i];
+    with_f32(gate_up, |src| {
+        out.par_chunks_mut(i).enumerate().for_each(|(r, o)| {
+            let (g, u) = src[r * 2 * i..(r + 1) * 2 * i].split_at(i);
+            for ((o, &g), &u) in o.iter_mut().zip(g).zip(u) {
+                *o = g / (1.0 + fast_exp(-g)) * u;
+            }
+        })
+    })?;
+    let mut dims = gate_up.dims().to_vec();
+    *dims.last_mut().expect("rank >= 1") = i;
+    Tensor::from_vec(out, dims, &Device::Cpu)
 }
 
 struct DecoderLayer {

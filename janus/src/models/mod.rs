@@ -39,9 +39,16 @@ impl JanusModel {
             vision: SiglipVit::load(vb.pp("vision_model.vision_tower"), &cfg.vision)?,
             aligner: MlpProjector::load(vb.pp("aligner"), &cfg.aligner)?,
             // The VQ is convolutional and candle has no bf16/f16 conv2d on the
-            // CPU; it is small, so it always runs in f32.
+            // CPU; it is small, so its weights are always f32. A bf16 builder
+            // asks for bf16 compute in its convolutions (see `VqModel::load`).
             gen_vision: VqModel::load(
-                vb.pp("gen_vision_model").set_dtype(DType::F32),
+                vb.pp("gen_vision_model").set_dtype(
+                    if llama::bf16_compute(vb.device(), vb.dtype(), quant) {
+                        DType::BF16
+                    } else {
+                        DType::F32
+                    },
+                ),
                 &cfg.gen_vision,
             )?,
             gen_aligner: MlpProjector::load(vb.pp("gen_aligner"), &cfg.gen_aligner)?,

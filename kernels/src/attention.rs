@@ -1,0 +1,203 @@
+//! Multi-head attention on the CPU with the bf16 GEMM: for each head and
+//! block of queries, `q kᵀ` into a score block, scaled, masked and
+//! soft-maxed in f32, then multiplied by `v` straight into the output rows.
+//! Inputs are read where they lie (strided views of a fused q/k/v
+//! projection or of a key/value cache); no transposed copies are made.
+
+use crate::bf16_gemm::{self, Rhs};
+use crate::math::fast_exp;
+use rayon::prelude::*;
+
+/// One of q, k, v: value `d` of head `h` at position `i` is
+/// `data[i * row + h * head + d]`.
+#[derive(Clone, Copy)]
+pub struct Heads<'a> {
+    pub data: &'a [f32],
+    pub row: usize,
+    pub head: usize,
+}
+
+/// Shapes of one attention call.
+#[derive(Clone, Copy)]
+pub struct AttentionShape {
+    /// Query heads; key/value head `h / (heads / kv_heads)` serves query head `h`.
+    pub heads: usize,
+    pub kv_heads: usize,
+    pub head_dim: usize,
+    pub queries: usize,
+    pub keys: usize,
+    pub scale: f32,
+    /// `Some(offset)`: query `i` sees keys `0..=offset + i` (causal, after
+    /// `offset` cached positions); `None`: every key.
+    pub causal: Option<usize>,
+}
+
+struct SendPtr(*mut f32);
+unsafe impl Send for SendPtr {}
+unsafe impl Sync for SendPtr {}
+
+/// Queries per task: bounds the score block to `BLOCK × keys` floats.
+const BLOCK: usize = 64;
+
+/// `out[i * out_row + h * head_dim + d]` = attention of query `i`, head `h`.
+/// Runs in parallel over heads and query blocks.
+///
+/// # Panics
+/// If a view is too short for the shape.
+pub fn attention(
+    s: &AttentionShape,
+    q: Heads,
+    k: Heads,
+    v: Heads,
+    out: &mut [f32],
+    out_row: usize,
+) {
+    let hd = s.head_dim;
+    let group = s.heads / s.kv_heads.max(1);
+    assert!(
+        group * s.kv_heads == s.heads,
+        "attention: heads not a multiple of kv heads"
+    );
+    if s.queries == 0 {
+        return;
+    }
+    assert!(
+        out.len() >= (s.queries - 1) * out_row + s.heads * hd,
+        "attention: output too short"
+    );
+    let out_ptr = SendPtr(out.as_mut_ptr());
+    let out_ptr = &out_ptr;
+    let blocks = s.queries.div_ceil(BLOCK);
+    (0..s.heads * blocks)
+        .into_par_iter()
+        .for_each_init(Vec::new, |scores: &mut Vec<f32>, task| {
+            let (h, i0) = (task / blocks, task % blocks * BLOCK);
+            let rows = BLOCK.min(s.queries - i0);
+            let keys = s.causal.map_or(s.keys, |off| (off + i0 + rows).min(s.keys));
+            let g = h / group;
+            scores.resize(rows * keys, 0.0);
+            let sc = &mut scores[..rows * keys];
+            let kr = Rhs::F32Rows {
+                data: &k.data[g * k.head..],
+                ld: k.row,
+            };
+            bf16_gemm::gemm(
+                rows,
+                keys,
+                hd,
+                &q.data[i0 * q.row + h * q.head..],
+                q.row,
+                &kr,
+                sc,
+                keys,
+                false,
+                false,
+            );
+            for (r, row) in sc.chunks_mut(keys).enumerate() {
+                let seen = s.causal.map_or(keys, |off| (off + i0 + r + 1).min(keys));
+                softmax_scaled(&mut row[..seen], s.scale);
+                row[seen..].fill(0.0);
+            }
+            let vc = Rhs::F32Cols {
+                data: &v.data[g * v.head..],
+                ld: v.row,
+            };
+            // SAFETY: rows i0..i0+rows, columns h*hd..(h+1)*hd of `out` belong
+            // to this task alone; the length was checked above.
+            let dst = unsafe {
+                std::slice::from_raw_parts_mut(
+                    out_ptr.0.add(i0 * out_row + h * hd),
+                    (rows - 1) * out_row + hd,
+                )
+            };
+            bf16_gemm::gemm(rows, hd, keys, sc, keys, &vc, dst, out_row, false, false);
+        });
+}
+
+/// `x = softmax(x * scale)` in place.
+fn softmax_scaled(x: &mut [f32], scale: f32) {
+    let max = x.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v)) * scale;
+    let mut sum = 0f32;
+    for v in x.iter_mut() {
+        *v = fast_exp(*v * scale - max);
+        sum += *v;
+    }
+    let inv = 1.0 / sum;
+    for v in x.iter_mut() {
+        *v *= inv;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn matches_a_direct_computation() {
+        // 4 query heads over 2 kv heads, causal after 3 cached positions,
+        // more queries than one block; q/k/v interleaved as a fused projection.
+        let (heads, kvh, hd, t, off) = (4, 2, 16, 70, 3);
+        let keys = off + t;
+        let val = |i: usize| ((i * 7919 % 1000) as f32 / 500.0) - 1.0;
+        let q_row = heads * hd;
+        let q: Vec<f32> = (0..t * q_row).map(val).collect();
+        let k: Vec<f32> = (0..keys * kvh * hd).map(|i| val(i + 17)).collect();
+        let v: Vec<f32> = (0..keys * kvh * hd).map(|i| val(i + 31)).collect();
+        let shape = AttentionShape {
+            heads,
+            kv_heads: kvh,
+            head_dim: hd,
+            queries: t,
+            keys,
+            scale: 0.25,
+            causal: Some(off),
+        };
+        // k, v laid out [kv head][position][d].
+        let kv = |data: &'static [f32]| Heads {
+            data,
+            row: hd,
+            head: keys * hd,
+        };
+        let (k, v): (&'static [f32], &'static [f32]) = (k.leak(), v.leak());
+        let mut out = vec![0f32; t * q_row];
+        attention(
+            &shape,
+            Heads {
+                data: &q,
+                row: q_row,
+                head: hd,
+            },
+            kv(k),
+            kv(v),
+            &mut out,
+            q_row,
+        );
+        let r = |x: f32| half::bf16::from_f32(x).to_f32();
+        for h in 0..heads {
+            let g = h / 2;
+            for i in 0..t {
+                let seen = off + i + 1;
+                let sc: Vec<f32> = (0..seen)
+                    .map(|j| {
+                        (0..hd)
+                            .map(|d| {
+                                r(q[i * q_row + h * hd + d]) * r(k[g * keys * hd + j * hd + d])
+                            })
+                            .sum::<f32>()
+                            * 0.25
+                    })
+                    .collect();
+                let mx = sc.iter().cloned().fold(f32::NEG_INFINITY, f32::max);
+                let e: Vec<f32> = sc.iter().map(|x| (x - mx).exp()).collect();
+                let z: f32 = e.iter().sum();
+                for d in 0..hd {
+                    let want: f32 = (0..seen)
+                        .map(|j| e[j] / z * v[g * keys * hd + j * hd + d])
+                        .sum();
+                    let got = out[i * q_row + h * hd + d];
+                    assert!((got - want).abs() < 1e-2, "h{h} i{i} d{d}: {got} vs {want}");
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,670 @@
+//! `C = A · Bᵀ` with both inputs rounded to bf16 and f32 accumulation.
+//!
+//! On CPUs with AVX-512-BF16 (`vdpbf16ps`: 32 multiply-adds of bf16 pairs
+//! per instruction, twice what an f32 FMA does) this is a blocked GEMM in
+//! the usual shape: the left side is packed one `KC`-deep block at a time
+//! into `MR`-row panels (rounded from f32 while packing), the right side into
+//! `NR`-column panels that stay in L1, and a 6×64 register tile accumulates
+//! in f32. Elsewhere [`gemm`] computes the same sums with scalar code, so
+//! callers pick it by [`available`] and keep their f32 path otherwise.
+//!
+//! The right side comes in the layouts the callers have without a copy:
+//! weight rows (`[n, k]`, bf16 or f32, or produced on demand by dequantising
+//! a quantised row) or columns (`[k, n]`, an im2col matrix or attention
+//! values).
+
+use half::bf16;
+use rayon::prelude::*;
+
+/// Rows of the register tile.
+const MR: usize = 6;
+/// Columns of the register tile (four 16-lane vectors).
+const NR: usize = 64;
+/// Depth of one packed block. A multiple of 256 so that callers producing
+/// dequantised rows (`Rhs::Rows`) are never asked for part of a 4-bit
+/// k-quant block; `KC × NR` bf16 (32 KiB) fits the L1 cache.
+const KC: usize = 256;
+
+/// The right-hand matrix `B`, `n` rows of `k` values, in the layouts callers hold.
+pub enum Rhs<'a> {
+    /// Row `j` is `data[j * ld..][..k]` (a bf16 weight `[n, k]`).
+    Bf16Rows { data: &'a [bf16], ld: usize },
+    /// Row `j` is `data[j * ld..][..k]` (an f32 weight or activations).
+    F32Rows { data: &'a [f32], ld: usize },
+    /// Column-major `B`: value `(j, l)` is `data[l * ld + j]` (`Bᵀ` stored
+    /// row-major, e.g. an im2col matrix `[k, n]`).
+    F32Cols { data: &'a [f32], ld: usize },
+    /// Rows made on demand: `f(j, l0, out)` writes values `l0..l0 + out.len()`
+    /// of row `j`. `l0` is always a multiple of 256.
+    Rows(&'a (dyn Fn(usize, usize, &mut [f32]) + Sync)),
+}
+
+impl Rhs<'_> {
+    /// Writes values `l0..l0 + out.len()` of row `j` as f32 (reference path).
+    fn row_f32(&self, j: usize, l0: usize, out: &mut [f32]) {
+        match self {
+            Rhs::Bf16Rows { data, ld } => {
+                for (o, v) in out.iter_mut().zip(&data[j * ld + l0..]) {
+                    *o = v.to_f32();
+                }
+            }
+            Rhs::F32Rows { data, ld } => out.copy_from_slice(&data[j * ld + l0..][..out.len()]),
+            Rhs::F32Cols { data, ld } => {
+                for (i, o) in out.iter_mut().enumerate() {
+                    *o = data[(l0 + i) * ld + j];
+                }
+            }
+            Rhs::Rows(f) => f(j, l0, out),
+        }
+    }
+}
+
+/// Whether the fast kernel runs on this CPU (AVX-512F + AVX-512-BF16).
+/// `JANUS_BF16_GEMM=0` turns it off, to compare against the f32 paths.
+pub fn available() -> bool {
+    static AVAILABLE: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *AVAILABLE.get_or_init(|| {
+        #[cfg(target_arch = "x86_64")]
+        let cpu = std::arch::is_x86_feature_detected!("avx512f")
+            && std::arch::is_x86_feature_detected!("avx512bf16");
+        #[cfg(not(target_arch = "x86_64"))]
+        let cpu = false;
+        cpu && std::env::var("JANUS_BF16_GEMM").as_deref() != Ok("0")
+    })
+}
+
+/// `f32` rounded to bf16 (to nearest, ties to even), as its bits.
+#[inline]
+fn bits(x: f32) -> u32 {
+    bf16::from_f32(x).to_bits() as u32
+}
+
+/// `c[i * ldc + j] (+)= Σ_l bf16(a[i * lda + l]) · bf16(B[j, l])` for
+/// `i < m`, `j < n`, `l < k`; `accumulate` adds to `c` instead of
+/// overwriting it. `parallel` splits the columns across rayon's threads
+/// (callers that already run in parallel pass `false`).
+///
+/// # Panics
+/// If `a`, `c` or the right side are too short for the stated shapes.
+#[allow(clippy::too_many_arguments)]
+pub fn gemm(
+    m: usize,
+    n: usize,
+    k: usize,
+    a: &[f32],
+    lda: usize,
+    rhs: &Rhs,
+    c: &mut [f32],
+    ldc: usize,
+    accumulate: bool,
+    parallel: bool,
+) {
+    if m == 0 || n == 0 {
+        return;
+    }
+    assert!(a.len() >= (m - 1) * lda + k, "gemm: left side too short");
+    assert!(c.len() >= (m - 1) * ldc + n, "gemm: output too short");
+    match rhs {
+        Rhs::Bf16Rows { data, ld } => assert!(data.len() >= (n - 1) * ld + k),
+        Rhs::F32Rows { data, ld } => assert!(data.len() >= (n - 1) * ld + k),
+        Rhs::F32Cols { data, ld } => assert!(k == 0 || data.len() >= (k - 1) * ld + n),
+        Rhs::Rows(_) => {}
+    }
+    if k == 0 {
+        if !accumulate {
+            for i in 0..m {
+                c[i * ldc..i * ldc + n].fill(0.0);
+            }
+        }
+        return;
+    }
+    #[cfg(target_arch = "x86_64")]
+    if available() {
+        // SAFETY: the CPU has the instructions; the shapes were checked above.
+        unsafe { blocked(m, n, k, a, lda, rhs, c, ldc, accumulate, parallel) };
+        return;
+    }
+    reference(m, n, k, a, lda, rhs, c, ldc, accumulate);
+}
+
+/// The same sums, one row of `B` at a time (other CPUs, and the tests' reference).
+#[allow(clippy::too_many_arguments)]
+fn reference(
+    m: usize,
+    n: usize,
+    k: usize,
+    a: &[f32],
+    lda: usize,
+    rhs: &Rhs,
+    c: &mut [f32],
+    ldc: usize,
+    accumulate: bool,
+) {
+    let round = |x: f32| f32::from_bits(bits(x) << 16);
+    let ar: Vec<f32> = (0..m)
+        .flat_map(|i| a[i * lda..i * lda + k].iter().map(|&x| round(x)))
+        .collect();
+    let mut row = vec![0f32; k];
+    for j in 0..n {
+        for l0 in (0..k).step_by(KC) {
+            let len = KC.min(k - l0);
+            rhs.row_f32(j, l0, &mut row[l0..l0 + len]);
+        }
+        for v in row.iter_mut() {
+            *v = round(*v);
+        }
+        for i in 0..m {
+            let s: f32 = ar[i * k..(i + 1) * k]
+                .iter()
+                .zip(&row)
+                .map(|(x, y)| x * y)
+                .sum();
+            let o = &mut c[i * ldc + j];
+            *o = if accumulate { *o + s } else { s };
+        }
+    }
+}
+
+struct SendPtr(*mut f32);
+unsafe impl Send for SendPtr {}
+unsafe impl Sync for SendPtr {}
+
+thread_local! {
+    /// The packed left side, reused across calls from the same thread.
+    static A_PACK: std::cell::RefCell<Vec<u32>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// Loop order: the whole left side is packed first (it is read once per
+/// column panel, from L3); then each column panel runs through every depth
+/// block, so its strip of `c` stays in L2 until it is final.
+#[cfg(target_arch = "x86_64")]
+#[allow(clippy::too_many_arguments)]
+#[target_feature(enable = "avx512f,avx512bf16")]
+unsafe fn blocked(
+    m: usize,
+    n: usize,
+    k: usize,
+    a: &[f32],
+    lda: usize,
+    rhs: &Rhs,
+    c: &mut [f32],
+    ldc: usize,
+    accumulate: bool,
+    parallel: bool,
+) {
+    let m_panels = m.div_ceil(MR);
+    let n_panels = n.div_ceil(NR);
+    let k_blocks = k.div_ceil(KC);
+    // [block][panel][pair][MR] words of two bf16 (l, l + 1).
+    let panel_len = (KC / 2) * MR;
+    let mut a_pack = A_PACK.with(|p| std::mem::take(&mut *p.borrow_mut()));
+    if a_pack.len() < k_blocks * m_panels * panel_len {
+        a_pack = vec![0u32; k_blocks * m_panels * panel_len];
+    }
+    let pack_a = |(idx, dst): (usize, &mut [u32])| {
+        let (kb, pi) = (idx / m_panels, idx % m_panels);
+        let l0 = kb * KC;
+        let kc = KC.min(k - l0);
+        for r in 0..MR {
+            let i = pi * MR + r;
+            if i < m {
+                pack_a_row(&a[i * lda + l0..i * lda + l0 + kc], r, dst);
+            } else {
+                for p in 0..kc.div_ceil(2) {
+                    dst[p * MR + r] = 0;
+                }
+            }
+        }
+    };
+    let used = &mut a_pack[..k_blocks * m_panels * panel_len];
+    if parallel {
+        used.par_chunks_mut(panel_len).enumerate().for_each(pack_a);
+    } else {
+        used.chunks_mut(panel_len).enumerate().for_each(pack_a);
+    }
+    let a_pack_ref = &a_pack[..];
+    let c_ptr = SendPtr(c.as_mut_ptr());
+    let c_ptr = &c_ptr;
+    // Each column panel accumulates in its own strip of `m × NR` sums with a
+    // row stride that is not a power of two: rows of `c` itself may lie a
+    // multiple of 64 KiB apart (an image plane), which maps them all to the
+    // same cache sets.
+    const SLD: usize = NR + 16;
+    let column_panel = |bufs: &mut (Vec<u32>, Vec<u32>, Vec<f32>), pj: usize| {
+        let (b_pack, stage, strip) = bufs;
+        let j0 = pj * NR;
+        let nr = NR.min(n - j0);
+        for kb in 0..k_blocks {
+            let l0 = kb * KC;
+            let kc = KC.min(k - l0);
+            let kp = kc.div_ceil(2);
+            pack_b(rhs, j0, nr, l0, kc, b_pack, stage);
+            for pi in 0..m_panels {
+                let ap = a_pack_ref.as_ptr().add((kb * m_panels + pi) * panel_len);
+                let sp = strip.as_mut_ptr().add(pi * MR * SLD);
+                kernel(kp, ap, b_pack.as_ptr(), sp, SLD, kb > 0);
+            }
+        }
+        for i in 0..m {
+            // SAFETY: row i, columns j0..j0+nr of `c` belong to this task.
+            let dst = std::slice::from_raw_parts_mut(c_ptr.0.add(i * ldc + j0), nr);
+            let src = &strip[i * SLD..i * SLD + nr];
+            if accumulate {
+                for (d, s) in dst.iter_mut().zip(src) {
+                    *d += s;
+                }
+            } else {
+                dst.copy_from_slice(src);
+            }
+        }
+    };
+    let init = || {
+        (
+            vec![0u32; (KC / 2) * NR],
+            vec![0u32; 16 * (KC / 2)],
+            vec![0f32; m_panels * MR * SLD],
+        )
+    };
+    if parallel && n_panels > 1 {
+        (0..n_panels)
+            .into_par_iter()
+            .for_each_init(init, column_panel);
+    } else {
+        let mut bufs = init();
+        for pj in 0..n_panels {
+            column_panel(&mut bufs, pj);
+        }
+    }
+    A_PACK.with(|p| *p.borrow_mut() = a_pack);
+}
+
+/// One row of the left side, `kc` values, into row `r` of a packed panel
+/// ([pair][MR] words).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512bf16")]
+unsafe fn pack_a_row(src: &[f32], r: usize, dst: &mut [u32]) {
+    use std::arch::x86_64::*;
+    let kc = src.len();
+    let idx = _mm512_mullo_epi32(
+        _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15),
+        _mm512_set1_epi32(MR as i32),
+    );
+    let mut p = 0;
+    while 2 * p + 32 <= kc {
+        let s = src.as_ptr().add(2 * p);
+        let lo = _mm512_loadu_ps(s);
+        let hi = _mm512_loadu_ps(s.add(16));
+        // 32 bf16 in order = 16 words, pair p + i in word i.
+        let w: __m512i = std::mem::transmute(_mm512_cvtne2ps_pbh(hi, lo));
+        _mm512_i32scatter_epi32::<4>(dst.as_mut_ptr().add(p * MR + r) as *mut i32, idx, w);
+        p += 16;
+    }
+    while 2 * p < kc {
+        let lo = bits(src[2 * p]);
+        let hi = if 2 * p + 1 < kc {
+            bits(src[2 * p + 1])
+        } else {
+            0
+        };
+        dst[p * MR + r] = lo | hi << 16;
+        p += 1;
+    }
+}
+
+/// Packs rows `j0..j0 + nr` of `B`, values `l0..l0 + kc`, into `dst`
+/// [pair][NR] words of two bf16; missing rows and the odd tail are zeros.
+/// Rows go through 16×16 word transposes: straight from a bf16 source, or
+/// after rounding into `stage` (16 rows of words).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512bf16")]
+unsafe fn pack_b(
+    rhs: &Rhs,
+    j0: usize,
+    nr: usize,
+    l0: usize,
+    kc: usize,
+    dst: &mut [u32],
+    stage: &mut [u32],
+) {
+    use std::arch::x86_64::*;
+    let kp = kc.div_ceil(2);
+    let dst = &mut dst[..kp * NR];
+    if nr < NR || kc % 2 == 1 {
+        dst.fill(0);
+    }
+    // Pairs that go through the transposes (whole 16-pair groups).
+    let kp16 = kc / 32 * 16;
+    let transpose_rows = |q0: usize, rows: &[*const u32; 16], dst: &mut [u32]| {
+        for p0 in (0..kp16).step_by(16) {
+            transpose16(rows, p0, dst.as_mut_ptr().add(p0 * NR + q0), NR);
+        }
+    };
+    match rhs {
+        Rhs::Bf16Rows { data, ld } if ld % 2 == 0 => {
+            for q0 in (0..nr).step_by(16) {
+                let mut rows = [std::ptr::null::<u32>(); 16];
+                for (q, row) in rows.iter_mut().enumerate() {
+                    // Missing rows read row j0 again and are zeroed below.
+                    let j = if q0 + q < nr { j0 + q0 + q } else { j0 };
+                    *row = data.as_ptr().add(j * ld + l0) as *const u32;
+                }
+                transpose_rows(q0, &rows, dst);
+            }
+        }
+        Rhs::Bf16Rows { .. } | Rhs::F32Rows { .. } | Rhs::Rows(_) => {
+            let words = KC / 2;
+            let mut row_f32 = [0f32; KC];
+            for q0 in (0..nr).step_by(16) {
+                let mut rows = [std::ptr::null::<u32>(); 16];
+                for q in 0..16 {
+                    let st = &mut stage[q * words..(q + 1) * words];
+                    if q0 + q < nr {
+                        let j = j0 + q0 + q;
+                        let src: &[f32] = match rhs {
+                            Rhs::F32Rows { data, ld } => &data[j * ld + l0..][..kc],
+                            _ => {
+                                rhs.row_f32(j, l0, &mut row_f32[..kc]);
+                                &row_f32[..kc]
+                            }
+                        };
+                        let mut p = 0;
+                        while 2 * p + 32 <= kc {
+                            let s = src.as_ptr().add(2 * p);
+                            let w =
+                                _mm512_cvtne2ps_pbh(_mm512_loadu_ps(s.add(16)), _mm512_loadu_ps(s));
+                            _mm512_storeu_si512(
+                                st.as_mut_ptr().add(p) as *mut __m512i,
+                                std::mem::transmute(w),
+                            );
+                            p += 16;
+                        }
+                        while 2 * p < kc {
+                            let hi = if 2 * p + 1 < kc {
+                                bits(src[2 * p + 1])
+                            } else {
+                                0
+                            };
+                            st[p] = bits(src[2 * p]) | hi << 16;
+                            p += 1;
+                        }
+                    } else {
+                        st[..kp].fill(0);
+                    }
+                    rows[q] = st.as_ptr();
+                }
+                transpose_rows(q0, &rows, dst);
+                // The tail pairs (kc not a multiple of 32), from the stage.
+                for p in kp16..kp {
+                    for q in 0..16.min(nr - q0) {
+                        dst[p * NR + q0 + q] = stage[q * words + p];
+                    }
+                }
+            }
+        }
+        Rhs::F32Cols { data, ld } => {
+            // Round to nearest even in integer arithmetic (vectorises; finite
+            // values as `bits`): the bf16 is the upper half of the sum.
+            let up = |x: f32| {
+                let u = x.to_bits();
+                u.wrapping_add(0x7fff + ((u >> 16) & 1))
+            };
+            for p in 0..kp {
+                let lo = &data[(l0 + 2 * p) * ld + j0..][..nr];
+                let d = &mut dst[p * NR..p * NR + nr];
+                if 2 * p + 1 < kc {
+                    let hi = &data[(l0 + 2 * p + 1) * ld + j0..][..nr];
+                    for ((d, &x), &y) in d.iter_mut().zip(lo).zip(hi) {
+                        *d = up(x) >> 16 | up(y) & 0xffff_0000;
+                    }
+                } else {
+                    for (d, &x) in d.iter_mut().zip(lo) {
+                        *d = up(x) >> 16;
+                    }
+                }
+            }
+            return;
+        }
+    }
+    // Bf16 rows: the tail pairs, and zeros for missing rows.
+    if let Rhs::Bf16Rows { data, ld } = rhs {
+        for q in 0..nr {
+            let src = &data[(j0 + q) * ld + l0..][..kc];
+            let from = if ld % 2 == 0 { kp16 } else { 0 };
+            for p in from..kp {
+                let hi = if 2 * p + 1 < kc {
+                    src[2 * p + 1].to_bits() as u32
+                } else {
+                    0
+                };
+                dst[p * NR + q] = src[2 * p].to_bits() as u32 | hi << 16;
+            }
+        }
+    }
+    if nr < NR {
+        for p in 0..kp {
+            dst[p * NR + nr..(p + 1) * NR].fill(0);
+        }
+    }
+}
+
+/// `dst[i * stride + r] = rows[r][p0 + i]` for a 16×16 block of words.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn transpose16(rows: &[*const u32; 16], p0: usize, dst: *mut u32, stride: usize) {
+    use std::arch::x86_64::*;
+    let mut r = [_mm512_setzero_si512(); 16];
+    for (v, row) in r.iter_mut().zip(rows) {
+        *v = _mm512_loadu_si512(row.add(p0) as *const __m512i);
+    }
+    let mut t = [_mm512_setzero_si512(); 16];
+    for i in 0..8 {
+        t[2 * i] = _mm512_unpacklo_epi32(r[2 * i], r[2 * i + 1]);
+        t[2 * i + 1] = _mm512_unpackhi_epi32(r[2 * i], r[2 * i + 1]);
+    }
+    for g in 0..4 {
+        let b = 4 * g;
+        r[b] = _mm512_unpacklo_epi64(t[b], t[b + 2]);
+        r[b + 1] = _mm512_unpackhi_epi64(t[b], t[b + 2]);
+        r[b + 2] = _mm512_unpacklo_epi64(t[b + 1], t[b + 3]);
+        r[b + 3] = _mm512_unpackhi_epi64(t[b + 1], t[b + 3]);
+    }
+    for h in 0..2 {
+        let b = 8 * h;
+        for i in 0..4 {
+            t[b + i] = _mm512_shuffle_i32x4::<0x88>(r[b + i], r[b + 4 + i]);
+            t[b + 4 + i] = _mm512_shuffle_i32x4::<0xdd>(r[b + i], r[b + 4 + i]);
+        }
+    }
+    for i in 0..8 {
+        r[i] = _mm512_shuffle_i32x4::<0x88>(t[i], t[8 + i]);
+        r[8 + i] = _mm512_shuffle_i32x4::<0xdd>(t[i], t[8 + i]);
+    }
+    for (i, v) in r.iter().enumerate() {
+        _mm512_storeu_si512(dst.add(i * stride) as *mut __m512i, *v);
+    }
+}
+
+/// The 6×64 register tile: `c[r * ldc + q] (+)= Σ_p a[p][r] · b[p][q]` over
+/// `kp` pairs, each word two bf16.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512bf16")]
+unsafe fn kernel(kp: usize, a: *const u32, b: *const u32, c: *mut f32, ldc: usize, load: bool) {
+    use std::arch::x86_64::*;
+    let mut acc = [[_mm512_setzero_ps(); 4]; MR];
+    if load {
+        for (r, row) in acc.iter_mut().enumerate() {
+            for (v, x) in row.iter_mut().enumerate() {
+                *x = _mm512_loadu_ps(c.add(r * ldc + 16 * v));
+            }
+        }
+    }
+    for p in 0..kp {
+        let bp = b.add(p * NR) as *const __m512i;
+        let bv: [__m512bh; 4] = [
+            std::mem::transmute::<__m512i, __m512bh>(_mm512_loadu_si512(bp)),
+            std::mem::transmute::<__m512i, __m512bh>(_mm512_loadu_si512(bp.add(1))),
+            std::mem::transmute::<__m512i, __m512bh>(_mm512_loadu_si512(bp.add(2))),
+            std::mem::transmute::<__m512i, __m512bh>(_mm512_loadu_si512(bp.add(3))),
+        ];
+        let ap = a.add(p * MR);
+        for (r, row) in acc.iter_mut().enumerate() {
+            let av = std::mem::transmute::<__m512i, __m512bh>(_mm512_set1_epi32(*ap.add(r) as i32));
+            for (x, &bw) in row.iter_mut().zip(&bv) {
+                *x = _mm512_dpbf16_ps(*x, av, bw);
+            }
+        }
+    }
+    for (r, row) in acc.iter().enumerate() {
+        for (v, x) in row.iter().enumerate() {
+            _mm512_storeu_ps(c.add(r * ldc + 16 * v), *x);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn data(len: usize, seed: u32) -> Vec<f32> {
+        let mut s = seed.wrapping_mul(2654435761).wrapping_add(1);
+        (0..len)
+            .map(|_| {
+                s ^= s << 13;
+                s ^= s >> 17;
+                s ^= s << 5;
+                (s as f32 / u32::MAX as f32) * 2.0 - 1.0
+            })
+            .collect()
+    }
+
+    /// Sums in f64 of the bf16-rounded inputs: what both paths approximate.
+    fn exact(m: usize, n: usize, k: usize, a: &[f32], b_rows: &[f32]) -> Vec<f32> {
+        let r = |x: f32| bf16::from_f32(x).to_f64();
+        let mut c = vec![0f32; m * n];
+        for i in 0..m {
+            for j in 0..n {
+                let s: f64 = (0..k).map(|l| r(a[i * k + l]) * r(b_rows[j * k + l])).sum();
+                c[i * n + j] = s as f32;
+            }
+        }
+        c
+    }
+
+    fn max_err(x: &[f32], y: &[f32]) -> f32 {
+        x.iter()
+            .zip(y)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0.0, f32::max)
+    }
+
+    #[test]
+    fn every_layout_and_edge_matches_the_exact_sums() {
+        // Edges in every direction: m and n not multiples of the tile, k odd
+        // and deeper than one block.
+        for &(m, n, k) in &[
+            (1, 1, 1),
+            (7, 65, 3),
+            (13, 130, 517),
+            (6, 64, 256),
+            (20, 5, 600),
+        ] {
+            let a = data(m * k, 1);
+            let b = data(n * k, 2);
+            let want = exact(m, n, k, &a, &b);
+            let bt: Vec<f32> = (0..k * n).map(|i| b[(i % n) * k + i / n]).collect();
+            let bb: Vec<bf16> = b.iter().map(|&x| bf16::from_f32(x)).collect();
+            let rows = |j: usize, l0: usize, out: &mut [f32]| {
+                out.copy_from_slice(&b[j * k + l0..j * k + l0 + out.len()])
+            };
+            let layouts = [
+                Rhs::F32Rows { data: &b, ld: k },
+                Rhs::Bf16Rows { data: &bb, ld: k },
+                Rhs::F32Cols { data: &bt, ld: n },
+                Rhs::Rows(&rows),
+            ];
+            let tol = 1e-5 * (k as f32).sqrt();
+            for rhs in &layouts {
+                for parallel in [false, true] {
+                    let mut c = vec![0f32; m * n];
+                    gemm(m, n, k, &a, k, rhs, &mut c, n, false, parallel);
+                    assert!(max_err(&c, &want) < tol, "{m}x{n}x{k}");
+                    let mut r = vec![0f32; m * n];
+                    reference(m, n, k, &a, k, rhs, &mut r, n, false);
+                    assert!(max_err(&r, &want) < tol, "reference {m}x{n}x{k}");
+                    // Accumulating adds the same sums again.
+                    gemm(m, n, k, &a, k, rhs, &mut c, n, true, parallel);
+                    let twice: Vec<f32> = want.iter().map(|x| 2.0 * x).collect();
+                    assert!(max_err(&c, &twice) < 2.0 * tol, "accumulate {m}x{n}x{k}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn strided_operands_leave_the_rest_untouched() {
+        let (m, n, k) = (9, 70, 40);
+        let (lda, ld, ldc) = (k + 3, k + 5, n + 7);
+        let a = data(m * lda, 3);
+        let b = data(n * ld, 4);
+        let mut c = vec![7f32; m * ldc];
+        gemm(
+            m,
+            n,
+            k,
+            &a,
+            lda,
+            &Rhs::F32Rows { data: &b, ld },
+            &mut c,
+            ldc,
+            false,
+            true,
+        );
+        let ad: Vec<f32> = (0..m)
+            .flat_map(|i| a[i * lda..i * lda + k].to_vec())
+            .collect();
+        let bd: Vec<f32> = (0..n)
+            .flat_map(|j| b[j * ld..j * ld + k].to_vec())
+            .collect();
+        let want = exact(m, n, k, &ad, &bd);
+        for i in 0..m {
+            assert!(max_err(&c[i * ldc..i * ldc + n], &want[i * n..(i + 1) * n]) < 1e-4);
+            assert!(c[i * ldc + n..(i + 1) * ldc].iter().all(|&x| x == 7.0));
+        }
+    }
+
+    /// `cargo test -p janus-kernels --release -- --ignored --nocapture speed`
+    #[test]
+    #[ignore]
+    fn speed() {
+        for &(m, n, k) in &[
+            (620, 2048, 2048),
+            (620, 11264, 2048),
+            (620, 2048, 5632),
+            (576, 4096, 1024),
+        ] {
+            let a = data(m * k, 1);
+            let b: Vec<bf16> = data(n * k, 2).iter().map(|&x| bf16::from_f32(x)).collect();
+            let mut c = vec![0f32; m * n];
+            let rhs = Rhs::Bf16Rows { data: &b, ld: k };
+            gemm(m, n, k, &a, k, &rhs, &mut c, n, false, true);
+            let t = std::time::Instant::now();
+            let reps = 5;
+            for _ in 0..reps {
+                gemm(m, n, k, &a, k, &rhs, &mut c, n, false, true);
+            }
+            let s = t.elapsed().as_secs_f64() / reps as f64;
+            println!(
+                "{m}x{n}x{k}: {:.1} ms, {:.0} GFLOP/s",
+                s * 1e3,
+                2.0 * (m * n * k) as f64 / s / 1e9
+            );
+            let t = std::time::Instant::now();
+            gemm(m, n, k, &a, k, &rhs, &mut c, n, false, false);
+            let s = t.elapsed().as_secs_f64();
+            println!(
+                "  one thread: {:.0} GFLOP/s",
+                2.0 * (m * n * k) as f64 / s / 1e9
+            );
+        }
+    }
+}
