@@ -14,6 +14,7 @@ use candle_core::quantized::{GgmlDType, QMatMul, QTensor};
 use candle_core::{CpuStorage, DType, Device, Module, Result, Tensor};
 use candle_nn::VarBuilder;
 use janus_kernels::bf16_gemm::{self, Rhs};
+use janus_kernels::tensor::{map_rows, with_cpu_slice};
 
 /// Quantisation of the language model's and image head's linear weights.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -290,51 +291,17 @@ impl QLinear {
     }
 
     fn forward_small(&self, x: &Tensor, fmt: Fmt) -> Result<Tensor> {
-        let x = if x.is_contiguous() {
-            x.clone()
-        } else {
-            x.contiguous()?
-        };
         let (k, n) = (self.in_dim, self.out_dim);
-        let m = x.elem_count() / k;
-        let mut out = vec![0f32; m * n];
-        {
-            let (xs, xl) = x.storage_and_layout();
-            let xv = match &*xs {
-                candle_core::Storage::Cpu(CpuStorage::F32(v)) => {
-                    let (a, b) = xl.contiguous_offsets().expect("made contiguous");
-                    &v[a..b]
-                }
-                _ => candle_core::bail!("small matmul: f32 CPU input expected"),
-            };
-            let mut with_bytes = |bytes: &[u8]| small_matmul(fmt, bytes, xv, m, k, n, &mut out);
+        map_rows(x, k, n, |xv, m, out| {
+            let mut with_bytes = |bytes: &[u8]| small_matmul(fmt, bytes, xv, m, k, n, out);
             match &self.weight {
                 Weight::Plain(l) => {
-                    let (ws, wl) = l.weight().storage_and_layout();
-                    match &*ws {
-                        candle_core::Storage::Cpu(CpuStorage::F32(v)) => {
-                            let (a, b) = wl.contiguous_offsets().expect("checked contiguous");
-                            with_bytes(as_bytes(&v[a..b]))
-                        }
-                        _ => candle_core::bail!("small matmul: f32 weight expected"),
-                    }
+                    with_cpu_slice::<f32, _>(l.weight(), |v| with_bytes(as_bytes(v)))
                 }
-                Weight::Bf16(w) => {
-                    let (ws, wl) = w.storage_and_layout();
-                    match &*ws {
-                        candle_core::Storage::Cpu(CpuStorage::BF16(v)) => {
-                            let (a, b) = wl.contiguous_offsets().expect("made contiguous");
-                            with_bytes(as_bytes(&v[a..b]))
-                        }
-                        _ => candle_core::bail!("small matmul: bf16 weight expected"),
-                    }
-                }
-                Weight::Quantized(q, _) => with_bytes(&q.data()?),
+                Weight::Bf16(w) => with_cpu_slice::<half::bf16, _>(w, |v| with_bytes(as_bytes(v))),
+                Weight::Quantized(q, _) => Ok(with_bytes(&q.data()?)),
             }
-        }
-        let mut dims = x.dims().to_vec();
-        *dims.last_mut().expect("rank >= 1") = n;
-        Tensor::from_vec(out, dims, &Device::Cpu)
+        })
     }
 }
 
@@ -353,26 +320,14 @@ impl Module for QLinear {
                 // Linear does: broadcast_add after the matmul).
                 Weight::Plain(l) => l.forward(x)?,
                 Weight::Bf16(w) if bf16_gemm::available() => {
-                    let (ws, wl) = w.storage_and_layout();
-                    let wv = cpu_bf16(&ws, wl)?;
-                    rows_matmul(x, self.out_dim, self.in_dim, |xv, m, out| {
-                        let rhs = Rhs::Bf16Rows {
-                            data: wv,
-                            ld: self.in_dim,
-                        };
-                        bf16_gemm::gemm(
-                            m,
-                            self.out_dim,
-                            self.in_dim,
-                            xv,
-                            self.in_dim,
-                            &rhs,
-                            out,
-                            self.out_dim,
-                            false,
-                            true,
-                        )
-                    })?
+                    let (n, k) = (self.out_dim, self.in_dim);
+                    with_cpu_slice::<half::bf16, _>(w, |wv| {
+                        map_rows(x, k, n, |xv, m, out| {
+                            let rhs = Rhs::Bf16Rows { data: wv, ld: k };
+                            bf16_gemm::gemm(m, n, k, xv, k, &rhs, out, n, false, true);
+                            Ok(())
+                        })
+                    })??
                 }
                 Weight::Bf16(w) => bf16_large_matmul(w, x)?,
                 Weight::Quantized(q, _) if x.device().is_cpu() && bf16_gemm::available() => {
@@ -497,35 +452,24 @@ fn large_matmul_weight_only() -> bool {
 /// or candle's quantized matmul.
 const SMALL_MAX_ROWS: usize = 16;
 
-/// The contiguous bf16 data of a CPU weight.
-fn cpu_bf16<'a>(s: &'a candle_core::Storage, l: &candle_core::Layout) -> Result<&'a [half::bf16]> {
-    match s {
-        candle_core::Storage::Cpu(CpuStorage::BF16(v)) => match l.contiguous_offsets() {
-            Some((a, b)) => Ok(&v[a..b]),
-            None => candle_core::bail!("bf16 weight is not contiguous"),
-        },
-        _ => candle_core::bail!("bf16 weight expected on the CPU"),
-    }
-}
-
 /// Many rows through a bf16 weight without the bf16 GEMM: bands of weight
 /// rows are widened into one reused f32 buffer (no full-size f32 copy, no
 /// fresh pages per call), each followed by one f32 gemm.
 fn bf16_large_matmul(w: &Tensor, x: &Tensor) -> Result<Tensor> {
     let (n, k) = w.dims2()?;
-    let (ws, wl) = w.storage_and_layout();
-    let wv = cpu_bf16(&ws, wl)?;
-    banded_matmul(x, n, k, |j0, band| {
-        use rayon::prelude::*;
-        let len = band.len();
-        band.par_chunks_mut(k)
-            .zip(wv[j0 * k..j0 * k + len].par_chunks(k))
-            .for_each(|(d, s)| {
-                for (d, s) in d.iter_mut().zip(s) {
-                    *d = f32::from_bits((s.to_bits() as u32) << 16);
-                }
-            });
-    })
+    with_cpu_slice::<half::bf16, _>(w, |wv| {
+        banded_matmul(x, n, k, |j0, band| {
+            use rayon::prelude::*;
+            let len = band.len();
+            band.par_chunks_mut(k)
+                .zip(wv[j0 * k..j0 * k + len].par_chunks(k))
+                .for_each(|(d, s)| {
+                    for (d, s) in d.iter_mut().zip(s) {
+                        *d = f32::from_bits((s.to_bits() as u32) << 16);
+                    }
+                });
+        })
+    })?
 }
 
 /// Dequantises `len` values of row `j` from `l0` (block aligned).
@@ -560,8 +504,9 @@ fn quant_bf16_matmul(q: &QTensor, x: &Tensor) -> Result<Tensor> {
         GgmlDType::Q4K => &|j, l0, out| dequant_row::<BlockQ4K>(&data, k, j, l0, out),
         _ => return x.broadcast_matmul(&q.dequantize(&Device::Cpu)?.t()?),
     };
-    rows_matmul(x, n, k, |xv, m, out| {
-        bf16_gemm::gemm(m, n, k, xv, k, &Rhs::Rows(row), out, n, false, true)
+    map_rows(x, k, n, |xv, m, out| {
+        bf16_gemm::gemm(m, n, k, xv, k, &Rhs::Rows(row), out, n, false, true);
+        Ok(())
     })
 }
 
@@ -590,46 +535,6 @@ fn quant_large_matmul(q: &QTensor, x: &Tensor) -> Result<Tensor> {
     }
 }
 
-/// `x [.., k]` as contiguous f32 rows handed to `f(rows, m, out)`, which
-/// writes `out [m, n]`; returns `out` as `[.., n]`.
-fn rows_matmul(
-    x: &Tensor,
-    n: usize,
-    k: usize,
-    f: impl FnOnce(&[f32], usize, &mut [f32]),
-) -> Result<Tensor> {
-    let x = if x.dtype() == DType::F32 {
-        x.clone()
-    } else {
-        x.to_dtype(DType::F32)?
-    };
-    let x = if x.is_contiguous() {
-        x
-    } else {
-        x.contiguous()?
-    };
-    let dims = x.dims().to_vec();
-    if dims.last() != Some(&k) {
-        candle_core::bail!("linear: input {dims:?} does not end in {k}")
-    }
-    let m = x.elem_count() / k.max(1);
-    let mut out = vec![0f32; m * n];
-    {
-        let (xs, xl) = x.storage_and_layout();
-        let xv = match &*xs {
-            candle_core::Storage::Cpu(CpuStorage::F32(v)) => {
-                let (a, b) = xl.contiguous_offsets().expect("made contiguous");
-                &v[a..b]
-            }
-            _ => candle_core::bail!("linear: f32 CPU input expected"),
-        };
-        f(xv, m, &mut out);
-    }
-    let mut out_dims = dims;
-    *out_dims.last_mut().expect("rank >= 1") = n;
-    Tensor::from_vec(out, out_dims, &Device::Cpu)
-}
-
 /// `x [.., k] W^T` for a weight [n, k] delivered band by band (`fill(j0, band)`
 /// writes rows j0.. as f32) into one reused buffer, one f32 gemm per band.
 fn banded_matmul(
@@ -638,7 +543,7 @@ fn banded_matmul(
     k: usize,
     fill: impl Fn(usize, &mut [f32]),
 ) -> Result<Tensor> {
-    rows_matmul(x, n, k, |xv, m, out| {
+    map_rows(x, k, n, |xv, m, out| {
         const BAND: usize = 256;
         let mut buf = vec![0f32; BAND.min(n) * k];
         let threads = rayon::current_num_threads();
@@ -679,6 +584,7 @@ fn banded_matmul(
             };
             j0 += nb;
         }
+        Ok(())
     })
 }
 

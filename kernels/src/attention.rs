@@ -153,22 +153,24 @@ mod tests {
             causal: Some(off),
         };
         // k, v laid out [kv head][position][d].
-        let kv = |data: &'static [f32]| Heads {
-            data,
-            row: hd,
-            head: keys * hd,
-        };
-        let (k, v): (&'static [f32], &'static [f32]) = (k.leak(), v.leak());
+        fn kv(data: &[f32], hd: usize, keys: usize) -> Heads<'_> {
+            Heads {
+                data,
+                row: hd,
+                head: keys * hd,
+            }
+        }
         let mut out = vec![0f32; t * q_row];
+        let qh = Heads {
+            data: &q,
+            row: q_row,
+            head: hd,
+        };
         attention(
             &shape,
-            Heads {
-                data: &q,
-                row: q_row,
-                head: hd,
-            },
-            kv(k),
-            kv(v),
+            qh,
+            kv(&k, hd, keys),
+            kv(&v, hd, keys),
             &mut out,
             q_row,
         );

@@ -329,9 +329,6 @@ unsafe fn pack_b(
     use std::arch::x86_64::*;
     let kp = kc.div_ceil(2);
     let dst = &mut dst[..kp * NR];
-    if nr < NR || kc % 2 == 1 {
-        dst.fill(0);
-    }
     // Pairs that go through the transposes (whole 16-pair groups).
     let kp16 = kc / 32 * 16;
     let transpose_rows = |q0: usize, rows: &[*const u32; 16], dst: &mut [u32]| {
@@ -349,6 +346,18 @@ unsafe fn pack_b(
                     *row = data.as_ptr().add(j * ld + l0) as *const u32;
                 }
                 transpose_rows(q0, &rows, dst);
+            }
+            // The tail pairs (kc not a multiple of 32).
+            for q in 0..nr {
+                let src = &data[(j0 + q) * ld + l0..][..kc];
+                for p in kp16..kp {
+                    let hi = if 2 * p + 1 < kc {
+                        src[2 * p + 1].to_bits() as u32
+                    } else {
+                        0
+                    };
+                    dst[p * NR + q] = src[2 * p].to_bits() as u32 | hi << 16;
+                }
             }
         }
         Rhs::Bf16Rows { .. } | Rhs::F32Rows { .. } | Rhs::Rows(_) => {
@@ -422,24 +431,10 @@ unsafe fn pack_b(
                     }
                 }
             }
-            return;
         }
     }
-    // Bf16 rows: the tail pairs, and zeros for missing rows.
-    if let Rhs::Bf16Rows { data, ld } = rhs {
-        for q in 0..nr {
-            let src = &data[(j0 + q) * ld + l0..][..kc];
-            let from = if ld % 2 == 0 { kp16 } else { 0 };
-            for p in from..kp {
-                let hi = if 2 * p + 1 < kc {
-                    src[2 * p + 1].to_bits() as u32
-                } else {
-                    0
-                };
-                dst[p * NR + q] = src[2 * p].to_bits() as u32 | hi << 16;
-            }
-        }
-    }
+    // Columns of missing rows are zeros (the bf16 transposes fill them with
+    // copies of row j0, the others leave them as they were).
     if nr < NR {
         for p in 0..kp {
             dst[p * NR + nr..(p + 1) * NR].fill(0);

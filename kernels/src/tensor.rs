@@ -1,6 +1,6 @@
 //! Access to the data of candle CPU tensors, for the kernels above.
 
-use candle_core::{Result, Storage, Tensor, WithDType};
+use candle_core::{DType, Device, Result, Storage, Tensor, WithDType};
 
 /// Runs `f` on the contiguous data of a CPU tensor of element type `T`
 /// (copied to a contiguous layout first when it is a strided view).
@@ -15,4 +15,31 @@ pub fn with_cpu_slice<T: WithDType, R>(t: &Tensor, f: impl FnOnce(&[T]) -> R) ->
         (Storage::Cpu(c), Some((a, b))) => Ok(f(&c.as_slice::<T>()?[a..b])),
         _ => candle_core::bail!("a contiguous CPU tensor is expected"),
     }
+}
+
+/// `x [.., k]` as contiguous f32 rows (converted to f32 first if needed):
+/// `f(rows, m, out)` fills `out`, `m` rows of `n` values, which is returned
+/// as a CPU tensor `[.., n]`. The shape plumbing of every row-wise kernel
+/// (linears, fused activations, attention over a projection).
+pub fn map_rows(
+    x: &Tensor,
+    k: usize,
+    n: usize,
+    f: impl FnOnce(&[f32], usize, &mut [f32]) -> Result<()>,
+) -> Result<Tensor> {
+    let dims = x.dims().to_vec();
+    if dims.last() != Some(&k) {
+        candle_core::bail!("input {dims:?} does not end in {k} values")
+    }
+    let x = if x.dtype() == DType::F32 {
+        x.clone()
+    } else {
+        x.to_dtype(DType::F32)?
+    };
+    let m = x.elem_count() / k.max(1);
+    let mut out = vec![0f32; m * n];
+    with_cpu_slice(&x, |xv| f(xv, m, &mut out))??;
+    let mut out_dims = dims;
+    *out_dims.last_mut().expect("rank >= 1") = n;
+    Tensor::from_vec(out, out_dims, &Device::Cpu)
 }

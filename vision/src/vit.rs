@@ -1,6 +1,6 @@
 use candle_core::{DType, Module, Result, Tensor};
 use candle_nn::{layer_norm, Conv2d, Conv2dConfig, LayerNorm, LayerNormConfig, VarBuilder};
-use janus_kernels::tensor::with_cpu_slice;
+use janus_kernels::tensor::{map_rows, with_cpu_slice};
 
 /// Sizes of a SigLIP ViT. `layers` is the number of blocks actually built,
 /// i.e. after the reference's `select_layer` truncation.
@@ -127,26 +127,32 @@ impl Linear {
     /// (bias and activation in one pass over the output).
     fn forward_bf16(&self, x: &Tensor, gelu: bool) -> Result<Tensor> {
         use janus_kernels::bf16_gemm::{gemm, Rhs};
+        use rayon::prelude::*;
         let (n, k) = self.weight.dims2()?;
-        let m = x.elem_count() / k;
-        let mut out = vec![0f32; m * n];
-        with_cpu_slice::<f32, _>(x, |xv| {
-            with_cpu_slice::<half::bf16, _>(&self.weight, |wv| {
-                let rhs = Rhs::Bf16Rows { data: wv, ld: k };
-                gemm(m, n, k, xv, k, &rhs, &mut out, n, false, true)
+        with_cpu_slice::<half::bf16, _>(&self.weight, |wv| {
+            with_cpu_slice::<f32, _>(&self.bias, |bias| {
+                map_rows(x, k, n, |xv, m, out| {
+                    gemm(
+                        m,
+                        n,
+                        k,
+                        xv,
+                        k,
+                        &Rhs::Bf16Rows { data: wv, ld: k },
+                        out,
+                        n,
+                        false,
+                        true,
+                    );
+                    out.par_chunks_mut(n).for_each(|row| {
+                        for (y, &b) in row.iter_mut().zip(bias) {
+                            *y = if gelu { gelu_erf(*y + b) } else { *y + b };
+                        }
+                    });
+                    Ok(())
+                })
             })
-        })??;
-        with_cpu_slice::<f32, _>(&self.bias, |bias| {
-            use rayon::prelude::*;
-            out.par_chunks_mut(n).for_each(|row| {
-                for (y, &b) in row.iter_mut().zip(bias) {
-                    *y = if gelu { gelu_erf(*y + b) } else { *y + b };
-                }
-            })
-        })?;
-        let mut dims = x.dims().to_vec();
-        *dims.last_mut().expect("rank >= 1") = n;
-        Tensor::from_vec(out, dims, x.device())
+        })??
     }
 }
 
@@ -221,7 +227,7 @@ impl Attention {
     /// and v where the projection put them. Returns [b, n, c].
     fn attention_bf16(&self, qkv: &Tensor) -> Result<Tensor> {
         use janus_kernels::attention::{attention, AttentionShape, Heads};
-        let (b, n, c3) = qkv.dims3()?;
+        let (_, n, c3) = qkv.dims3()?;
         let c = c3 / 3;
         let hd = c / self.heads;
         let shape = AttentionShape {
@@ -233,18 +239,17 @@ impl Attention {
             scale: self.scale as f32,
             causal: None,
         };
-        let mut out = vec![0f32; b * n * c];
-        with_cpu_slice::<f32, _>(qkv, |v| {
-            for (bi, o) in out.chunks_mut(n * c).enumerate() {
+        map_rows(qkv, c3, c, |v, _, out| {
+            for (image, o) in v.chunks(n * c3).zip(out.chunks_mut(n * c)) {
                 let part = |i: usize| Heads {
-                    data: &v[bi * n * c3 + i * c..(bi + 1) * n * c3],
+                    data: &image[i * c..],
                     row: c3,
                     head: hd,
                 };
                 attention(&shape, part(0), part(1), part(2), o, c);
             }
-        })?;
-        Tensor::from_vec(out, (b, n, c), qkv.device())
+            Ok(())
+        })
     }
 }
 

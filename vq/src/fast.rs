@@ -149,34 +149,33 @@ pub(crate) fn conv3x3(
                         };
                         let rhs = Rhs::F32Cols { data: &*col, ld: p };
                         gemm(c_out, p, kdim, wv, kdim, &rhs, out, hw, accumulate, true);
-                        y0 += rows;
-                        continue;
+                    } else {
+                        // SAFETY: dst rows co * hw + [y0*w, y0*w + p) lie inside this image's output;
+                        // lhs [c_out, kdim] and rhs [kdim, p] are dense row-major.
+                        unsafe {
+                            gemm::gemm(
+                                c_out,
+                                p,
+                                kdim,
+                                dst_tile,
+                                1,
+                                hw as isize,
+                                accumulate,
+                                wv.as_ptr(),
+                                1,
+                                kdim as isize,
+                                col.as_ptr(),
+                                1,
+                                p as isize,
+                                if accumulate { 1f32 } else { 0f32 },
+                                1f32,
+                                false,
+                                false,
+                                false,
+                                par,
+                            )
+                        };
                     }
-                    // SAFETY: dst rows co * hw + [y0*w, y0*w + p) lie inside this image's output;
-                    // lhs [c_out, kdim] and rhs [kdim, p] are dense row-major.
-                    unsafe {
-                        gemm::gemm(
-                            c_out,
-                            p,
-                            kdim,
-                            dst_tile,
-                            1,
-                            hw as isize,
-                            accumulate,
-                            wv.as_ptr(),
-                            1,
-                            kdim as isize,
-                            col.as_ptr(),
-                            1,
-                            p as isize,
-                            if accumulate { 1f32 } else { 0f32 },
-                            1f32,
-                            false,
-                            false,
-                            false,
-                            par,
-                        )
-                    };
                     y0 += rows;
                 }
                 if let Some(bv) = &bias_v {

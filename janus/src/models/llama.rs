@@ -252,14 +252,15 @@ impl Attention {
                 candle_core::Storage::Cpu(CpuStorage::F32(vd)),
             ) => {
                 let (kst, vst) = (kl.stride(), vl.stride());
-                for bi in 0..b {
-                    fn heads<'a>(d: &'a [f32], start: usize, st: &[usize], bi: usize) -> Heads<'a> {
-                        Heads {
-                            data: &d[start + bi * st[0]..],
-                            row: st[2],
-                            head: st[1],
-                        }
+                // Sequence `bi` of a [b, kv_heads, capacity, hd] cache view.
+                fn heads<'a>(d: &'a [f32], start: usize, st: &[usize], bi: usize) -> Heads<'a> {
+                    Heads {
+                        data: &d[start + bi * st[0]..],
+                        row: st[2],
+                        head: st[1],
                     }
+                }
+                for bi in 0..b {
                     attention(
                         &shape,
                         Heads {
@@ -415,19 +416,17 @@ impl Mlp {
 fn silu_mul(gate_up: &Tensor, i: usize) -> Result<Tensor> {
     use janus_kernels::math::fast_exp;
     use rayon::prelude::*;
-    let rows = gate_up.elem_count() / (2 * i);
-    let mut out = vec![0f32; rows * i];
-    with_f32(gate_up, |src| {
-        out.par_chunks_mut(i).enumerate().for_each(|(r, o)| {
-            let (g, u) = src[r * 2 * i..(r + 1) * 2 * i].split_at(i);
-            for ((o, &g), &u) in o.iter_mut().zip(g).zip(u) {
-                *o = g / (1.0 + fast_exp(-g)) * u;
-            }
-        })
-    })?;
-    let mut dims = gate_up.dims().to_vec();
-    *dims.last_mut().expect("rank >= 1") = i;
-    Tensor::from_vec(out, dims, &Device::Cpu)
+    janus_kernels::tensor::map_rows(gate_up, 2 * i, i, |src, _, out| {
+        out.par_chunks_mut(i)
+            .zip(src.par_chunks(2 * i))
+            .for_each(|(o, row)| {
+                let (g, u) = row.split_at(i);
+                for ((o, &g), &u) in o.iter_mut().zip(g).zip(u) {
+                    *o = g / (1.0 + fast_exp(-g)) * u;
+                }
+            });
+        Ok(())
+    })
 }
 
 struct DecoderLayer {
