@@ -2,7 +2,9 @@
 //! 4-bit quantised language-model weights stay close to the exact f32 path
 //! (the fixture's sizes are too small for 256-value k-quant blocks, so q4k
 //! falls back to q8_0 there; the 4-bit kernels are covered by the unit tests
-//! in janus/src/quant.rs), and greedy decoding / generation still run.
+//! in janus/src/quant.rs), quantised models' q8_0 vision tower stays close
+//! too, and greedy decoding / generation (through the bf16 key/value cache
+//! of the reduced-precision paths) still run.
 
 mod common;
 
@@ -46,6 +48,13 @@ fn reduced_precision_tracks_f32_and_runs() {
     let dir = fixture_dir();
     let exact = JanusPro::load(&dir, &Device::Cpu, DType::F32).unwrap();
     let (und, t2i) = (last_logits(&exact), cfg_logits(&exact));
+    // Image features: with quantisation the vision tower's linears are q8_0.
+    let s = exact.model.config.vision.image_size;
+    let pixels: Vec<f32> = (0..3 * s * s)
+        .map(|i| (i * 7919 % 2000) as f32 / 1000.0 - 1.0)
+        .collect();
+    let pixels = candle_core::Tensor::from_vec(pixels, (1, 3, s, s), &Device::Cpu).unwrap();
+    let features = exact.model.encode_images(&pixels).unwrap();
     for (dtype, quant, tol) in [
         (DType::BF16, Quant::None, TOL_BF16),
         (DType::F32, Quant::Q8_0, TOL_Q8),
@@ -53,6 +62,12 @@ fn reduced_precision_tracks_f32_and_runs() {
     ] {
         let what = format!("{dtype:?}/{quant}");
         let model = JanusPro::load_quantized(&dir, &Device::Cpu, dtype, quant).unwrap();
+        assert_close(
+            &format!("{what} image features"),
+            &model.model.encode_images(&pixels).unwrap(),
+            &features,
+            tol,
+        );
         assert_close(
             &format!("{what} understanding logits"),
             &last_logits(&model),

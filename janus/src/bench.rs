@@ -110,14 +110,6 @@ fn dtype_name(d: DType) -> &'static str {
 
 /// Entry point of the subcommand.
 pub fn run(args: BenchArgs) -> Result<()> {
-    // Large buffers (activations, conversion scratch) come and go every
-    // step; a fixed mmap threshold hands them back to the OS when freed
-    // instead of letting glibc's adaptive threshold keep them in the heap.
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    // SAFETY: mallopt only tunes the allocator; called before any threads start.
-    unsafe {
-        libc::mallopt(libc::M_MMAP_THRESHOLD, 1 << 20);
-    }
     if let Some(t) = args.threads {
         if t == 0 {
             return Err(input_err("--threads must be at least 1"));

@@ -11,12 +11,15 @@
 use std::fmt;
 
 use candle_core::quantized::{GgmlDType, QMatMul, QTensor};
-use candle_core::{CpuStorage, DType, Device, Module, Result, Tensor};
+use candle_core::{DType, Device, Module, Result, Tensor};
 use candle_nn::VarBuilder;
 use janus_kernels::bf16_gemm::{self, Rhs};
+pub use janus_kernels::blocks::is_broadcast_view;
+use janus_kernels::blocks::{dequant_row, quantize_rows};
 use janus_kernels::tensor::{map_rows, with_cpu_slice};
 
-/// Quantisation of the language model's and image head's linear weights.
+/// Quantisation of the language model's and image head's linear weights and
+/// the token embeddings (with any of them, the vision tower's linears take q8_0).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Quant {
     /// Weights in the load dtype (`f32` or `bf16`).
@@ -92,15 +95,6 @@ pub fn activation_dtype(dev: &Device, weight_dtype: DType) -> DType {
     } else {
         weight_dtype
     }
-}
-
-/// Whether `t` is a broadcast view (a zero stride over a dimension longer
-/// than one), as handed out by shape-only backends.
-pub fn is_broadcast_view(t: &Tensor) -> bool {
-    t.dims()
-        .iter()
-        .zip(t.stride())
-        .any(|(&d, &s)| d > 1 && s == 0)
 }
 
 enum Weight {
@@ -366,78 +360,6 @@ impl Module for QLinear {
     }
 }
 
-/// `QTensor::quantize` of a [n, k] weight, straight from its stored dtype
-/// into the final blocks: bands of rows are widened to f32 in a small
-/// scratch and quantised in parallel (candle's quantiser runs on one thread,
-/// and the 4-bit k-quant search would dominate the load), so the only
-/// transient memory is one band per thread.
-pub(crate) fn quantize_rows(w: &Tensor, dtype: GgmlDType) -> Result<QTensor> {
-    use candle_core::quantized::k_quants::{BlockQ4K, BlockQ8_0};
-    let w = if w.is_contiguous() {
-        w.clone()
-    } else {
-        w.contiguous()?
-    };
-    if !w.device().is_cpu() || !matches!(w.dtype(), DType::F32 | DType::BF16) {
-        return QTensor::quantize(&w, dtype);
-    }
-    match dtype {
-        GgmlDType::Q8_0 => quantize_blocks::<BlockQ8_0>(&w),
-        GgmlDType::Q4K => quantize_blocks::<BlockQ4K>(&w),
-        _ => QTensor::quantize(&w, dtype),
-    }
-}
-
-fn quantize_blocks<T: candle_core::quantized::k_quants::GgmlType + 'static>(
-    w: &Tensor,
-) -> Result<QTensor> {
-    use rayon::prelude::*;
-    let (n, k) = w.dims2()?;
-    if k % T::BLCK_SIZE != 0 {
-        candle_core::bail!(
-            "rows of {k} values do not split into blocks of {}",
-            T::BLCK_SIZE
-        )
-    }
-    let per_row = k / T::BLCK_SIZE;
-    const BAND: usize = 32;
-    let mut blocks = vec![T::zeros(); n * per_row];
-    {
-        let (st, l) = w.storage_and_layout();
-        let (a, b) = l.contiguous_offsets().expect("made contiguous");
-        enum Src<'a> {
-            F32(&'a [f32]),
-            Bf16(&'a [half::bf16]),
-        }
-        let src = match &*st {
-            candle_core::Storage::Cpu(CpuStorage::F32(v)) => Src::F32(&v[a..b]),
-            candle_core::Storage::Cpu(CpuStorage::BF16(v)) => Src::Bf16(&v[a..b]),
-            _ => candle_core::bail!("quantize: f32 or bf16 CPU weight expected"),
-        };
-        blocks
-            .par_chunks_mut(BAND * per_row)
-            .enumerate()
-            .for_each(|(i, dst)| {
-                let rows = dst.len() / per_row;
-                let r0 = i * BAND;
-                match &src {
-                    Src::F32(v) => T::from_float(&v[r0 * k..(r0 + rows) * k], dst),
-                    Src::Bf16(v) => {
-                        let f: Vec<f32> = v[r0 * k..(r0 + rows) * k]
-                            .iter()
-                            .map(|x| x.to_f32())
-                            .collect();
-                        T::from_float(&f, dst)
-                    }
-                }
-            });
-    }
-    QTensor::new(
-        candle_core::quantized::QStorage::Cpu(Box::new(blocks)),
-        (n, k),
-    )
-}
-
 /// Many-row quantised matmuls on CPUs without the bf16 GEMM: weight-only
 /// dequantisation + f32 gemm (more accurate) when
 /// `JANUS_QUANT_PREFILL=dequant`, else candle's integer kernels (which also
@@ -470,25 +392,6 @@ fn bf16_large_matmul(w: &Tensor, x: &Tensor) -> Result<Tensor> {
                 });
         })
     })?
-}
-
-/// Dequantises `len` values of row `j` from `l0` (block aligned).
-fn dequant_row<T: candle_core::quantized::k_quants::GgmlType>(
-    data: &[u8],
-    k: usize,
-    j: usize,
-    l0: usize,
-    out: &mut [f32],
-) {
-    // SAFETY: `data` holds n * k / BLCK_SIZE blocks of T (candle's CPU storage).
-    let blocks = unsafe {
-        std::slice::from_raw_parts(
-            data.as_ptr() as *const T,
-            data.len() / std::mem::size_of::<T>(),
-        )
-    };
-    let b0 = (j * k + l0) / T::BLCK_SIZE;
-    T::to_float(&blocks[b0..b0 + out.len() / T::BLCK_SIZE], out);
 }
 
 /// Many rows through a quantised weight with the bf16 GEMM: each packed
@@ -620,6 +523,9 @@ fn small_matmul(fmt: Fmt, w: &[u8], x: &[f32], m: usize, k: usize, n: usize, out
     use rayon::prelude::*;
     let rb = fmt.row_bytes(k);
     assert!(w.len() >= rb * n && x.len() >= m * k && out.len() >= m * n);
+    if m >= 3 && fmt == Fmt::Bf16 && k % 32 == 0 && bf16_gemm::available() {
+        return small_matmul_bf16_dot(fmt, w, x, m, k, n, out);
+    }
     const COLS: usize = 32;
     let ptr = SendPtr(out.as_mut_ptr());
     let ptr = &ptr;
@@ -661,6 +567,64 @@ fn small_matmul(fmt: Fmt, w: &[u8], x: &[f32], m: usize, k: usize, n: usize, out
                 for r in 0..rows {
                     // SAFETY: (i0 + r, j) is written by this block only, and in bounds.
                     unsafe { *ptr.0.add((i0 + r) * n + j) = acc[r] };
+                }
+            }
+        }
+    });
+}
+
+/// [`small_matmul`] for three or more rows of bf16 or quantised weights on
+/// CPUs with AVX-512-BF16. With several images generated at once the f32
+/// kernels are bound by FMA throughput, not memory: here weights are
+/// decoded 32 at a time into bf16 pairs and multiplied with `vdpbf16ps`
+/// (twice the multiply-adds per instruction) against the input rows rounded
+/// to bf16, as the many-row GEMM does; two weight rows meet up to eight
+/// input rows per pass, so each decoded weight serves eight rows.
+fn small_matmul_bf16_dot(
+    fmt: Fmt,
+    w: &[u8],
+    x: &[f32],
+    m: usize,
+    k: usize,
+    n: usize,
+    out: &mut [f32],
+) {
+    use rayon::prelude::*;
+    let rb = fmt.row_bytes(k);
+    let words = k / 2;
+    let xb: Vec<u32> = x[..m * k]
+        .chunks_exact(2)
+        .map(|p| {
+            let bits = |v: f32| half::bf16::from_f32(v).to_bits() as u32;
+            bits(p[0]) | bits(p[1]) << 16
+        })
+        .collect();
+    const COLS: usize = 32;
+    let ptr = SendPtr(out.as_mut_ptr());
+    let ptr = &ptr;
+    (0..n.div_ceil(COLS)).into_par_iter().for_each(|b| {
+        let (j0, j1) = (b * COLS, ((b + 1) * COLS).min(n));
+        for j in (j0..j1).step_by(2) {
+            // An odd last row is paired with itself; its copy is dropped.
+            let jb = (j + 1).min(j1 - 1);
+            for i0 in (0..m).step_by(8) {
+                let rows = (m - i0).min(8);
+                let mut acc = [[0f32; 8]; 2];
+                simd::dot2_bf16(
+                    fmt,
+                    &w[j * rb..(j + 1) * rb],
+                    &w[jb * rb..(jb + 1) * rb],
+                    &xb[i0 * words..(i0 + rows) * words],
+                    k,
+                    rows,
+                    &mut acc,
+                );
+                for r in 0..rows {
+                    // SAFETY: columns j, jb of rows i0.. are written by this block only, in bounds.
+                    unsafe {
+                        *ptr.0.add((i0 + r) * n + j) = acc[0][r];
+                        *ptr.0.add((i0 + r) * n + jb) = acc[1][r];
+                    }
                 }
             }
         }
@@ -1056,6 +1020,125 @@ mod simd {
         finish::<R>(&s, acc);
     }
 
+    /// `acc[0][r] = <row0, x[r]>`, `acc[1][r] = <row1, x[r]>` for `rows`
+    /// (1..=8) input rows given as bf16 pairs (`k / 2` words each); `k` is a
+    /// multiple of 32 and the CPU has AVX-512-BF16 (checked by the caller).
+    pub fn dot2_bf16(
+        fmt: Fmt,
+        row0: &[u8],
+        row1: &[u8],
+        xb: &[u32],
+        k: usize,
+        rows: usize,
+        acc: &mut [[f32; 8]; 2],
+    ) {
+        assert!(k % 32 == 0 && xb.len() >= rows * k / 2);
+        let rb = fmt.row_bytes(k);
+        assert!(row0.len() >= rb && row1.len() >= rb);
+        macro_rules! go {
+            ($f:literal) => {
+                // SAFETY: AVX-512-BF16 checked by the caller (bf16_gemm::available
+                // implies AVX-512F; `available()` here gates BW and F16C); sizes above.
+                unsafe {
+                    let (a, b, x) = (row0.as_ptr(), row1.as_ptr(), xb.as_ptr());
+                    match rows {
+                        1 => dot2_dp::<$f, 1>(a, b, x, k, acc),
+                        2 => dot2_dp::<$f, 2>(a, b, x, k, acc),
+                        3 => dot2_dp::<$f, 3>(a, b, x, k, acc),
+                        4 => dot2_dp::<$f, 4>(a, b, x, k, acc),
+                        5 => dot2_dp::<$f, 5>(a, b, x, k, acc),
+                        6 => dot2_dp::<$f, 6>(a, b, x, k, acc),
+                        7 => dot2_dp::<$f, 7>(a, b, x, k, acc),
+                        _ => dot2_dp::<$f, 8>(a, b, x, k, acc),
+                    }
+                }
+            };
+        }
+        match fmt {
+            Fmt::Bf16 => go!(0),
+            Fmt::Q8_0 => go!(1),
+            Fmt::Q4K => go!(2),
+            Fmt::F32 => unreachable!("f32 weights take the f32 kernels"),
+        }
+    }
+
+    /// Weights `32 g .. 32 g + 32` of a row as 16 words of bf16 pairs, from
+    /// bf16 (`F = 0`), Q8_0 blocks (`F = 1`) or Q4_K super-blocks (`F = 2`).
+    #[inline]
+    #[target_feature(enable = "avx512f,avx512bw,avx512bf16,f16c")]
+    unsafe fn decode32<const F: u8>(row: *const u8, g: usize) -> __m512bh {
+        let pair = |lo: __m512, hi: __m512| _mm512_cvtne2ps_pbh(hi, lo);
+        match F {
+            0 => std::mem::transmute::<__m512i, __m512bh>(_mm512_loadu_si512(
+                row.add(64 * g) as *const __m512i
+            )),
+            1 => {
+                let blk = row.add(34 * g);
+                let d = _mm512_set1_ps(f16_at(blk));
+                let q = |o: usize| {
+                    _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(
+                        blk.add(o) as *const __m128i
+                    )))
+                };
+                pair(_mm512_mul_ps(q(2), d), _mm512_mul_ps(q(18), d))
+            }
+            _ => {
+                // Sub-block `sb` of super-block `g / 8`: the low (even `sb`)
+                // or high nibbles of 32 bytes, times d * scale, minus dmin * min.
+                let (blk, sb) = (row.add(144 * (g / 8)), g % 8);
+                let scales = std::slice::from_raw_parts(blk.add(4), 12);
+                let (sc, mn) = scale_min_k4(sb, scales);
+                let scale = _mm512_set1_ps(f16_at(blk) * sc as f32);
+                let shift = _mm512_set1_ps(-f16_at(blk.add(2)) * mn as f32);
+                let qs = blk.add(16 + 32 * (sb / 2));
+                let q = |o: usize| {
+                    let bytes = _mm512_cvtepu8_epi32(_mm_loadu_si128(qs.add(o) as *const __m128i));
+                    let nib = if sb % 2 == 0 {
+                        _mm512_and_si512(bytes, _mm512_set1_epi32(0xF))
+                    } else {
+                        _mm512_srli_epi32(bytes, 4)
+                    };
+                    _mm512_fmadd_ps(_mm512_cvtepi32_ps(nib), scale, shift)
+                };
+                pair(q(0), q(16))
+            }
+        }
+    }
+
+    #[inline]
+    #[target_feature(enable = "avx512f,avx512bw,avx512bf16,f16c")]
+    unsafe fn dp_rows<const R: usize>(s: &mut [__m512; R], w: __m512bh, xv: &[__m512i; R]) {
+        for r in 0..R {
+            s[r] = _mm512_dpbf16_ps(s[r], w, std::mem::transmute::<__m512i, __m512bh>(xv[r]));
+        }
+    }
+
+    /// Two weight rows by `R` input rows (bf16 pairs, `k / 2` words apart).
+    #[target_feature(enable = "avx512f,avx512bw,avx512bf16,f16c")]
+    unsafe fn dot2_dp<const F: u8, const R: usize>(
+        row0: *const u8,
+        row1: *const u8,
+        xb: *const u32,
+        k: usize,
+        acc: &mut [[f32; 8]; 2],
+    ) {
+        let words = k / 2;
+        let mut s0 = [_mm512_setzero_ps(); R];
+        let mut s1 = [_mm512_setzero_ps(); R];
+        for g in 0..k / 32 {
+            let mut xv = [_mm512_setzero_si512(); R];
+            for (r, v) in xv.iter_mut().enumerate() {
+                *v = _mm512_loadu_si512(xb.add(r * words + 16 * g) as *const __m512i);
+            }
+            dp_rows::<R>(&mut s0, decode32::<F>(row0, g), &xv);
+            dp_rows::<R>(&mut s1, decode32::<F>(row1, g), &xv);
+        }
+        for r in 0..R {
+            acc[0][r] = _mm512_reduce_add_ps(s0[r]);
+            acc[1][r] = _mm512_reduce_add_ps(s1[r]);
+        }
+    }
+
     #[inline(always)]
     fn scale_min_k4(j: usize, q: &[u8]) -> (u8, u8) {
         if j < 4 {
@@ -1118,6 +1201,17 @@ mod simd {
     }
     pub fn dot4(_: Fmt, _: &[u8], _: usize, _: &[f32], _: usize, _: usize, _: &mut [[f32; 4]; 4]) {
         unreachable!("gated by available()")
+    }
+    pub fn dot2_bf16(
+        _: Fmt,
+        _: &[u8],
+        _: &[u8],
+        _: &[u32],
+        _: usize,
+        _: usize,
+        _: &mut [[f32; 8]; 2],
+    ) {
+        unreachable!("gated by bf16_gemm::available()")
     }
 }
 

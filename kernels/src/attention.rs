@@ -9,12 +9,39 @@ use crate::math::fast_exp;
 use rayon::prelude::*;
 
 /// One of q, k, v: value `d` of head `h` at position `i` is
-/// `data[i * row + h * head + d]`.
+/// `data[i * row + h * head + d]`. Queries are f32; keys and values may
+/// also be bf16 (a bf16 cache: the GEMM rounds them to bf16 anyway).
 #[derive(Clone, Copy)]
-pub struct Heads<'a> {
-    pub data: &'a [f32],
+pub struct Heads<'a, T = f32> {
+    pub data: &'a [T],
     pub row: usize,
     pub head: usize,
+}
+
+/// Element types of keys and values.
+pub trait KvElement: Copy + Sync {
+    /// Keys as the right side of `q kᵀ`.
+    fn rows(data: &[Self], ld: usize) -> Rhs<'_>;
+    /// Values as the right side of `p v`.
+    fn cols(data: &[Self], ld: usize) -> Rhs<'_>;
+}
+
+impl KvElement for f32 {
+    fn rows(data: &[f32], ld: usize) -> Rhs<'_> {
+        Rhs::F32Rows { data, ld }
+    }
+    fn cols(data: &[f32], ld: usize) -> Rhs<'_> {
+        Rhs::F32Cols { data, ld }
+    }
+}
+
+impl KvElement for half::bf16 {
+    fn rows(data: &[half::bf16], ld: usize) -> Rhs<'_> {
+        Rhs::Bf16Rows { data, ld }
+    }
+    fn cols(data: &[half::bf16], ld: usize) -> Rhs<'_> {
+        Rhs::Bf16Cols { data, ld }
+    }
 }
 
 /// Shapes of one attention call.
@@ -44,11 +71,11 @@ const BLOCK: usize = 64;
 ///
 /// # Panics
 /// If a view is too short for the shape.
-pub fn attention(
+pub fn attention<T: KvElement>(
     s: &AttentionShape,
     q: Heads,
-    k: Heads,
-    v: Heads,
+    k: Heads<T>,
+    v: Heads<T>,
     out: &mut [f32],
     out_row: usize,
 ) {
@@ -77,10 +104,7 @@ pub fn attention(
             let g = h / group;
             scores.resize(rows * keys, 0.0);
             let sc = &mut scores[..rows * keys];
-            let kr = Rhs::F32Rows {
-                data: &k.data[g * k.head..],
-                ld: k.row,
-            };
+            let kr = T::rows(&k.data[g * k.head..], k.row);
             bf16_gemm::gemm(
                 rows,
                 keys,
@@ -98,10 +122,7 @@ pub fn attention(
                 softmax_scaled(&mut row[..seen], s.scale);
                 row[seen..].fill(0.0);
             }
-            let vc = Rhs::F32Cols {
-                data: &v.data[g * v.head..],
-                ld: v.row,
-            };
+            let vc = T::cols(&v.data[g * v.head..], v.row);
             // SAFETY: rows i0..i0+rows, columns h*hd..(h+1)*hd of `out` belong
             // to this task alone; the length was checked above.
             let dst = unsafe {
@@ -116,9 +137,50 @@ pub fn attention(
 
 /// `x = softmax(x * scale)` in place.
 fn softmax_scaled(x: &mut [f32], scale: f32) {
-    let max = x.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v)) * scale;
-    let mut sum = 0f32;
-    for v in x.iter_mut() {
+    #[cfg(target_arch = "x86_64")]
+    if is_x86_feature_detected!("avx512f") {
+        // SAFETY: the CPU feature was just detected.
+        return unsafe { softmax_scaled_avx512(x, scale) };
+    }
+    softmax_lanes(x, scale)
+}
+
+/// The same code compiled for AVX-512, where its lanes become one register.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn softmax_scaled_avx512(x: &mut [f32], scale: f32) {
+    softmax_lanes(x, scale)
+}
+
+/// Max and sum kept in 16 independent lanes: a single running f32 sum is
+/// a serial dependency the compiler may not reorder, which would leave the
+/// exponentials scalar.
+#[inline(always)]
+fn softmax_lanes(x: &mut [f32], scale: f32) {
+    const L: usize = 16;
+    let bigger = |a: f32, b: f32| if b > a { b } else { a };
+    let mut lanes = [f32::NEG_INFINITY; L];
+    let mut chunks = x.chunks_exact(L);
+    for c in &mut chunks {
+        for (m, &v) in lanes.iter_mut().zip(c) {
+            *m = bigger(*m, v);
+        }
+    }
+    let max = chunks
+        .remainder()
+        .iter()
+        .fold(f32::NEG_INFINITY, |a, &b| bigger(a, b));
+    let max = lanes.iter().fold(max, |a, &b| bigger(a, b)) * scale;
+    let mut sums = [0f32; L];
+    let mut chunks = x.chunks_exact_mut(L);
+    for c in &mut chunks {
+        for (s, v) in sums.iter_mut().zip(c.iter_mut()) {
+            *v = fast_exp(*v * scale - max);
+            *s += *v;
+        }
+    }
+    let mut sum: f32 = sums.iter().sum();
+    for v in chunks.into_remainder() {
         *v = fast_exp(*v * scale - max);
         sum += *v;
     }
@@ -174,6 +236,18 @@ mod tests {
             &mut out,
             q_row,
         );
+        // A bf16 key/value cache gives the very same result: the GEMM
+        // rounds keys and values to bf16 either way.
+        let kb: Vec<half::bf16> = k.iter().map(|&x| half::bf16::from_f32(x)).collect();
+        let vb: Vec<half::bf16> = v.iter().map(|&x| half::bf16::from_f32(x)).collect();
+        let mut out_b = vec![0f32; t * q_row];
+        let kvb = |data| Heads {
+            data,
+            row: hd,
+            head: keys * hd,
+        };
+        attention(&shape, qh, kvb(&kb), kvb(&vb), &mut out_b, q_row);
+        assert_eq!(out, out_b);
         let r = |x: f32| half::bf16::from_f32(x).to_f32();
         for h in 0..heads {
             let g = h / 2;

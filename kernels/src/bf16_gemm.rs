@@ -10,8 +10,9 @@
 //!
 //! The right side comes in the layouts the callers have without a copy:
 //! weight rows (`[n, k]`, bf16 or f32, or produced on demand by dequantising
-//! a quantised row) or columns (`[k, n]`, an im2col matrix or attention
-//! values).
+//! a quantised row) or columns (`[k, n]`: attention values, or rows found
+//! where the caller keeps them, as the shifted input planes of a
+//! convolution, so no im2col matrix is ever written out).
 
 use half::bf16;
 use rayon::prelude::*;
@@ -32,11 +33,17 @@ pub enum Rhs<'a> {
     /// Row `j` is `data[j * ld..][..k]` (an f32 weight or activations).
     F32Rows { data: &'a [f32], ld: usize },
     /// Column-major `B`: value `(j, l)` is `data[l * ld + j]` (`Bᵀ` stored
-    /// row-major, e.g. an im2col matrix `[k, n]`).
+    /// row-major, e.g. attention values `[keys, head_dim]`).
     F32Cols { data: &'a [f32], ld: usize },
+    /// The same in bf16 (values of a bf16 key/value cache).
+    Bf16Cols { data: &'a [bf16], ld: usize },
     /// Rows made on demand: `f(j, l0, out)` writes values `l0..l0 + out.len()`
     /// of row `j`. `l0` is always a multiple of 256.
     Rows(&'a (dyn Fn(usize, usize, &mut [f32]) + Sync)),
+    /// Column-major `B` whose `k` rows lie wherever the caller keeps them:
+    /// value `(j, l)` is `f(l)[j]` (e.g. each tap of a convolution as a
+    /// shifted view of a zero-padded input plane).
+    ColRows(&'a (dyn Fn(usize) -> &'a [f32] + Sync)),
 }
 
 impl Rhs<'_> {
@@ -54,7 +61,17 @@ impl Rhs<'_> {
                     *o = data[(l0 + i) * ld + j];
                 }
             }
+            Rhs::Bf16Cols { data, ld } => {
+                for (i, o) in out.iter_mut().enumerate() {
+                    *o = data[(l0 + i) * ld + j].to_f32();
+                }
+            }
             Rhs::Rows(f) => f(j, l0, out),
+            Rhs::ColRows(f) => {
+                for (i, o) in out.iter_mut().enumerate() {
+                    *o = f(l0 + i)[j];
+                }
+            }
         }
     }
 }
@@ -99,21 +116,65 @@ pub fn gemm(
     accumulate: bool,
     parallel: bool,
 ) {
+    let runs = Runs { run: n, skip: 0 };
+    gemm_runs(m, n, k, a, lda, rhs, c, ldc, accumulate, parallel, runs)
+}
+
+/// Which of the `n` columns of a product are stored, and where: runs of
+/// `run` columns, each followed by `skip` columns that are computed but
+/// dropped. Column `j` lands at `(j / (run + skip)) * run + j % (run + skip)`
+/// of its row of `c`. A 3x3 convolution over zero-padded rows has two junk
+/// columns at the end of each output row: `Runs { run: w, skip: 2 }`.
+#[derive(Clone, Copy, Debug)]
+pub struct Runs {
+    pub run: usize,
+    pub skip: usize,
+}
+
+impl Runs {
+    /// Columns stored out of `n`.
+    fn stored(&self, n: usize) -> usize {
+        let period = self.run + self.skip;
+        n / period * self.run + (n % period).min(self.run)
+    }
+}
+
+/// [`gemm`] storing only some columns of the product (see [`Runs`]).
+///
+/// # Panics
+/// As [`gemm`], and if `runs.run` is zero.
+#[allow(clippy::too_many_arguments)]
+pub fn gemm_runs(
+    m: usize,
+    n: usize,
+    k: usize,
+    a: &[f32],
+    lda: usize,
+    rhs: &Rhs,
+    c: &mut [f32],
+    ldc: usize,
+    accumulate: bool,
+    parallel: bool,
+    runs: Runs,
+) {
     if m == 0 || n == 0 {
         return;
     }
+    assert!(runs.run > 0, "gemm: empty runs");
+    let stored = runs.stored(n);
     assert!(a.len() >= (m - 1) * lda + k, "gemm: left side too short");
-    assert!(c.len() >= (m - 1) * ldc + n, "gemm: output too short");
+    assert!(c.len() >= (m - 1) * ldc + stored, "gemm: output too short");
     match rhs {
         Rhs::Bf16Rows { data, ld } => assert!(data.len() >= (n - 1) * ld + k),
         Rhs::F32Rows { data, ld } => assert!(data.len() >= (n - 1) * ld + k),
         Rhs::F32Cols { data, ld } => assert!(k == 0 || data.len() >= (k - 1) * ld + n),
-        Rhs::Rows(_) => {}
+        Rhs::Bf16Cols { data, ld } => assert!(k == 0 || data.len() >= (k - 1) * ld + n),
+        Rhs::Rows(_) | Rhs::ColRows(_) => {}
     }
     if k == 0 {
         if !accumulate {
             for i in 0..m {
-                c[i * ldc..i * ldc + n].fill(0.0);
+                c[i * ldc..i * ldc + stored].fill(0.0);
             }
         }
         return;
@@ -121,10 +182,40 @@ pub fn gemm(
     #[cfg(target_arch = "x86_64")]
     if available() {
         // SAFETY: the CPU has the instructions; the shapes were checked above.
-        unsafe { blocked(m, n, k, a, lda, rhs, c, ldc, accumulate, parallel) };
+        unsafe { blocked(m, n, k, a, lda, rhs, c, ldc, accumulate, parallel, runs) };
         return;
     }
-    reference(m, n, k, a, lda, rhs, c, ldc, accumulate);
+    reference(m, n, k, a, lda, rhs, c, ldc, accumulate, runs);
+}
+
+/// Stores columns `j0..j0 + src.len()` of one row of the product into
+/// `dst_row` (a row of `c`) as `runs` says, adding when `accumulate`.
+///
+/// # Safety
+/// `dst_row` is valid for the stored columns of this range.
+#[inline(always)]
+unsafe fn store_row(dst_row: *mut f32, src: &[f32], j0: usize, runs: Runs, accumulate: bool) {
+    let period = runs.run + runs.skip;
+    let mut q = 0;
+    while q < src.len() {
+        let (j, left) = (j0 + q, src.len() - q);
+        let (band, col) = (j / period, j % period);
+        if col >= runs.run {
+            q += (period - col).min(left);
+            continue;
+        }
+        let len = (runs.run - col).min(left);
+        let dst = std::slice::from_raw_parts_mut(dst_row.add(band * runs.run + col), len);
+        let src = &src[q..q + len];
+        if accumulate {
+            for (d, s) in dst.iter_mut().zip(src) {
+                *d += s;
+            }
+        } else {
+            dst.copy_from_slice(src);
+        }
+        q += len;
+    }
 }
 
 /// The same sums, one row of `B` at a time (other CPUs, and the tests' reference).
@@ -139,6 +230,7 @@ fn reference(
     c: &mut [f32],
     ldc: usize,
     accumulate: bool,
+    runs: Runs,
 ) {
     let round = |x: f32| f32::from_bits(bits(x) << 16);
     let ar: Vec<f32> = (0..m)
@@ -153,13 +245,18 @@ fn reference(
         for v in row.iter_mut() {
             *v = round(*v);
         }
+        let period = runs.run + runs.skip;
+        if j % period >= runs.run {
+            continue;
+        }
+        let col = j / period * runs.run + j % period;
         for i in 0..m {
             let s: f32 = ar[i * k..(i + 1) * k]
                 .iter()
                 .zip(&row)
                 .map(|(x, y)| x * y)
                 .sum();
-            let o = &mut c[i * ldc + j];
+            let o = &mut c[i * ldc + col];
             *o = if accumulate { *o + s } else { s };
         }
     }
@@ -191,6 +288,7 @@ unsafe fn blocked(
     ldc: usize,
     accumulate: bool,
     parallel: bool,
+    runs: Runs,
 ) {
     let m_panels = m.div_ceil(MR);
     let n_panels = n.div_ceil(NR);
@@ -246,16 +344,15 @@ unsafe fn blocked(
             }
         }
         for i in 0..m {
-            // SAFETY: row i, columns j0..j0+nr of `c` belong to this task.
-            let dst = std::slice::from_raw_parts_mut(c_ptr.0.add(i * ldc + j0), nr);
-            let src = &strip[i * SLD..i * SLD + nr];
-            if accumulate {
-                for (d, s) in dst.iter_mut().zip(src) {
-                    *d += s;
-                }
-            } else {
-                dst.copy_from_slice(src);
-            }
+            // SAFETY: row i, the stored columns of j0..j0+nr of `c` belong
+            // to this task; the length was checked by gemm_runs.
+            store_row(
+                c_ptr.0.add(i * ldc),
+                &strip[i * SLD..i * SLD + nr],
+                j0,
+                runs,
+                accumulate,
+            );
         }
     };
     let init = || {
@@ -410,34 +507,64 @@ unsafe fn pack_b(
                 }
             }
         }
-        Rhs::F32Cols { data, ld } => {
-            // Round to nearest even in integer arithmetic (vectorises; finite
-            // values as `bits`): the bf16 is the upper half of the sum.
-            let up = |x: f32| {
-                let u = x.to_bits();
-                u.wrapping_add(0x7fff + ((u >> 16) & 1))
-            };
+        Rhs::F32Cols { data, ld } => pack_cols(|l| &data[l * ld..], j0, nr, l0, kc, dst),
+        Rhs::Bf16Cols { data, ld } => {
+            // Already bf16: pairs of rows interleaved as they are.
             for p in 0..kp {
                 let lo = &data[(l0 + 2 * p) * ld + j0..][..nr];
                 let d = &mut dst[p * NR..p * NR + nr];
                 if 2 * p + 1 < kc {
                     let hi = &data[(l0 + 2 * p + 1) * ld + j0..][..nr];
-                    for ((d, &x), &y) in d.iter_mut().zip(lo).zip(hi) {
-                        *d = up(x) >> 16 | up(y) & 0xffff_0000;
+                    for ((d, x), y) in d.iter_mut().zip(lo).zip(hi) {
+                        *d = x.to_bits() as u32 | (y.to_bits() as u32) << 16;
                     }
                 } else {
-                    for (d, &x) in d.iter_mut().zip(lo) {
-                        *d = up(x) >> 16;
+                    for (d, x) in d.iter_mut().zip(lo) {
+                        *d = x.to_bits() as u32;
                     }
                 }
             }
         }
+        Rhs::ColRows(f) => pack_cols(f, j0, nr, l0, kc, dst),
     }
     // Columns of missing rows are zeros (the bf16 transposes fill them with
     // copies of row j0, the others leave them as they were).
     if nr < NR {
         for p in 0..kp {
             dst[p * NR + nr..(p + 1) * NR].fill(0);
+        }
+    }
+}
+
+/// Column-major values `(j0 + q, l0 + r)` = `row(l0 + r)[j0 + q]` into
+/// [pair][NR] words, `q < nr`, `r < kc`.
+#[inline(always)]
+fn pack_cols<'a>(
+    row: impl Fn(usize) -> &'a [f32],
+    j0: usize,
+    nr: usize,
+    l0: usize,
+    kc: usize,
+    dst: &mut [u32],
+) {
+    // Round to nearest even in integer arithmetic (vectorises; finite
+    // values as `bits`): the bf16 is the upper half of the sum.
+    let up = |x: f32| {
+        let u = x.to_bits();
+        u.wrapping_add(0x7fff + ((u >> 16) & 1))
+    };
+    for p in 0..kc.div_ceil(2) {
+        let lo = &row(l0 + 2 * p)[j0..j0 + nr];
+        let d = &mut dst[p * NR..p * NR + nr];
+        if 2 * p + 1 < kc {
+            let hi = &row(l0 + 2 * p + 1)[j0..j0 + nr];
+            for ((d, &x), &y) in d.iter_mut().zip(lo).zip(hi) {
+                *d = up(x) >> 16 | up(y) & 0xffff_0000;
+            }
+        } else {
+            for (d, &x) in d.iter_mut().zip(lo) {
+                *d = up(x) >> 16;
+            }
         }
     }
 }
@@ -568,14 +695,18 @@ mod tests {
             let want = exact(m, n, k, &a, &b);
             let bt: Vec<f32> = (0..k * n).map(|i| b[(i % n) * k + i / n]).collect();
             let bb: Vec<bf16> = b.iter().map(|&x| bf16::from_f32(x)).collect();
+            let btb: Vec<bf16> = bt.iter().map(|&x| bf16::from_f32(x)).collect();
             let rows = |j: usize, l0: usize, out: &mut [f32]| {
                 out.copy_from_slice(&b[j * k + l0..j * k + l0 + out.len()])
             };
+            let col_rows = |l: usize| &bt[l * n..(l + 1) * n];
             let layouts = [
                 Rhs::F32Rows { data: &b, ld: k },
                 Rhs::Bf16Rows { data: &bb, ld: k },
                 Rhs::F32Cols { data: &bt, ld: n },
+                Rhs::Bf16Cols { data: &btb, ld: n },
                 Rhs::Rows(&rows),
+                Rhs::ColRows(&col_rows),
             ];
             let tol = 1e-5 * (k as f32).sqrt();
             for rhs in &layouts {
@@ -584,12 +715,54 @@ mod tests {
                     gemm(m, n, k, &a, k, rhs, &mut c, n, false, parallel);
                     assert!(max_err(&c, &want) < tol, "{m}x{n}x{k}");
                     let mut r = vec![0f32; m * n];
-                    reference(m, n, k, &a, k, rhs, &mut r, n, false);
+                    reference(
+                        m,
+                        n,
+                        k,
+                        &a,
+                        k,
+                        rhs,
+                        &mut r,
+                        n,
+                        false,
+                        Runs { run: n, skip: 0 },
+                    );
                     assert!(max_err(&r, &want) < tol, "reference {m}x{n}x{k}");
                     // Accumulating adds the same sums again.
                     gemm(m, n, k, &a, k, rhs, &mut c, n, true, parallel);
                     let twice: Vec<f32> = want.iter().map(|x| 2.0 * x).collect();
                     assert!(max_err(&c, &twice) < 2.0 * tol, "accumulate {m}x{n}x{k}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn runs_store_only_their_columns() {
+        // Rows of 5 stored columns, each followed by 2 dropped ones.
+        let (m, n, k, runs) = (7, 68, 40, Runs { run: 5, skip: 2 });
+        let stored = runs.stored(n);
+        assert_eq!(stored, 9 * 5 + 5);
+        let a = data(m * k, 5);
+        let b = data(n * k, 6);
+        let want = exact(m, n, k, &a, &b);
+        let ldc = stored + 3;
+        for parallel in [false, true] {
+            let mut c = vec![7f32; m * ldc];
+            let rhs = Rhs::F32Rows { data: &b, ld: k };
+            gemm_runs(m, n, k, &a, k, &rhs, &mut c, ldc, false, parallel, runs);
+            let mut r = vec![7f32; m * ldc];
+            reference(m, n, k, &a, k, &rhs, &mut r, ldc, false, runs);
+            for out in [&c, &r] {
+                for i in 0..m {
+                    let kept: Vec<f32> = (0..n)
+                        .filter(|j| j % 7 < 5)
+                        .map(|j| want[i * n + j])
+                        .collect();
+                    assert!(max_err(&out[i * ldc..i * ldc + stored], &kept) < 1e-4);
+                    assert!(out[i * ldc + stored..(i + 1) * ldc]
+                        .iter()
+                        .all(|&x| x == 7.0));
                 }
             }
         }

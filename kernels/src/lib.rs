@@ -7,5 +7,6 @@
 
 pub mod attention;
 pub mod bf16_gemm;
+pub mod blocks;
 pub mod math;
 pub mod tensor;

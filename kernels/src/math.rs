@@ -9,8 +9,11 @@ pub fn fast_exp(x: f32) -> f32 {
     const LN2_HI: f32 = 0.693_359_4;
     const LN2_LO: f32 = -2.121_944_4e-4;
     let x = x.clamp(-87.3, 88.7);
-    // Round to nearest through the 1.5 * 2^23 trick (no `round` call).
-    let n = (x * LOG2E + 12_582_912.0) - 12_582_912.0;
+    // Round to nearest through the 1.5 * 2^23 trick (no `round` call); the
+    // integer is read from the sum's low mantissa bits, not with `as i32`,
+    // whose saturating conversion keeps loops from vectorising.
+    let shifted = x * LOG2E + 12_582_912.0;
+    let n = shifted - 12_582_912.0;
     let r = x - n * LN2_HI - n * LN2_LO;
     let p = 1.987_569_1e-4;
     let p = p * r + 1.398_199_9e-3;
@@ -19,7 +22,8 @@ pub fn fast_exp(x: f32) -> f32 {
     let p = p * r + 1.666_666_6e-1;
     let p = p * r + 0.5;
     let e = p * r * r + r + 1.0;
-    let scale = f32::from_bits(((n as i32 + 127) as u32) << 23);
+    let exponent = shifted.to_bits().wrapping_sub(0x4B40_0000 - 127);
+    let scale = f32::from_bits(exponent << 23);
     e * scale
 }
 

@@ -17,6 +17,31 @@ pub fn with_cpu_slice<T: WithDType, R>(t: &Tensor, f: impl FnOnce(&[T]) -> R) ->
     }
 }
 
+/// `len` zeros, for a large output buffer about to be written once.
+///
+/// Buffers of tens of megabytes (activations, image planes) are fresh
+/// memory from the kernel at every allocation, and filling them costs one
+/// page fault per 4 KiB: a quarter of the VQ decoder's time. On Linux the
+/// buffer is marked for transparent huge pages (where the system allows them
+/// on request), so it faults in 2 MiB at a time.
+pub fn zeroed(len: usize) -> Vec<f32> {
+    let v = vec![0f32; len];
+    #[cfg(target_os = "linux")]
+    {
+        const HUGE: usize = 2 << 20;
+        let (start, bytes) = (v.as_ptr() as usize, len * 4);
+        if bytes >= 2 * HUGE {
+            // The whole 2 MiB pages inside the buffer.
+            let first = start.next_multiple_of(HUGE);
+            let end = (start + bytes) / HUGE * HUGE;
+            // SAFETY: a hint on memory this Vec owns; it changes no contents
+            // (fresh zero pages stay zero). Failure only loses the hint.
+            unsafe { libc::madvise(first as *mut libc::c_void, end - first, libc::MADV_HUGEPAGE) };
+        }
+    }
+    v
+}
+
 /// `x [.., k]` as contiguous f32 rows (converted to f32 first if needed):
 /// `f(rows, m, out)` fills `out`, `m` rows of `n` values, which is returned
 /// as a CPU tensor `[.., n]`. The shape plumbing of every row-wise kernel
@@ -37,7 +62,7 @@ pub fn map_rows(
         x.to_dtype(DType::F32)?
     };
     let m = x.elem_count() / k.max(1);
-    let mut out = vec![0f32; m * n];
+    let mut out = zeroed(m * n);
     with_cpu_slice(&x, |xv| f(xv, m, &mut out))??;
     let mut out_dims = dims;
     *out_dims.last_mut().expect("rank >= 1") = n;

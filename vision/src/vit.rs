@@ -1,5 +1,7 @@
-use candle_core::{DType, Module, Result, Tensor};
+use candle_core::quantized::{GgmlDType, QTensor};
+use candle_core::{DType, Device, Module, Result, Tensor};
 use candle_nn::{layer_norm, Conv2d, Conv2dConfig, LayerNorm, LayerNormConfig, VarBuilder};
+use janus_kernels::blocks::{dequant_row, is_broadcast_view, quantize_rows};
 use janus_kernels::tensor::{map_rows, with_cpu_slice};
 
 /// Sizes of a SigLIP ViT. `layers` is the number of blocks actually built,
@@ -61,21 +63,58 @@ fn ln(size: usize, vb: VarBuilder) -> Result<LayerNorm> {
     )
 }
 
-/// `y = x W^T + b`. With bf16 weights on the CPU the weight is widened to f32
-/// for each call (the ViT always multiplies hundreds of rows, so the widening
-/// is a small part of the matmul) and only the bf16 copy is kept.
+/// `y = x W^T + b`. With bf16 or quantised weights on the CPU only that
+/// copy is kept: the bf16 GEMM reads it directly (dequantising q8_0 blocks
+/// panel by panel), and elsewhere it is widened to f32 for each call (the
+/// ViT always multiplies hundreds of rows, so the widening is a small part
+/// of the matmul).
 struct Linear {
-    weight: Tensor,
+    weight: Weight,
     bias: Tensor,
 }
 
+enum Weight {
+    Dense(Tensor),
+    /// GGUF blocks `[out, in]` (see [`SiglipVit::load_quantized`]).
+    Quantized(QTensor),
+}
+
 impl Linear {
-    fn load(in_dim: usize, out_dim: usize, vb: VarBuilder) -> Result<Self> {
+    fn load(
+        in_dim: usize,
+        out_dim: usize,
+        vb: VarBuilder,
+        quant: Option<GgmlDType>,
+    ) -> Result<Self> {
         let act = activation_dtype(&vb);
+        let w = vb.get((out_dim, in_dim), "weight")?;
+        let weight = match quant {
+            Some(q)
+                if w.device().is_cpu()
+                    && !is_broadcast_view(&w)
+                    && in_dim % q.block_size() == 0 =>
+            {
+                Weight::Quantized(quantize_rows(&w, q)?)
+            }
+            _ => Weight::Dense(w),
+        };
         Ok(Self {
-            weight: vb.get((out_dim, in_dim), "weight")?,
+            weight,
             bias: vb.get(out_dim, "bias")?.to_dtype(act)?,
         })
+    }
+
+    /// Whether `x` goes through the bf16 GEMM (bf16 or quantised weight,
+    /// f32 activations on a CPU that has it).
+    fn fast(&self, x: &Tensor) -> bool {
+        let weight_ok = match &self.weight {
+            Weight::Dense(w) => w.dtype() == DType::BF16,
+            Weight::Quantized(q) => matches!(q.dtype(), GgmlDType::Q8_0 | GgmlDType::Q4K),
+        };
+        weight_ok
+            && x.dtype() == DType::F32
+            && x.device().is_cpu()
+            && janus_kernels::bf16_gemm::available()
     }
 }
 
@@ -113,63 +152,69 @@ fn gelu_erf(x: f32) -> f32 {
     0.5 * x * (1.0 + erf_abs.copysign(x))
 }
 
-/// bf16 compute on the CPU: a bf16 weight and f32 activations go through
-/// the bf16 GEMM (activations rounded to bf16, f32 sums, as PyTorch bf16).
-fn fast(weight: &Tensor, x: &Tensor) -> bool {
-    weight.dtype() == DType::BF16
-        && x.dtype() == DType::F32
-        && x.device().is_cpu()
-        && janus_kernels::bf16_gemm::available()
-}
-
 impl Linear {
-    /// `x W^T + b` through the bf16 GEMM, then exact-form GELU when `gelu`
-    /// (bias and activation in one pass over the output).
+    /// `x W^T + b` through the bf16 GEMM (activations rounded to bf16, f32
+    /// sums, as PyTorch bf16), then exact-form GELU when `gelu` (bias and
+    /// activation in one pass over the output).
     fn forward_bf16(&self, x: &Tensor, gelu: bool) -> Result<Tensor> {
         use janus_kernels::bf16_gemm::{gemm, Rhs};
         use rayon::prelude::*;
-        let (n, k) = self.weight.dims2()?;
-        with_cpu_slice::<half::bf16, _>(&self.weight, |wv| {
+        let run = |rhs: &Rhs, n: usize, k: usize| {
             with_cpu_slice::<f32, _>(&self.bias, |bias| {
                 map_rows(x, k, n, |xv, m, out| {
-                    gemm(
-                        m,
-                        n,
-                        k,
-                        xv,
-                        k,
-                        &Rhs::Bf16Rows { data: wv, ld: k },
-                        out,
-                        n,
-                        false,
-                        true,
-                    );
+                    gemm(m, n, k, xv, k, rhs, out, n, false, true);
+                    // Two loops, not a branch per element, so each vectorises.
                     out.par_chunks_mut(n).for_each(|row| {
-                        for (y, &b) in row.iter_mut().zip(bias) {
-                            *y = if gelu { gelu_erf(*y + b) } else { *y + b };
+                        if gelu {
+                            for (y, &b) in row.iter_mut().zip(bias) {
+                                *y = gelu_erf(*y + b);
+                            }
+                        } else {
+                            for (y, &b) in row.iter_mut().zip(bias) {
+                                *y += b;
+                            }
                         }
                     });
                     Ok(())
                 })
-            })
-        })??
+            })?
+        };
+        match &self.weight {
+            Weight::Dense(w) => {
+                let (n, k) = w.dims2()?;
+                with_cpu_slice::<half::bf16, _>(w, |wv| {
+                    run(&Rhs::Bf16Rows { data: wv, ld: k }, n, k)
+                })?
+            }
+            Weight::Quantized(q) => {
+                use candle_core::quantized::k_quants::{BlockQ4K, BlockQ8_0};
+                let (n, k) = q.shape().dims2()?;
+                let data = q.data()?;
+                let row: &(dyn Fn(usize, usize, &mut [f32]) + Sync) = match q.dtype() {
+                    GgmlDType::Q8_0 => &|j, l0, out| dequant_row::<BlockQ8_0>(&data, k, j, l0, out),
+                    _ => &|j, l0, out| dequant_row::<BlockQ4K>(&data, k, j, l0, out),
+                };
+                run(&Rhs::Rows(row), n, k)
+            }
+        }
     }
 }
 
 impl Module for Linear {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        if fast(&self.weight, x) {
+        if self.fast(x) {
             return self.forward_bf16(x, false);
         }
-        let w = if self.weight.dtype() == x.dtype() {
-            self.weight.clone()
-        } else if self.weight.dtype() == DType::BF16
-            && x.dtype() == DType::F32
-            && x.device().is_cpu()
-        {
-            widen_bf16(&self.weight)?
+        let w = match &self.weight {
+            Weight::Dense(w) => w.clone(),
+            Weight::Quantized(q) => q.dequantize(&Device::Cpu)?.to_device(x.device())?,
+        };
+        let w = if w.dtype() == x.dtype() {
+            w
+        } else if w.dtype() == DType::BF16 && x.dtype() == DType::F32 && x.device().is_cpu() {
+            widen_bf16(&w)?
         } else {
-            self.weight.to_dtype(x.dtype())?
+            w.to_dtype(x.dtype())?
         };
         // As candle_nn::Linear: a batch-broadcast transposed weight.
         let w = match *x.dims() {
@@ -189,11 +234,11 @@ struct Attention {
 }
 
 impl Attention {
-    fn load(vb: VarBuilder, cfg: &SiglipVitConfig) -> Result<Self> {
+    fn load(vb: VarBuilder, cfg: &SiglipVitConfig, quant: Option<GgmlDType>) -> Result<Self> {
         let head_dim = cfg.width / cfg.heads;
         Ok(Self {
-            qkv: Linear::load(cfg.width, 3 * cfg.width, vb.pp("qkv"))?,
-            proj: Linear::load(cfg.width, cfg.width, vb.pp("proj"))?,
+            qkv: Linear::load(cfg.width, 3 * cfg.width, vb.pp("qkv"), quant)?,
+            proj: Linear::load(cfg.width, cfg.width, vb.pp("proj"), quant)?,
             heads: cfg.heads,
             scale: (head_dim as f64).powf(-0.5),
         })
@@ -202,7 +247,7 @@ impl Attention {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let (b, n, c) = x.dims3()?;
         let head_dim = c / self.heads;
-        if fast(&self.qkv.weight, x) {
+        if self.qkv.fast(x) {
             return self
                 .proj
                 .forward(&self.attention_bf16(&self.qkv.forward(x)?)?);
@@ -259,17 +304,17 @@ struct Mlp {
 }
 
 impl Mlp {
-    fn load(vb: VarBuilder, cfg: &SiglipVitConfig) -> Result<Self> {
+    fn load(vb: VarBuilder, cfg: &SiglipVitConfig, quant: Option<GgmlDType>) -> Result<Self> {
         let hidden = cfg.mlp_hidden();
         Ok(Self {
-            fc1: Linear::load(cfg.width, hidden, vb.pp("fc1"))?,
-            fc2: Linear::load(hidden, cfg.width, vb.pp("fc2"))?,
+            fc1: Linear::load(cfg.width, hidden, vb.pp("fc1"), quant)?,
+            fc2: Linear::load(hidden, cfg.width, vb.pp("fc2"), quant)?,
         })
     }
 
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         // nn.GELU() default: the exact erf form, not the tanh approximation.
-        if fast(&self.fc1.weight, x) {
+        if self.fc1.fast(x) {
             return self.fc2.forward(&self.fc1.forward_bf16(x, true)?);
         }
         self.fc2.forward(&self.fc1.forward(x)?.gelu_erf()?)
@@ -284,12 +329,12 @@ struct Block {
 }
 
 impl Block {
-    fn load(vb: VarBuilder, cfg: &SiglipVitConfig) -> Result<Self> {
+    fn load(vb: VarBuilder, cfg: &SiglipVitConfig, quant: Option<GgmlDType>) -> Result<Self> {
         Ok(Self {
             norm1: ln(cfg.width, vb.pp("norm1"))?,
-            attn: Attention::load(vb.pp("attn"), cfg)?,
+            attn: Attention::load(vb.pp("attn"), cfg, quant)?,
             norm2: ln(cfg.width, vb.pp("norm2"))?,
-            mlp: Mlp::load(vb.pp("mlp"), cfg)?,
+            mlp: Mlp::load(vb.pp("mlp"), cfg, quant)?,
         })
     }
 
@@ -312,6 +357,16 @@ pub struct SiglipVit {
 impl SiglipVit {
     /// Loads from the `vision_model.vision_tower` prefix of a Janus checkpoint.
     pub fn load(vb: VarBuilder, cfg: &SiglipVitConfig) -> Result<Self> {
+        Self::load_quantized(vb, cfg, None)
+    }
+
+    /// As [`SiglipVit::load`], with the blocks' linear weights quantised to
+    /// `quant` (GGUF q8_0 or q4_K blocks) as they are read, on the CPU.
+    pub fn load_quantized(
+        vb: VarBuilder,
+        cfg: &SiglipVitConfig,
+        quant: Option<GgmlDType>,
+    ) -> Result<Self> {
         let conv_cfg = Conv2dConfig {
             stride: cfg.patch_size,
             ..Default::default()
@@ -331,7 +386,7 @@ impl SiglipVit {
             .set_dtype(act)
             .get((1, cfg.num_patches(), cfg.width), "pos_embed")?;
         let blocks = (0..cfg.layers)
-            .map(|i| Block::load(vb.pp(format!("blocks.{i}")), cfg))
+            .map(|i| Block::load(vb.pp(format!("blocks.{i}")), cfg, quant))
             .collect::<Result<Vec<_>>>()?;
         let norm = ln(cfg.width, vb.pp("norm"))?;
         Ok(Self {

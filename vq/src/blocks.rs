@@ -3,7 +3,7 @@
 use candle_core::{DType, Module, Result, Tensor};
 use candle_nn::{Conv2d, Conv2dConfig, VarBuilder};
 
-use crate::fast;
+use crate::fast::{self, Input};
 
 /// `Normalize(channels, "group")` of the reference: 32 groups, eps 1e-6.
 #[derive(Debug, Clone)]
@@ -17,12 +17,15 @@ impl GroupNorm {
     const EPS: f64 = 1e-6;
 
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        fast::group_norm(x, Self::GROUPS, Self::EPS, &self.weight, &self.bias, false)
+        let wb = (&self.weight, &self.bias);
+        fast::group_norm(x, Self::GROUPS, Self::EPS, wb, false, false)
     }
 
-    /// `nonlinearity(norm(x))`, fused.
-    pub fn forward_swish(&self, x: &Tensor) -> Result<Tensor> {
-        fast::group_norm(x, Self::GROUPS, Self::EPS, &self.weight, &self.bias, true)
+    /// `nonlinearity(norm(x))`, fused, written with a ring of zeros around
+    /// each plane: the input of a [`Conv3x3::forward_padded`].
+    pub fn forward_swish_padded(&self, x: &Tensor) -> Result<Tensor> {
+        let wb = (&self.weight, &self.bias);
+        fast::group_norm(x, Self::GROUPS, Self::EPS, wb, true, true)
     }
 }
 
@@ -48,37 +51,44 @@ pub struct Conv3x3 {
 
 impl Conv3x3 {
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        fast::conv3x3(x, &self.weight, Some(&self.bias), false, None, self.bf16)
+        self.run(x, Input::Plain, None)
     }
 
-    /// `residual + conv(x)`, accumulated into one buffer.
-    pub fn forward_add(&self, x: &Tensor, residual: &Tensor) -> Result<Tensor> {
-        fast::conv3x3(
-            x,
-            &self.weight,
-            Some(&self.bias),
-            false,
-            Some(residual),
-            self.bf16,
-        )
+    /// The convolution of `x` given with its zero padding (`[b, c, h + 2,
+    /// w + 2]`, see [`GroupNorm::forward_swish_padded`]), plus `residual`
+    /// when given, added in the output pass.
+    pub fn forward_padded(&self, x: &Tensor, residual: Option<&Tensor>) -> Result<Tensor> {
+        self.run(x, Input::Padded, residual)
     }
 
     /// The convolution of the nearest-neighbour 2x upsampled `x`, without
     /// materialising the upsampled tensor on the CPU.
     pub fn forward_upsampled(&self, x: &Tensor) -> Result<Tensor> {
-        fast::conv3x3(x, &self.weight, Some(&self.bias), true, None, self.bf16)
+        self.run(x, Input::Upsampled, None)
+    }
+
+    fn run(&self, x: &Tensor, input: Input, residual: Option<&Tensor>) -> Result<Tensor> {
+        let bias = Some(&self.bias);
+        fast::conv3x3(x, &self.weight, bias, input, residual, self.bf16)
     }
 }
 
-/// A bf16 `vb` (on a CPU with the bf16 GEMM) selects bf16 compute; the
-/// weights are held in f32 either way.
+/// A bf16 `vb` (on a CPU with the bf16 GEMM) selects bf16 compute, and
+/// then the weight is also held in bf16: the GEMM rounds it to bf16 anyway,
+/// so the results are the same and the decoder takes half the memory.
 pub(crate) fn conv3x3(in_channels: usize, out_channels: usize, vb: VarBuilder) -> Result<Conv3x3> {
     let bf16 =
         vb.dtype() == DType::BF16 && vb.device().is_cpu() && janus_kernels::bf16_gemm::available();
+    let weight_dtype = if bf16 { DType::BF16 } else { DType::F32 };
     let vb = vb.set_dtype(DType::F32);
     Ok(Conv3x3 {
         bf16,
-        weight: vb.get((out_channels, in_channels, 3, 3), "weight")?,
+        weight: vb.get_with_hints_dtype(
+            (out_channels, in_channels, 3, 3),
+            "weight",
+            Default::default(),
+            weight_dtype,
+        )?,
         bias: vb.get(out_channels, "bias")?,
     })
 }
@@ -122,14 +132,16 @@ impl ResnetBlock {
     }
 
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        // Intermediates are dropped as soon as the next one exists, and the
-        // residual is accumulated inside the last convolution.
+        // Intermediates are dropped as soon as the next one exists, each
+        // norm writes its output already padded for the convolution after
+        // it, and the residual is added in the last convolution's output pass.
         let h = self
-            .norm2
-            .forward_swish(&self.conv1.forward(&self.norm1.forward_swish(x)?)?)?;
+            .conv1
+            .forward_padded(&self.norm1.forward_swish_padded(x)?, None)?;
+        let h = self.norm2.forward_swish_padded(&h)?;
         match &self.nin_shortcut {
-            Some(shortcut) => self.conv2.forward_add(&h, &shortcut.forward(x)?),
-            None => self.conv2.forward_add(&h, x),
+            Some(shortcut) => self.conv2.forward_padded(&h, Some(&shortcut.forward(x)?)),
+            None => self.conv2.forward_padded(&h, Some(x)),
         }
     }
 }

@@ -83,7 +83,7 @@ impl VqDecoder {
                 h = upsample.forward(&h)?;
             }
         }
-        let h = self.norm_out.forward_swish(&h)?;
-        self.conv_out.forward(&h)
+        let h = self.norm_out.forward_swish_padded(&h)?;
+        self.conv_out.forward_padded(&h, None)
     }
 }

@@ -82,7 +82,7 @@ impl VqEncoder {
             }
         }
         let h = self.mid.forward(&h)?;
-        let h = self.norm_out.forward_swish(&h)?;
-        self.conv_out.forward(&h)
+        let h = self.norm_out.forward_swish_padded(&h)?;
+        self.conv_out.forward_padded(&h, None)
     }
 }

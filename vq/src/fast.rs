@@ -6,6 +6,7 @@
 
 use candle_core::{DType, Device, Result, Tensor};
 use janus_kernels::math::fast_exp;
+use janus_kernels::tensor::zeroed;
 use rayon::prelude::*;
 
 /// Whether `t` can take the fast paths.
@@ -18,35 +19,82 @@ fn with_f32<R>(t: &Tensor, f: impl FnOnce(&[f32]) -> R) -> Result<R> {
     janus_kernels::tensor::with_cpu_slice(t, f)
 }
 
-struct SendPtr(*mut f32);
-unsafe impl Send for SendPtr {}
-unsafe impl Sync for SendPtr {}
-
-/// Output pixels per im2col tile: bounds the scratch to ~`c_in * 9 * TILE` floats.
+/// Output pixels per im2col tile of the f32 path: bounds its scratch to
+/// ~`c_in * 9 * TILE` floats.
 const TILE: usize = 4096;
 
-/// 3x3 convolution, stride 1, padding 1, of `x` [b, c_in, h, w] (first
-/// upsampled 2x by nearest neighbour when `upsample`) with `weight`
+/// One image `[c_in, h_in, w_in]`, upsampled 2x by nearest neighbour when
+/// `up`, with a ring of zeros around each plane: `[c_in, h + 2, w + 2]`.
+///
+/// On it a 3x3 convolution is one matrix product over "padded-width"
+/// pixels `j = y * (w + 2) + x`: tap `(ky, kx)` of channel `c` is the plane
+/// read from offset `ky * (w + 2) + kx`, a plain slice, and the two columns
+/// `x = w, w + 1` of each output row are junk to drop.
+fn padded_planes(src: &[f32], c_in: usize, h_in: usize, w_in: usize, up: bool) -> Vec<f32> {
+    let f = if up { 2 } else { 1 };
+    let (h, w) = (h_in * f, w_in * f);
+    let wp = w + 2;
+    let mut xp = zeroed(c_in * (h + 2) * wp);
+    xp.par_chunks_mut((h + 2) * wp)
+        .zip(src.par_chunks(h_in * w_in))
+        .for_each(|(dst, plane)| {
+            for y in 0..h {
+                let srow = &plane[(y / f) * w_in..(y / f + 1) * w_in];
+                let drow = &mut dst[(y + 1) * wp + 1..(y + 1) * wp + 1 + w];
+                if up {
+                    for (d, &v) in drow.chunks_exact_mut(2).zip(srow) {
+                        d.fill(v);
+                    }
+                } else {
+                    drow.copy_from_slice(srow);
+                }
+            }
+        });
+    xp
+}
+
+/// How the input of [`conv3x3`] is laid out.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Input {
+    /// `[b, c, h, w]`.
+    Plain,
+    /// `[b, c, h / 2, w / 2]`, upsampled 2x by nearest neighbour first.
+    Upsampled,
+    /// `[b, c, h + 2, w + 2]`: already with its ring of zeros (as written
+    /// by [`group_norm`] with `padded`), read in place.
+    Padded,
+}
+
+/// 3x3 convolution, stride 1, padding 1, of `x` [b, c_in, h, w] (as
+/// `input` says: possibly upsampled or already padded) with `weight`
 /// [c_out, c_in, 3, 3] and `bias` [c_out], plus `residual` (same shape as
-/// the output) when given: accumulated in place, so a residual block never
-/// holds a separate sum.
+/// the output) when given, added with the bias in one pass. With `bf16`
+/// (and a CPU that has the bf16 GEMM) the GEMM reads the shifted planes
+/// directly and stores only the real columns; otherwise im2col tiles go
+/// through f32 `gemm`.
 pub(crate) fn conv3x3(
     x: &Tensor,
     weight: &Tensor,
     bias: Option<&Tensor>,
-    upsample: bool,
+    input: Input,
     residual: Option<&Tensor>,
     bf16: bool,
 ) -> Result<Tensor> {
+    // A bf16 weight (bf16 compute) is widened for this call: a few MB at most.
+    let weight = &if weight.dtype() == DType::BF16 && x.dtype() == DType::F32 {
+        weight.to_dtype(DType::F32)?
+    } else {
+        weight.clone()
+    };
     if !(fast_ok(x) && fast_ok(weight) && residual.is_none_or(fast_ok)) {
-        let x = if upsample {
+        let x = if input == Input::Upsampled {
             let (_, _, h, w) = x.dims4()?;
             x.upsample_nearest2d(2 * h, 2 * w)?
         } else {
             x.clone()
         };
         let cfg = candle_nn::Conv2dConfig {
-            padding: 1,
+            padding: if input == Input::Padded { 0 } else { 1 },
             ..Default::default()
         };
         let conv = candle_nn::Conv2d::new(weight.clone(), bias.cloned(), cfg);
@@ -65,182 +113,244 @@ pub(crate) fn conv3x3(
             x.dims()
         )
     }
-    let f = if upsample { 2 } else { 1 };
-    let (h, w) = (h_in * f, w_in * f);
-    let hw = h * w;
-    let kdim = c_in * 9;
-    let mut out = match residual {
-        Some(r) => {
-            if r.dims() != [b, c_out, h, w] {
-                candle_core::bail!("conv3x3: residual {:?} does not fit the output", r.dims())
-            }
-            r.flatten_all()?.to_vec1::<f32>()?
-        }
-        None => vec![0f32; b * c_out * hw],
+    let (h, w) = match input {
+        Input::Plain => (h_in, w_in),
+        Input::Upsampled => (2 * h_in, 2 * w_in),
+        Input::Padded if h_in > 2 && w_in > 2 => (h_in - 2, w_in - 2),
+        Input::Padded => candle_core::bail!("conv3x3: padded input {:?} too small", x.dims()),
     };
-    let accumulate = residual.is_some();
+    if let Some(r) = residual {
+        if r.dims() != [b, c_out, h, w] {
+            candle_core::bail!("conv3x3: residual {:?} does not fit the output", r.dims())
+        }
+    }
+    let (hw, wp) = (h * w, w + 2);
+    let plane = (h + 2) * wp;
+    // Padded-width pixels per image (the last row's junk is not computed).
+    let n = h * wp - 2;
+    let kdim = c_in * 9;
+    let bf16 = bf16 && janus_kernels::bf16_gemm::available();
+    let mut out = zeroed(b * c_out * hw);
+    with_f32(weight, |wv| {
+        with_f32(x, |xv| {
+            for bi in 0..b {
+                let img = &xv[bi * c_in * h_in * w_in..(bi + 1) * c_in * h_in * w_in];
+                let made;
+                let xp = if input == Input::Padded {
+                    img
+                } else {
+                    made = padded_planes(img, c_in, h_in, w_in, input == Input::Upsampled);
+                    &made[..]
+                };
+                let tap = |l: usize| {
+                    let (c, ky, kx) = (l / 9, l % 9 / 3, l % 3);
+                    &xp[c * plane + ky * wp + kx..][..n]
+                };
+                let dst = &mut out[bi * c_out * hw..(bi + 1) * c_out * hw];
+                if bf16 {
+                    use janus_kernels::bf16_gemm::{gemm_runs, Rhs, Runs};
+                    let runs = Runs { run: w, skip: 2 };
+                    let rhs = Rhs::ColRows(&tap);
+                    gemm_runs(c_out, n, kdim, wv, kdim, &rhs, dst, hw, false, true, runs);
+                } else {
+                    conv_f32_tiles(&tap, (h, w), wv, c_out, kdim, dst);
+                }
+            }
+        })
+    })??;
     let bias_v: Option<Vec<f32>> = bias
         .map(|t| t.to_dtype(DType::F32)?.flatten_all()?.to_vec1())
         .transpose()?;
+    let mut finish = |res: Option<&[f32]>| {
+        out.par_chunks_mut(hw).enumerate().for_each(|(i, o)| {
+            let bv = bias_v.as_ref().map_or(0.0, |bv| bv[i % c_out]);
+            match res {
+                Some(res) => {
+                    for (o, &r) in o.iter_mut().zip(&res[i * hw..(i + 1) * hw]) {
+                        *o += r + bv;
+                    }
+                }
+                None if bv != 0.0 => o.iter_mut().for_each(|o| *o += bv),
+                None => {}
+            }
+        })
+    };
+    match residual {
+        Some(r) => with_f32(r, |rv| finish(Some(rv)))?,
+        None => finish(None),
+    }
+    Tensor::from_vec(out, (b, c_out, h, w), &Device::Cpu)
+}
+
+/// The f32 path of [`conv3x3`] for one image of `(h, w)` output pixels:
+/// im2col tiles of whole padded-width rows copied from `tap(l)`, each
+/// multiplied by the weight `[c_out, kdim]` with the `gemm` crate, then
+/// stored without their junk columns into `dst` `[c_out, h * w]`.
+fn conv_f32_tiles<'a>(
+    tap: &(dyn Fn(usize) -> &'a [f32] + Sync),
+    (h, w): (usize, usize),
+    wv: &[f32],
+    c_out: usize,
+    kdim: usize,
+    dst: &mut [f32],
+) {
+    let (wp, hw) = (w + 2, h * w);
+    let n = h * wp - 2;
     let threads = rayon::current_num_threads();
     let par = if threads > 1 {
         gemm::Parallelism::Rayon(threads)
     } else {
         gemm::Parallelism::None
     };
-    with_f32(weight, |wv| {
-        with_f32(x, |xv| {
-            // Whole output rows per tile.
-            let rows_per_tile = (TILE / w).max(1);
-            let mut col = vec![0f32; kdim * rows_per_tile * w];
-            for bi in 0..b {
-                let src = &xv[bi * c_in * h_in * w_in..(bi + 1) * c_in * h_in * w_in];
-                let dst = &mut out[bi * c_out * hw..(bi + 1) * c_out * hw];
-                let mut y0 = 0;
-                while y0 < h {
-                    let rows = rows_per_tile.min(h - y0);
-                    let p = rows * w;
-                    let col = &mut col[..kdim * p];
-                    // col[(c*9 + ky*3 + kx), (y - y0) * w + x] = in[c, y + ky - 1, x + kx - 1]
-                    col.par_chunks_mut(9 * p).enumerate().for_each(|(c, cc)| {
-                        let plane = &src[c * h_in * w_in..(c + 1) * h_in * w_in];
-                        // One source row, upsampled if needed, with a zero on each side:
-                        // the three horizontal taps are then plain copies.
-                        let mut padded = vec![0f32; w + 2];
-                        for ky in 0..3 {
-                            for r in 0..rows {
-                                let yy = (y0 + r + ky) as isize - 1;
-                                let a = ky * 3 * p + r * w;
-                                if yy < 0 || yy >= h as isize {
-                                    for kx in 0..3 {
-                                        cc[a + kx * p..a + kx * p + w].fill(0.0);
-                                    }
-                                    continue;
-                                }
-                                let sy = if f == 2 {
-                                    yy as usize >> 1
-                                } else {
-                                    yy as usize
-                                };
-                                let srow = &plane[sy * w_in..(sy + 1) * w_in];
-                                if f == 2 {
-                                    for (i, &v) in srow.iter().enumerate() {
-                                        padded[1 + 2 * i] = v;
-                                        padded[2 + 2 * i] = v;
-                                    }
-                                } else {
-                                    padded[1..=w].copy_from_slice(srow);
-                                }
-                                for kx in 0..3 {
-                                    cc[a + kx * p..a + kx * p + w]
-                                        .copy_from_slice(&padded[kx..kx + w]);
-                                }
-                            }
-                        }
-                    });
-                    // out[co, y0*w ..][p] = W[co, kdim] x col[kdim, p]
-                    let dst_tile = dst[y0 * w..].as_mut_ptr();
-                    if bf16 {
-                        use janus_kernels::bf16_gemm::{gemm, Rhs};
-                        // SAFETY: rows co * hw + [y0*w, y0*w + p) lie inside
-                        // this image's output (dst has c_out * hw values).
-                        let out = unsafe {
-                            std::slice::from_raw_parts_mut(dst_tile, (c_out - 1) * hw + p)
-                        };
-                        let rhs = Rhs::F32Cols { data: &*col, ld: p };
-                        gemm(c_out, p, kdim, wv, kdim, &rhs, out, hw, accumulate, true);
-                    } else {
-                        // SAFETY: dst rows co * hw + [y0*w, y0*w + p) lie inside this image's output;
-                        // lhs [c_out, kdim] and rhs [kdim, p] are dense row-major.
-                        unsafe {
-                            gemm::gemm(
-                                c_out,
-                                p,
-                                kdim,
-                                dst_tile,
-                                1,
-                                hw as isize,
-                                accumulate,
-                                wv.as_ptr(),
-                                1,
-                                kdim as isize,
-                                col.as_ptr(),
-                                1,
-                                p as isize,
-                                if accumulate { 1f32 } else { 0f32 },
-                                1f32,
-                                false,
-                                false,
-                                false,
-                                par,
-                            )
-                        };
-                    }
-                    y0 += rows;
-                }
-                if let Some(bv) = &bias_v {
-                    let ptr = SendPtr(dst.as_mut_ptr());
-                    let ptr = &ptr;
-                    (0..c_out).into_par_iter().for_each(|co| {
-                        // SAFETY: each channel plane is touched by one task only.
-                        let plane =
-                            unsafe { std::slice::from_raw_parts_mut(ptr.0.add(co * hw), hw) };
-                        for v in plane {
-                            *v += bv[co];
-                        }
-                    });
-                }
+    let rows_per_tile = (TILE / wp).max(1);
+    let mut col = vec![0f32; kdim * rows_per_tile * wp];
+    let mut prod = vec![0f32; c_out * rows_per_tile * wp];
+    for y0 in (0..h).step_by(rows_per_tile) {
+        let rows = rows_per_tile.min(h - y0);
+        let j0 = y0 * wp;
+        let p = (rows * wp).min(n - j0);
+        let col = &mut col[..kdim * p];
+        col.par_chunks_mut(p)
+            .enumerate()
+            .for_each(|(l, row)| row.copy_from_slice(&tap(l)[j0..j0 + p]));
+        // SAFETY: prod is [c_out, p]; lhs [c_out, kdim] and rhs [kdim, p]
+        // are dense row-major.
+        unsafe {
+            gemm::gemm(
+                c_out,
+                p,
+                kdim,
+                prod.as_mut_ptr(),
+                1,
+                p as isize,
+                false,
+                wv.as_ptr(),
+                1,
+                kdim as isize,
+                col.as_ptr(),
+                1,
+                p as isize,
+                0f32,
+                1f32,
+                false,
+                false,
+                false,
+                par,
+            )
+        };
+        for co in 0..c_out {
+            for r in 0..rows {
+                let src = &prod[co * p + r * wp..co * p + r * wp + w];
+                dst[co * hw + (y0 + r) * w..][..w].copy_from_slice(src);
             }
-        })
-    })??;
-    Tensor::from_vec(out, (b, c_out, h, w), &Device::Cpu)
+        }
+    }
 }
 
 /// `GroupNorm(groups, eps)` with affine `weight`/`bias` [c], followed by
-/// swish when `swish`, over `x` [b, c, h, w].
+/// swish when `swish`, over `x` [b, c, h, w]. With `padded` the result is
+/// written with a ring of zeros, `[b, c, h + 2, w + 2]`, ready for
+/// [`conv3x3`] with [`Input::Padded`]: the convolution then reads it in
+/// place instead of copying it into padded planes.
 pub(crate) fn group_norm(
     x: &Tensor,
     groups: usize,
     eps: f64,
-    weight: &Tensor,
-    bias: &Tensor,
+    (weight, bias): (&Tensor, &Tensor),
     swish: bool,
+    padded: bool,
 ) -> Result<Tensor> {
-    if !(fast_ok(x) && fast_ok(weight) && fast_ok(bias)) || x.rank() < 3 {
+    if !(fast_ok(x) && fast_ok(weight) && fast_ok(bias))
+        || x.rank() < 3
+        || (padded && x.rank() != 4)
+    {
         let gn = candle_nn::GroupNorm::new(weight.clone(), bias.clone(), x.dim(1)?, groups, eps)?;
         let y = candle_core::Module::forward(&gn, x)?;
-        return if swish { y.silu() } else { Ok(y) };
+        let y = if swish { y.silu()? } else { y };
+        return if padded {
+            y.pad_with_zeros(2, 1, 1)?.pad_with_zeros(3, 1, 1)
+        } else {
+            Ok(y)
+        };
     }
-    let dims = x.dims().to_vec();
+    let mut dims = x.dims().to_vec();
     let (b, c) = (dims[0], dims[1]);
     let hw: usize = dims[2..].iter().product();
+    let w_row = *dims.last().expect("rank >= 3");
     if c % groups != 0 {
         candle_core::bail!("group norm: {c} channels do not split into {groups} groups")
     }
+    let layout = if padded {
+        let (h, w) = (dims[2], dims[3]);
+        dims[2] += 2;
+        dims[3] += 2;
+        OutLayout {
+            plane: (h + 2) * (w + 2),
+            row: w + 2,
+            first: w + 3,
+        }
+    } else {
+        OutLayout {
+            plane: hw,
+            row: w_row,
+            first: 0,
+        }
+    };
     let cg = c / groups;
     let wv: Vec<f32> = weight.flatten_all()?.to_vec1()?;
     let bv: Vec<f32> = bias.flatten_all()?.to_vec1()?;
-    let mut out = vec![0f32; b * c * hw];
+    let mut out = zeroed(b * c * layout.plane);
     with_f32(x, |xv| {
-        out.par_chunks_mut(cg * hw).enumerate().for_each(|(i, o)| {
-            let (bi, g) = (i / groups, i % groups);
-            let src = &xv[(bi * c + g * cg) * hw..(bi * c + (g + 1) * cg) * hw];
-            let (wg, bg) = (&wv[g * cg..(g + 1) * cg], &bv[g * cg..(g + 1) * cg]);
-            #[cfg(target_arch = "x86_64")]
-            if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
-                // SAFETY: features checked just above.
-                unsafe { norm_group_avx2(src, o, hw, wg, bg, eps, swish) };
-                return;
-            }
-            norm_group(src, o, hw, wg, bg, eps, swish);
-        });
+        out.par_chunks_mut(cg * layout.plane)
+            .enumerate()
+            .for_each(|(i, o)| {
+                let (bi, g) = (i / groups, i % groups);
+                let src = &xv[(bi * c + g * cg) * hw..(bi * c + (g + 1) * cg) * hw];
+                let (wg, bg) = (&wv[g * cg..(g + 1) * cg], &bv[g * cg..(g + 1) * cg]);
+                let group = Group {
+                    src,
+                    hw,
+                    w: w_row,
+                    layout,
+                    eps,
+                    swish,
+                };
+                #[cfg(target_arch = "x86_64")]
+                if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
+                    // SAFETY: features checked just above.
+                    unsafe { norm_group_avx2(&group, o, wg, bg) };
+                    return;
+                }
+                norm_group(&group, o, wg, bg);
+            });
     })?;
     Tensor::from_vec(out, dims, &Device::Cpu)
 }
 
-/// One group of a group norm: `src`/`o` hold `w.len()` channels of `hw` values.
+/// Where a group norm writes each channel: planes `plane` apart, rows of
+/// the input's width `row` apart, the first value at `first`.
+#[derive(Clone, Copy)]
+struct OutLayout {
+    plane: usize,
+    row: usize,
+    first: usize,
+}
+
+/// One group of a group norm: `src` holds its channels, `hw` values each
+/// in rows of `w`.
+struct Group<'a> {
+    src: &'a [f32],
+    hw: usize,
+    w: usize,
+    layout: OutLayout,
+    eps: f64,
+    swish: bool,
+}
+
+/// Normalises one group into `o` (its channels' planes of the output).
 #[inline(always)]
-fn norm_group(src: &[f32], o: &mut [f32], hw: usize, w: &[f32], b: &[f32], eps: f64, swish: bool) {
+fn norm_group(g: &Group, o: &mut [f32], w: &[f32], b: &[f32]) {
+    let (src, hw, eps, swish) = (g.src, g.hw, g.eps, g.swish);
     // Two passes (mean, then the centred variance, as torch), in 16
     // independent f32 lanes combined in f64, so they vectorise.
     let n = src.len() as f64;
@@ -251,16 +361,19 @@ fn norm_group(src: &[f32], o: &mut [f32], hw: usize, w: &[f32], b: &[f32], eps: 
     for ch in 0..w.len() {
         let scale = (w[ch] as f64 * inv) as f32;
         let shift = (b[ch] as f64 - mean * w[ch] as f64 * inv) as f32;
-        let s = &src[ch * hw..(ch + 1) * hw];
-        let d = &mut o[ch * hw..(ch + 1) * hw];
-        if swish {
-            for (d, &v) in d.iter_mut().zip(s) {
-                let y = v * scale + shift;
-                *d = y / (1.0 + fast_exp(-y));
-            }
-        } else {
-            for (d, &v) in d.iter_mut().zip(s) {
-                *d = v * scale + shift;
+        let plane = &mut o[ch * g.layout.plane..(ch + 1) * g.layout.plane];
+        for (r, s) in src[ch * hw..(ch + 1) * hw].chunks(g.w).enumerate() {
+            let at = g.layout.first + r * g.layout.row;
+            let d = &mut plane[at..at + s.len()];
+            if swish {
+                for (d, &v) in d.iter_mut().zip(s) {
+                    let y = v * scale + shift;
+                    *d = y / (1.0 + fast_exp(-y));
+                }
+            } else {
+                for (d, &v) in d.iter_mut().zip(s) {
+                    *d = v * scale + shift;
+                }
             }
         }
     }
@@ -269,16 +382,8 @@ fn norm_group(src: &[f32], o: &mut [f32], hw: usize, w: &[f32], b: &[f32], eps: 
 /// [`norm_group`] compiled for AVX2 + FMA (8-wide loops).
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
-unsafe fn norm_group_avx2(
-    src: &[f32],
-    o: &mut [f32],
-    hw: usize,
-    w: &[f32],
-    b: &[f32],
-    eps: f64,
-    swish: bool,
-) {
-    norm_group(src, o, hw, w, b, eps, swish)
+unsafe fn norm_group_avx2(g: &Group, o: &mut [f32], w: &[f32], b: &[f32]) {
+    norm_group(g, o, w, b)
 }
 
 /// Sum of `f(v)` over `xs` in 16 f32 lanes (vectorisable), combined in f64.
@@ -305,6 +410,7 @@ fn lane_sum(xs: &[f32], f: impl Fn(f32) -> f32) -> f64 {
 
 #[cfg(test)]
 mod tests {
+    use super::{conv3x3, group_norm, Input};
     use candle_core::{Device, Module, Tensor};
 
     fn rel(a: &Tensor, b: &Tensor) -> f32 {
@@ -337,7 +443,9 @@ mod tests {
             ..Default::default()
         };
         let conv = candle_nn::Conv2d::new(w.clone(), Some(b.clone()), cfg);
+        let bf16 = janus_kernels::bf16_gemm::available();
         for up in [false, true] {
+            let input = if up { Input::Upsampled } else { Input::Plain };
             let xin = if up {
                 x.upsample_nearest2d(18, 14).unwrap()
             } else {
@@ -345,20 +453,29 @@ mod tests {
             };
             let want = conv.forward(&xin).unwrap();
             let res = Tensor::randn(0f32, 1.0, want.dims(), &dev).unwrap();
-            let got = super::conv3x3(&x, &w, Some(&b), up, None, false).unwrap();
+            let got = conv3x3(&x, &w, Some(&b), input, None, false).unwrap();
             assert!(rel(&got, &want) < 1e-5, "conv upsample={up}");
-            let got = super::conv3x3(&x, &w, Some(&b), up, Some(&res), false).unwrap();
-            assert!(
-                rel(&got, &(want.clone() + &res).unwrap()) < 1e-5,
-                "conv + residual upsample={up}"
-            );
-            if janus_kernels::bf16_gemm::available() {
+            let got = conv3x3(&x, &w, Some(&b), input, Some(&res), false).unwrap();
+            let want_res = (want.clone() + &res).unwrap();
+            assert!(rel(&got, &want_res) < 1e-5, "conv + residual upsample={up}");
+            // The same input handed over already padded: the very same sums.
+            let padded = xin
+                .pad_with_zeros(2, 1, 1)
+                .unwrap()
+                .pad_with_zeros(3, 1, 1)
+                .unwrap();
+            for b16 in [false, bf16] {
+                let a = conv3x3(&x, &w, Some(&b), input, Some(&res), b16).unwrap();
+                let p = conv3x3(&padded, &w, Some(&b), Input::Padded, Some(&res), b16).unwrap();
+                assert_eq!(rel(&a, &p), 0.0, "padded input, bf16={b16}");
+            }
+            if bf16 {
                 // bf16 inputs: about 2^-9 relative per product.
-                let got = super::conv3x3(&x, &w, Some(&b), up, None, true).unwrap();
+                let got = conv3x3(&x, &w, Some(&b), input, None, true).unwrap();
                 let e = rel(&got, &want);
                 assert!(e < 5e-3 && e > 0.0, "bf16 conv upsample={up}: {e}");
-                let got = super::conv3x3(&x, &w, Some(&b), up, Some(&res), true).unwrap();
-                let e = rel(&got, &(want + &res).unwrap());
+                let got = conv3x3(&x, &w, Some(&b), input, Some(&res), true).unwrap();
+                let e = rel(&got, &want_res);
                 assert!(e < 5e-3, "bf16 conv + residual upsample={up}: {e}");
             }
         }
@@ -366,13 +483,18 @@ mod tests {
         let gb = Tensor::randn(0f32, 0.1, 64, &dev).unwrap();
         let gn = candle_nn::GroupNorm::new(gw.clone(), gb.clone(), 64, 32, 1e-6).unwrap();
         let want = gn.forward(&x).unwrap();
-        assert!(
-            rel(
-                &super::group_norm(&x, 32, 1e-6, &gw, &gb, false).unwrap(),
-                &want
-            ) < 1e-5
-        );
-        let got = super::group_norm(&x, 32, 1e-6, &gw, &gb, true).unwrap();
-        assert!(rel(&got, &want.silu().unwrap()) < 1e-5);
+        let wb = (&gw, &gb);
+        assert!(rel(&group_norm(&x, 32, 1e-6, wb, false, false).unwrap(), &want) < 1e-5);
+        let got = group_norm(&x, 32, 1e-6, wb, true, false).unwrap();
+        let want = want.silu().unwrap();
+        assert!(rel(&got, &want) < 1e-5);
+        // Padded: the same values inside a ring of zeros.
+        let padded = group_norm(&x, 32, 1e-6, wb, true, true).unwrap();
+        let ring = got
+            .pad_with_zeros(2, 1, 1)
+            .unwrap()
+            .pad_with_zeros(3, 1, 1)
+            .unwrap();
+        assert_eq!(rel(&padded, &ring), 0.0);
     }
 }

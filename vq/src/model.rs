@@ -22,7 +22,8 @@ impl VqModel {
     /// The tokenizer computes in f32. When `vb`'s dtype is bf16 on a CPU
     /// with the bf16 GEMM (AVX-512-BF16), the decoder's 3×3 convolutions,
     /// nearly all of its work, round their inputs to bf16 and sum in f32,
-    /// as PyTorch's bf16 convolutions do; weights are held in f32 either way.
+    /// as PyTorch's bf16 convolutions do, and keep their weights in bf16
+    /// (rounded there all the same); every other weight is held in f32.
     pub fn load(vb: VarBuilder, cfg: &VqConfig) -> Result<Self> {
         let decoder_vb = vb.pp("decoder");
         let vb = vb.set_dtype(candle_core::DType::F32);

@@ -13,6 +13,7 @@ use candle_nn::{embedding, Embedding, RmsNorm, VarBuilder};
 
 use crate::config::LlamaConfig;
 use crate::quant::{activation_dtype, QLinear, Quant};
+use janus_kernels::tensor::zeroed;
 
 /// Cos/sin tables of the rotary embedding for every position.
 struct Rotary {
@@ -161,6 +162,12 @@ impl Attention {
                 return self.o_proj.forward(&out);
             }
         }
+        // A bf16 cache read by candle's ops (not on the paths above).
+        let (k, v) = if k.dtype() == q.dtype() {
+            (k, v)
+        } else {
+            (k.to_dtype(q.dtype())?, v.to_dtype(q.dtype())?)
+        };
         let k = repeat_kv(&k, self.heads / self.kv_heads)?;
         let v = repeat_kv(&v, self.heads / self.kv_heads)?;
         let scale = 1.0 / (hd as f64).sqrt();
@@ -188,7 +195,7 @@ impl Attention {
         rotary: &Rotary,
         cache: &mut LayerCache,
     ) -> Result<Tensor> {
-        use janus_kernels::attention::{attention, AttentionShape, Heads};
+        use janus_kernels::attention::{attention, AttentionShape, Heads, KvElement};
         use rayon::prelude::*;
         let (b, t, width) = qkv.dims3()?;
         let (h, kvh, hd) = (self.heads, self.kv_heads, self.head_dim);
@@ -197,9 +204,9 @@ impl Attention {
         }
         let offset = cache.len;
         let half = hd / 2;
-        let mut q = vec![0f32; b * t * h * hd];
-        let mut k = vec![0f32; b * kvh * t * hd];
-        let mut v = vec![0f32; b * kvh * t * hd];
+        let mut q = zeroed(b * t * h * hd);
+        let mut k = zeroed(b * kvh * t * hd);
+        let mut v = zeroed(b * kvh * t * hd);
         with_f32(&rotary.cos, |cos| {
             with_f32(&rotary.sin, |sin| {
                 with_f32(qkv, |src| {
@@ -243,57 +250,66 @@ impl Attention {
             scale: 1.0 / (hd as f32).sqrt(),
             causal: Some(offset),
         };
-        let mut out = vec![0f32; b * t * h * hd];
+        let mut out = zeroed(b * t * h * hd);
         let (ks, kl) = kc.storage_and_layout();
         let (vs, vl) = vc.storage_and_layout();
-        match (&*ks, &*vs) {
-            (
-                candle_core::Storage::Cpu(CpuStorage::F32(kd)),
-                candle_core::Storage::Cpu(CpuStorage::F32(vd)),
-            ) => {
-                let (kst, vst) = (kl.stride(), vl.stride());
-                // Sequence `bi` of a [b, kv_heads, capacity, hd] cache view.
-                fn heads<'a>(d: &'a [f32], start: usize, st: &[usize], bi: usize) -> Heads<'a> {
-                    Heads {
-                        data: &d[start + bi * st[0]..],
-                        row: st[2],
-                        head: st[1],
-                    }
-                }
-                for bi in 0..b {
-                    attention(
-                        &shape,
-                        Heads {
-                            data: &q[bi * t * h * hd..(bi + 1) * t * h * hd],
-                            row: h * hd,
-                            head: hd,
-                        },
-                        heads(kd, kl.start_offset(), kst, bi),
-                        heads(vd, vl.start_offset(), vst, bi),
-                        &mut out[bi * t * h * hd..(bi + 1) * t * h * hd],
-                        h * hd,
-                    );
-                }
+        // Sequence `bi` of a [b, kv_heads, capacity, hd] cache view.
+        fn heads<'a, T>(d: &'a [T], start: usize, st: &[usize], bi: usize) -> Heads<'a, T> {
+            Heads {
+                data: &d[start + bi * st[0]..],
+                row: st[2],
+                head: st[1],
             }
-            _ => candle_core::bail!("attention: f32 CPU key/value cache expected"),
         }
+        // Every sequence of the batch against its own cache rows.
+        fn run<T: KvElement>(
+            shape: &AttentionShape,
+            q: &[f32],
+            kv: (&[T], &[T]),
+            (k0, v0): (usize, usize),
+            (kst, vst): (&[usize], &[usize]),
+            out: &mut [f32],
+        ) {
+            let (t, row) = (shape.queries, shape.heads * shape.head_dim);
+            for (bi, (q, out)) in q.chunks(t * row).zip(out.chunks_mut(t * row)).enumerate() {
+                let qh = Heads {
+                    data: q,
+                    row,
+                    head: shape.head_dim,
+                };
+                let (k, v) = (heads(kv.0, k0, kst, bi), heads(kv.1, v0, vst, bi));
+                attention(shape, qh, k, v, out, row);
+            }
+        }
+        let starts = (kl.start_offset(), vl.start_offset());
+        let strides = (kl.stride(), vl.stride());
+        use candle_core::Storage::Cpu;
+        match (&*ks, &*vs) {
+            (Cpu(CpuStorage::F32(kd)), Cpu(CpuStorage::F32(vd))) => {
+                run(&shape, &q, (kd, vd), starts, strides, &mut out)
+            }
+            (Cpu(CpuStorage::BF16(kd)), Cpu(CpuStorage::BF16(vd))) => {
+                run(&shape, &q, (kd, vd), starts, strides, &mut out)
+            }
+            _ => candle_core::bail!("attention: f32 or bf16 CPU key/value cache expected"),
+        }
+        drop((ks, vs));
         Tensor::from_vec(out, (b, t, h * hd), &Device::Cpu)
     }
 }
 
 /// One query position per sequence (decoding) on the CPU in f32: scores,
 /// softmax and the weighted sum of values for every (sequence, head) in one
-/// parallel pass over the cache buffers, instead of two batched matmuls of
-/// `b * heads` tiny products. `q` [b, h, 1, d]; `k`, `v` [b, kvh, len, d]
-/// views of the cache. Returns [b, 1, h * d], or None when not applicable.
+/// parallel pass over the cache buffers (f32 or bf16), instead of two
+/// batched matmuls of `b * heads` tiny products. `q` [b, h, 1, d]; `k`, `v`
+/// [b, kvh, len, d] views of the cache. Returns [b, 1, h * d], or None when
+/// not applicable.
 fn decode_attention(q: &Tensor, k: &Tensor, v: &Tensor, n_rep: usize) -> Result<Option<Tensor>> {
     use candle_core::{CpuStorage, Storage};
-    use rayon::prelude::*;
-    if !q.device().is_cpu() || q.dtype() != DType::F32 || k.dtype() != DType::F32 {
+    if !q.device().is_cpu() || q.dtype() != DType::F32 || k.dtype() != v.dtype() {
         return Ok(None);
     }
     let (b, h, _, d) = q.dims4()?;
-    let len = k.dim(2)?;
     let q = if q.is_contiguous() {
         q.clone()
     } else {
@@ -302,12 +318,7 @@ fn decode_attention(q: &Tensor, k: &Tensor, v: &Tensor, n_rep: usize) -> Result<
     let (qs, ql) = q.storage_and_layout();
     let (ks, kl) = k.storage_and_layout();
     let (vs, vl) = v.storage_and_layout();
-    let (
-        Storage::Cpu(CpuStorage::F32(qv)),
-        Storage::Cpu(CpuStorage::F32(kv)),
-        Storage::Cpu(CpuStorage::F32(vv)),
-    ) = (&*qs, &*ks, &*vs)
-    else {
+    let Storage::Cpu(CpuStorage::F32(qv)) = &*qs else {
         return Ok(None);
     };
     // The cache views: [b, kvh, len, d] inside [b, kvh, cap, d] buffers.
@@ -315,58 +326,111 @@ fn decode_attention(q: &Tensor, k: &Tensor, v: &Tensor, n_rep: usize) -> Result<
     if kst[3] != 1 || vst[3] != 1 || kst[2] != d || vst[2] != d || kst != vst {
         return Ok(None);
     }
-    let (sb, sh) = (kst[0], kst[1]);
-    let (k0, v0) = (kl.start_offset(), vl.start_offset());
     let qv = &qv[ql.start_offset()..ql.start_offset() + b * h * d];
-    let scale = 1.0 / (d as f32).sqrt();
-    let mut out = vec![0f32; b * h * d];
-    out.par_chunks_mut(d).enumerate().for_each_init(
-        || vec![0f32; len],
-        |scores, (i, o)| {
-            let (bi, hi) = (i / h, i % h);
-            let base = bi * sb + (hi / n_rep) * sh;
-            let qrow = &qv[i * d..(i + 1) * d];
-            let mut max = f32::NEG_INFINITY;
-            for (j, s) in scores.iter_mut().enumerate() {
-                let krow = &kv[k0 + base + j * d..k0 + base + (j + 1) * d];
-                *s = dot(qrow, krow) * scale;
-                max = max.max(*s);
-            }
-            let mut sum = 0f32;
-            for s in scores.iter_mut() {
-                *s = (*s - max).exp();
-                sum += *s;
-            }
-            for (j, &p) in scores.iter().enumerate() {
-                let vrow = &vv[v0 + base + j * d..v0 + base + (j + 1) * d];
-                for (o, &x) in o.iter_mut().zip(vrow) {
-                    *o += p * x;
-                }
-            }
-            let inv = 1.0 / sum;
-            for o in o.iter_mut() {
-                *o *= inv;
-            }
-        },
-    );
+    let view = CacheView {
+        len: k.dim(2)?,
+        d,
+        h,
+        n_rep,
+        batch_stride: kst[0],
+        head_stride: kst[1],
+    };
+    let (k0, v0) = (kl.start_offset(), vl.start_offset());
+    let out = match (&*ks, &*vs) {
+        (Storage::Cpu(CpuStorage::F32(kv)), Storage::Cpu(CpuStorage::F32(vv))) => {
+            view.attend(qv, &kv[k0..], &vv[v0..], b)
+        }
+        (Storage::Cpu(CpuStorage::BF16(kv)), Storage::Cpu(CpuStorage::BF16(vv))) => {
+            view.attend(qv, &kv[k0..], &vv[v0..], b)
+        }
+        _ => return Ok(None),
+    };
     drop((qs, ks, vs));
     Ok(Some(Tensor::from_vec(out, (b, 1, h * d), &Device::Cpu)?))
 }
 
+/// Where [`decode_attention`] finds a head's keys and values.
+struct CacheView {
+    len: usize,
+    d: usize,
+    h: usize,
+    n_rep: usize,
+    batch_stride: usize,
+    head_stride: usize,
+}
+
+/// Cache elements, read as f32.
+trait Widen: Copy + Sync {
+    fn f32(self) -> f32;
+}
+
+impl Widen for f32 {
+    #[inline(always)]
+    fn f32(self) -> f32 {
+        self
+    }
+}
+
+impl Widen for half::bf16 {
+    #[inline(always)]
+    fn f32(self) -> f32 {
+        f32::from_bits((self.to_bits() as u32) << 16)
+    }
+}
+
+impl CacheView {
+    fn attend<T: Widen>(&self, qv: &[f32], kv: &[T], vv: &[T], b: usize) -> Vec<f32> {
+        use rayon::prelude::*;
+        let (d, h) = (self.d, self.h);
+        let scale = 1.0 / (d as f32).sqrt();
+        let mut out = vec![0f32; b * h * d];
+        out.par_chunks_mut(d).enumerate().for_each_init(
+            || vec![0f32; self.len],
+            |scores, (i, o)| {
+                let (bi, hi) = (i / h, i % h);
+                let base = bi * self.batch_stride + (hi / self.n_rep) * self.head_stride;
+                let qrow = &qv[i * d..(i + 1) * d];
+                let mut max = f32::NEG_INFINITY;
+                for (j, s) in scores.iter_mut().enumerate() {
+                    let krow = &kv[base + j * d..base + (j + 1) * d];
+                    *s = dot(qrow, krow) * scale;
+                    max = max.max(*s);
+                }
+                let mut sum = 0f32;
+                for s in scores.iter_mut() {
+                    *s = (*s - max).exp();
+                    sum += *s;
+                }
+                for (j, &p) in scores.iter().enumerate() {
+                    let vrow = &vv[base + j * d..base + (j + 1) * d];
+                    for (o, &x) in o.iter_mut().zip(vrow) {
+                        *o += p * x.f32();
+                    }
+                }
+                let inv = 1.0 / sum;
+                for o in o.iter_mut() {
+                    *o *= inv;
+                }
+            },
+        );
+        out
+    }
+}
+
 /// Dot product in 8 independent lanes, so it vectorises.
 #[inline]
-fn dot(a: &[f32], b: &[f32]) -> f32 {
+fn dot<T: Widen>(a: &[f32], b: &[T]) -> f32 {
     let mut lanes = [0f32; 8];
     let mut ca = a.chunks_exact(8);
     let mut cb = b.chunks_exact(8);
     for (x, y) in (&mut ca).zip(&mut cb) {
         for l in 0..8 {
-            lanes[l] += x[l] * y[l];
+            lanes[l] += x[l] * y[l].f32();
         }
     }
     let mut s: f32 = lanes.iter().sum();
     for (x, y) in ca.remainder().iter().zip(cb.remainder()) {
-        s += x * y;
+        s += x * y.f32();
     }
     s
 }
@@ -490,6 +554,8 @@ struct LayerCache {
     len: usize,
     /// Capacity to allocate on first use (at least the first chunk's length).
     reserve: usize,
+    /// Storage dtype (bf16 with bf16 compute), or that of the keys given.
+    dtype: Option<DType>,
 }
 
 impl Clone for LayerCache {
@@ -506,12 +572,17 @@ impl Clone for LayerCache {
             kv,
             len: self.len,
             reserve: self.reserve,
+            dtype: self.dtype,
         }
     }
 }
 
 impl LayerCache {
     fn append(&mut self, k: &Tensor, v: &Tensor) -> Result<(Tensor, Tensor)> {
+        let (k, v) = match self.dtype {
+            Some(dt) if dt != k.dtype() => (&k.to_dtype(dt)?, &v.to_dtype(dt)?),
+            _ => (k, v),
+        };
         let (b, kvh, t, d) = k.dims4()?;
         let needed = self.len + t;
         let capacity = self.kv.as_ref().map_or(0, |(kb, _)| kb.dim(2).unwrap_or(0));
@@ -525,7 +596,7 @@ impl LayerCache {
         if needed > capacity {
             // First use: the reserved size; growth: doubling, so appends stay amortised O(1).
             let new_cap = needed.max(self.reserve).max(2 * capacity);
-            let alloc = || Tensor::zeros((b, kvh, new_cap, d), k.dtype(), k.device());
+            let alloc = || cache_buffer((b, kvh, new_cap, d), k.dtype(), k.device());
             let (nk, nv) = (alloc()?, alloc()?);
             if let Some((ok, ov)) = &self.kv {
                 if self.len > 0 {
@@ -551,6 +622,28 @@ impl LayerCache {
         self.len = needed;
         Ok((kb.narrow(2, 0, needed)?, vb.narrow(2, 0, needed)?))
     }
+}
+
+/// A zeroed cache buffer. On the CPU the zeros come from the allocator
+/// (fresh pages, not written): a buffer reserved for a whole image's 576
+/// tokens costs memory only as positions are filled. (candle writes the
+/// zeros of a bf16 tensor one by one, which would touch all of it.)
+fn cache_buffer(shape: (usize, usize, usize, usize), dtype: DType, dev: &Device) -> Result<Tensor> {
+    if dtype != DType::BF16 || !dev.is_cpu() {
+        return Tensor::zeros(shape, dtype, dev);
+    }
+    let n = shape.0 * shape.1 * shape.2 * shape.3;
+    let bits = std::mem::ManuallyDrop::new(vec![0u16; n]);
+    // SAFETY: bf16 is a transparent u16 (same size and alignment) and 0 is
+    // +0.0; the allocation moves over whole, with its length and capacity.
+    let zeros = unsafe {
+        Vec::from_raw_parts(
+            bits.as_ptr() as *mut half::bf16,
+            bits.len(),
+            bits.capacity(),
+        )
+    };
+    Tensor::from_vec(zeros, shape, dev)
 }
 
 /// The attention state of a sequence batch; reused across decoding steps
@@ -594,6 +687,9 @@ pub struct Llama {
     lm_head: QLinear,
     rotary: Rotary,
     act_dtype: DType,
+    /// Keys and values are cached in bf16 with bf16 compute (the attention
+    /// GEMMs round them to bf16 anyway; half the memory), else in `act_dtype`.
+    kv_dtype: DType,
     cfg: LlamaConfig,
 }
 
@@ -604,8 +700,9 @@ impl Llama {
     }
 
     /// As [`Llama::load`], with the linear weights (and `lm_head`) in `quant`.
-    /// With quantisation the token embedding table is stored as q8_0 (rows
-    /// are dequantised as they are looked up); otherwise in the load dtype.
+    /// With quantisation the token embedding table is stored in the same
+    /// blocks (rows are dequantised as they are looked up); otherwise in the
+    /// load dtype.
     pub fn load_quantized(vb: VarBuilder, cfg: &LlamaConfig, quant: Quant) -> Result<Self> {
         let act = activation_dtype(vb.device(), vb.dtype());
         let m = vb.pp("model");
@@ -630,6 +727,11 @@ impl Llama {
             .collect::<Result<Vec<_>>>()?;
         let norm = rms_norm(cfg.hidden_size, cfg.rms_norm_eps, m.pp("norm"), act)?;
         let rotary = Rotary::new(cfg, act, vb.device())?;
+        let kv_dtype = if bf16_compute(vb.device(), vb.dtype(), quant) {
+            DType::BF16
+        } else {
+            act
+        };
         Ok(Self {
             embed_tokens,
             layers,
@@ -637,6 +739,7 @@ impl Llama {
             lm_head,
             rotary,
             act_dtype: act,
+            kv_dtype,
             cfg: cfg.clone(),
         })
     }
@@ -679,6 +782,7 @@ impl Llama {
                     kv: None,
                     len: 0,
                     reserve,
+                    dtype: Some(self.kv_dtype),
                 };
                 self.layers.len()
             ],
@@ -730,7 +834,7 @@ impl Llama {
     }
 }
 
-/// The token embedding table: as loaded, or q8_0 when the model is quantised.
+/// The token embedding table: as loaded, or in the model's quantisation blocks.
 enum TokenEmbedding {
     Dense(Embedding),
     Quantized(candle_core::quantized::QTensor),
@@ -739,15 +843,17 @@ enum TokenEmbedding {
 impl TokenEmbedding {
     fn new(table: Embedding, quant: Quant) -> Result<Self> {
         let w = table.embeddings();
-        let q8 = quant != Quant::None
-            && Quant::Q8_0.for_in_dim(w.dim(1)?) == Quant::Q8_0
-            && w.device().is_cpu()
-            && !crate::quant::is_broadcast_view(w);
-        if !q8 {
+        let dtype = match quant.for_in_dim(w.dim(1)?) {
+            Quant::Q8_0 => candle_core::quantized::GgmlDType::Q8_0,
+            Quant::Q4K => candle_core::quantized::GgmlDType::Q4K,
+            Quant::None => return Ok(Self::Dense(table)),
+        };
+        if !w.device().is_cpu() || crate::quant::is_broadcast_view(w) {
             return Ok(Self::Dense(table));
         }
-        let q = crate::quant::quantize_rows(w, candle_core::quantized::GgmlDType::Q8_0)?;
-        Ok(Self::Quantized(q))
+        Ok(Self::Quantized(janus_kernels::blocks::quantize_rows(
+            w, dtype,
+        )?))
     }
 
     fn lookup(&self, ids: &Tensor) -> Result<Tensor> {

@@ -33,14 +33,22 @@ impl JanusModel {
     }
 
     /// As [`JanusModel::load`], with the language model's and image head's
-    /// linear weights quantised to `quant` as they are read.
+    /// linear weights quantised to `quant` as they are read (and the vision
+    /// tower's to q8_0).
     pub fn load_quantized(vb: VarBuilder, cfg: &JanusConfig, quant: Quant) -> Result<Self> {
         Ok(Self {
-            vision: SiglipVit::load(vb.pp("vision_model.vision_tower"), &cfg.vision)?,
+            // With quantisation the vision tower's linears take q8_0 (not
+            // 4-bit: image features feed every answer token).
+            vision: SiglipVit::load_quantized(
+                vb.pp("vision_model.vision_tower"),
+                &cfg.vision,
+                (quant != Quant::None).then_some(candle_core::quantized::GgmlDType::Q8_0),
+            )?,
             aligner: MlpProjector::load(vb.pp("aligner"), &cfg.aligner)?,
             // The VQ is convolutional and candle has no bf16/f16 conv2d on the
-            // CPU; it is small, so its weights are always f32. A bf16 builder
-            // asks for bf16 compute in its convolutions (see `VqModel::load`).
+            // CPU. A bf16 builder asks for bf16 compute in its 3x3
+            // convolutions, which then also keep their weights in bf16 (see
+            // `VqModel::load`); everything else in it stays f32.
             gen_vision: VqModel::load(
                 vb.pp("gen_vision_model").set_dtype(
                     if llama::bf16_compute(vb.device(), vb.dtype(), quant) {

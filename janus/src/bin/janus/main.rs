@@ -50,7 +50,8 @@ pub struct ModelArgs {
     /// Compute dtype: f32 (exact), bf16 or f16.
     #[arg(long, default_value = "f32")]
     pub dtype: String,
-    /// Quantise the language model and image head at load: none, q8_0 or q4k.
+    /// Quantise at load: none, q8_0 or q4k (language model, image head and
+    /// token embeddings; the vision tower then takes q8_0).
     #[arg(long, default_value = "none")]
     pub quant: String,
 }

@@ -1,0 +1,160 @@
+//! Weights in GGUF block formats (q8_0, q4_K) as candle stores them:
+//! quantisation at load and dequantisation of single rows, for the kernels
+//! that consume quantised weights row by row.
+
+use candle_core::quantized::{GgmlDType, QTensor};
+use candle_core::{CpuStorage, DType, Result, Tensor};
+
+/// Whether `t` is a broadcast view (a zero stride over a dimension longer
+/// than one), as handed out by shape-only backends.
+pub fn is_broadcast_view(t: &Tensor) -> bool {
+    t.dims()
+        .iter()
+        .zip(t.stride())
+        .any(|(&d, &s)| d > 1 && s == 0)
+}
+
+/// `QTensor::quantize` of a [n, k] weight, straight from its stored dtype
+/// into the final blocks: bands of rows are widened to f32 in a small
+/// scratch and quantised in parallel (candle's quantiser runs on one thread,
+/// and the 4-bit k-quant search would dominate the load), so the only
+/// transient memory is one band per thread.
+pub fn quantize_rows(w: &Tensor, dtype: GgmlDType) -> Result<QTensor> {
+    use candle_core::quantized::k_quants::{BlockQ4K, BlockQ8_0};
+    let w = if w.is_contiguous() {
+        w.clone()
+    } else {
+        w.contiguous()?
+    };
+    if !w.device().is_cpu() || !matches!(w.dtype(), DType::F32 | DType::BF16) {
+        return QTensor::quantize(&w, dtype);
+    }
+    match dtype {
+        GgmlDType::Q8_0 => quantize_blocks::<BlockQ8_0>(&w),
+        GgmlDType::Q4K => quantize_blocks::<BlockQ4K>(&w),
+        _ => QTensor::quantize(&w, dtype),
+    }
+}
+
+fn quantize_blocks<T: candle_core::quantized::k_quants::GgmlType + 'static>(
+    w: &Tensor,
+) -> Result<QTensor> {
+    use rayon::prelude::*;
+    let (n, k) = w.dims2()?;
+    if k % T::BLCK_SIZE != 0 {
+        candle_core::bail!(
+            "rows of {k} values do not split into blocks of {}",
+            T::BLCK_SIZE
+        )
+    }
+    let per_row = k / T::BLCK_SIZE;
+    const BAND: usize = 32;
+    let mut blocks = vec![T::zeros(); n * per_row];
+    {
+        let (st, l) = w.storage_and_layout();
+        let (a, b) = l.contiguous_offsets().expect("made contiguous");
+        enum Src<'a> {
+            F32(&'a [f32]),
+            Bf16(&'a [half::bf16]),
+        }
+        let src = match &*st {
+            candle_core::Storage::Cpu(CpuStorage::F32(v)) => Src::F32(&v[a..b]),
+            candle_core::Storage::Cpu(CpuStorage::BF16(v)) => Src::Bf16(&v[a..b]),
+            _ => candle_core::bail!("quantize: f32 or bf16 CPU weight expected"),
+        };
+        blocks
+            .par_chunks_mut(BAND * per_row)
+            .enumerate()
+            .for_each(|(i, dst)| {
+                let rows = dst.len() / per_row;
+                let r0 = i * BAND;
+                match &src {
+                    Src::F32(v) => T::from_float(&v[r0 * k..(r0 + rows) * k], dst),
+                    Src::Bf16(v) => {
+                        let f: Vec<f32> = v[r0 * k..(r0 + rows) * k]
+                            .iter()
+                            .map(|x| x.to_f32())
+                            .collect();
+                        T::from_float(&f, dst)
+                    }
+                }
+            });
+    }
+    QTensor::new(
+        candle_core::quantized::QStorage::Cpu(Box::new(blocks)),
+        (n, k),
+    )
+}
+
+/// Dequantises `len` values of row `j` from `l0` (block aligned).
+pub fn dequant_row<T: candle_core::quantized::k_quants::GgmlType>(
+    data: &[u8],
+    k: usize,
+    j: usize,
+    l0: usize,
+    out: &mut [f32],
+) {
+    // SAFETY: `data` holds n * k / BLCK_SIZE blocks of T (candle's CPU storage).
+    let blocks = unsafe {
+        std::slice::from_raw_parts(
+            data.as_ptr() as *const T,
+            data.len() / std::mem::size_of::<T>(),
+        )
+    };
+    let b0 = (j * k + l0) / T::BLCK_SIZE;
+    if T::DTYPE == GgmlDType::Q8_0 {
+        // 34-byte blocks: f16 scale, 32 i8 (the prefill and the vision
+        // tower read every weight this way; candle's loop is scalar).
+        let bytes = &data[b0 * 34..(b0 + out.len() / 32) * 34];
+        #[cfg(target_arch = "x86_64")]
+        if is_x86_feature_detected!("avx512f") {
+            // SAFETY: the CPU feature was just detected.
+            return unsafe { q8_0_to_f32_avx512(bytes, out) };
+        }
+        return q8_0_to_f32(bytes, out);
+    }
+    T::to_float(&blocks[b0..b0 + out.len() / T::BLCK_SIZE], out);
+}
+
+/// [`q8_0_to_f32`] compiled for AVX-512.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn q8_0_to_f32_avx512(bytes: &[u8], out: &mut [f32]) {
+    q8_0_to_f32(bytes, out)
+}
+
+/// Q8_0 blocks to f32, written so that the per-block loop vectorises.
+#[inline(always)]
+fn q8_0_to_f32(bytes: &[u8], out: &mut [f32]) {
+    for (blk, o) in bytes.chunks_exact(34).zip(out.chunks_exact_mut(32)) {
+        let d = half::f16::from_le_bytes([blk[0], blk[1]]).to_f32();
+        for (o, &q) in o.iter_mut().zip(&blk[2..34]) {
+            *o = d * (q as i8) as f32;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use candle_core::quantized::k_quants::{BlockQ8_0, GgmlType};
+    use candle_core::quantized::GgmlDType;
+    use candle_core::{Device, Tensor};
+
+    #[test]
+    fn q8_0_rows_match_candle() {
+        let w = Tensor::randn(0f32, 1.0, (3, 96), &Device::Cpu).unwrap();
+        let q = super::quantize_rows(&w, GgmlDType::Q8_0).unwrap();
+        let want: Vec<f32> = q
+            .dequantize(&Device::Cpu)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1()
+            .unwrap();
+        let data = q.data().unwrap();
+        let mut got = vec![0f32; 64];
+        super::dequant_row::<BlockQ8_0>(&data, 96, 2, 32, &mut got);
+        assert_eq!(got, want[2 * 96 + 32..3 * 96]);
+        assert_eq!(BlockQ8_0::BLCK_SIZE, 32);
+    }
+}
