@@ -10,7 +10,7 @@ The hub ids ``deepseek-ai/Janus-Pro-1B`` and ``deepseek-ai/Janus-Pro-7B`` are
 always offered: they resolve to ``Janus-Pro/Janus-Pro-1B`` (…-7B) when that
 folder exists, and are downloaded there on first use otherwise.
 
-Loaded models are cached by (model folder, device, dtype) in a weak-value
+Loaded models are cached by (model folder, device, dtype, quant) in a weak-value
 map: the entry lives exactly as long as something (ComfyUI's output cache of
 the loader node) holds the ``JanusRSModel``, so unloading the node's output
 frees the model.
@@ -32,6 +32,7 @@ FOLDER_NAME = "Janus-Pro"
 HUB_MODELS = ("deepseek-ai/Janus-Pro-1B", "deepseek-ai/Janus-Pro-7B")
 DEVICES = ("auto", "cpu", "cuda", "metal")
 DTYPES = ("auto", "f32", "bf16", "f16")
+QUANTS = ("none", "q8_0", "q4k")
 _PARTIAL_DIR = ".downloading"
 
 
@@ -177,15 +178,19 @@ class JanusRSModel:
     """What a ``JANUS_RS_MODEL`` socket carries: a loaded ``janus_rs.JanusPro``
     and where it came from. Dropping the last reference frees the model."""
 
-    def __init__(self, model, name: str, path: str, device: str, dtype: str):
+    def __init__(self, model, name: str, path: str, device: str, dtype: str, quant: str = "none"):
         self.model = model
         self.name = name
         self.path = path
         self.device = device
         self.dtype = dtype
+        self.quant = quant
 
     def __repr__(self) -> str:
-        return f"JanusRSModel({self.name!r}, device={self.device!r}, dtype={self.dtype!r})"
+        return (
+            f"JanusRSModel({self.name!r}, device={self.device!r}, dtype={self.dtype!r}, "
+            f"quant={self.quant!r})"
+        )
 
 
 _cache: weakref.WeakValueDictionary[tuple, JanusRSModel] = weakref.WeakValueDictionary()
@@ -203,33 +208,35 @@ def janus_rs_module():
     return janus_rs
 
 
-def load(choice: str, device: str = "auto", dtype: str = "auto") -> JanusRSModel:
+def load(choice: str, device: str = "auto", dtype: str = "auto", quant: str = "none") -> JanusRSModel:
     """Loads (or returns the cached) model for a loader node's inputs."""
     if device not in DEVICES:
         raise ValueError(f"unknown device {device!r} (expected one of {', '.join(DEVICES)})")
     if dtype not in DTYPES:
         raise ValueError(f"unknown dtype {dtype!r} (expected one of {', '.join(DTYPES)})")
+    if quant not in QUANTS:
+        raise ValueError(f"unknown quant {quant!r} (expected one of {', '.join(QUANTS)})")
     janus_rs = janus_rs_module()
     path = resolve_model(choice)
     real_device = auto_device() if device == "auto" else device
     real_dtype = resolve_dtype(dtype, real_device)
-    key = (os.path.abspath(path) if os.path.isdir(path) else path, real_device, real_dtype)
+    key = (os.path.abspath(path) if os.path.isdir(path) else path, real_device, real_dtype, quant)
     with _lock:
         cached = _cache.get(key)
         if cached is not None:
             return cached
         try:
-            model = janus_rs.JanusPro.load(path, device=real_device, dtype=real_dtype)
+            model = janus_rs.JanusPro.load(path, device=real_device, dtype=real_dtype, quant=quant)
         except Exception as exc:
             if device != "auto" or real_device == "cpu":
                 raise
             # janus_rs built without this GPU backend: the CPU always works.
             log.warning("loading %s on %s failed (%s); using the CPU", choice, real_device, exc)
-            return load(choice, "cpu", "f32" if dtype == "auto" else dtype)
-        wrapped = JanusRSModel(model, choice, path, real_device, real_dtype)
+            return load(choice, "cpu", "f32" if dtype == "auto" else dtype, quant)
+        wrapped = JanusRSModel(model, choice, path, real_device, real_dtype, quant)
         _cache[key] = wrapped
-        log.info("loaded %s (%s, %s)", choice, real_device, real_dtype)
-        weakref.finalize(wrapped, log.info, "freed %s (%s, %s)", choice, real_device, real_dtype)
+        log.info("loaded %s (%s, %s, quant %s)", choice, real_device, real_dtype, quant)
+        weakref.finalize(wrapped, log.info, "freed %s (%s, %s, quant %s)", choice, real_device, real_dtype, quant)
         return wrapped
 
 

@@ -96,6 +96,7 @@ pub struct JanusPro {
     pub image_processor: ImageProcessor,
     device: Device,
     dtype: DType,
+    quant: crate::quant::Quant,
 }
 
 fn weights_err(e: candle_core::Error) -> JanusError {
@@ -116,7 +117,8 @@ impl JanusPro {
     }
 
     /// As [`JanusPro::load`], quantising the language model's and image
-    /// head's linear weights to `quant` while reading them (see [`crate::quant`]).
+    /// head's linear weights and the token embeddings to `quant` (and the
+    /// vision tower's to q8_0) while reading them (see [`crate::quant`]).
     pub fn load_quantized(
         dir: &Path,
         device: &Device,
@@ -152,6 +154,7 @@ impl JanusPro {
             image_processor: ImageProcessor::new(image_cfg),
             device: device.clone(),
             dtype,
+            quant,
         };
         this.image_grid()?;
         Ok(this)
@@ -159,6 +162,11 @@ impl JanusPro {
 
     pub fn device(&self) -> &Device {
         &self.device
+    }
+
+    /// The quantisation chosen at load ([`crate::quant::Quant::None`] for none).
+    pub fn quant(&self) -> crate::quant::Quant {
+        self.quant
     }
 
     pub fn dtype(&self) -> DType {

@@ -299,6 +299,11 @@ def ui_to_api(workflow: dict, node_classes: dict) -> dict:
                 values.pop(0)  # a widget converted to an input keeps its slot
                 continue
             if isinstance(kind, list) or kind in ("INT", "FLOAT", "STRING", "BOOLEAN"):
+                if not values and name in spec.get("optional", {}):
+                    # Saved before this optional widget existed: the
+                    # frontend gives it its default.
+                    inputs[name] = opts.get("default", kind[0] if isinstance(kind, list) else None)
+                    continue
                 inputs[name] = values.pop(0)
                 if opts.get("control_after_generate") or (kind == "INT" and name in ("seed", "noise_seed")):
                     values.pop(0)

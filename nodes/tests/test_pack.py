@@ -93,6 +93,8 @@ def test_node_options_match_the_issue(env):
     loader = nodes["JanusRSModelLoader"].INPUT_TYPES()["required"]
     assert list(loader) == ["model", "device", "dtype"]
     assert loader["device"][0] == ["auto", "cpu", "cuda", "metal"]
+    optional = nodes["JanusRSModelLoader"].INPUT_TYPES()["optional"]
+    assert optional["quant"][0] == ["none", "q8_0", "q4k"] and optional["quant"][1]["default"] == "none"
     understand = nodes["JanusRSImageUnderstanding"].INPUT_TYPES()["required"]
     assert understand["question"][1]["multiline"]
     assert [understand[k][1]["default"] for k in ("temperature", "top_p", "max_new_tokens")] == [0.1, 0.95, 512]
@@ -225,6 +227,17 @@ def test_loader_caches_and_frees(env):
     assert ref() is None and store.cached_models() == []
     with pytest.raises(ValueError, match="not found"):
         loader.load("no-such-model", "cpu", "f32")
+    with pytest.raises(ValueError, match="unknown quant 'q3'"):
+        loader.load("tiny", "cpu", "f32", "q3")
+
+
+def test_loader_quantises_on_request(env):
+    loader = env.module.NODE_CLASS_MAPPINGS["JanusRSModelLoader"]()
+    exact = loader.load("tiny", "cpu", "f32")[0]
+    quantised = loader.load("tiny", "cpu", "f32", "q8_0")[0]
+    assert quantised is not exact and quantised.quant == "q8_0"
+    assert quantised.model.quant == "q8_0" and exact.model.quant == "none"
+    assert loader.load("tiny", "auto", "auto", "q8_0")[0] is quantised
 
 
 # --- the example workflows ------------------------------------------------
@@ -303,6 +316,11 @@ def test_ui_workflows_match_api_workflows(env, name):
     converted = harness.ui_to_api(ui, env.node_classes)
     assert converted == {k: {"class_type": v["class_type"], "inputs": v["inputs"]} for k, v in api.items()}
     env.validate(harness.load_api_workflow(f"{name}.api.json"))
+    # Saved before the loader had its optional quant widget: still the same.
+    for node in ui["nodes"]:
+        if node["type"] == "JanusRSModelLoader":
+            node["widgets_values"] = node["widgets_values"][:3]
+    assert harness.ui_to_api(ui, env.node_classes) == converted
 
 
 # --- Cancel ----------------------------------------------------------------

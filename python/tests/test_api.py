@@ -15,9 +15,20 @@ PUBLIC = [
 def test_metadata(model):
     assert janus_rs.__version__
     assert janus_rs.DEFAULT_MODEL == "deepseek-ai/Janus-Pro-1B"
-    assert model.device == "cpu" and model.dtype == "f32"
+    assert model.device == "cpu" and model.dtype == "f32" and model.quant == "none"
     assert model.image_token_count == 16 and model.generated_image_size == 16 and model.codebook_size == 256
     assert repr(model).startswith("JanusPro(source='")
+
+
+def test_quantised_model_runs(fixture_dir, model):
+    q = janus_rs.JanusPro.load(str(fixture_dir), quant="q8_0")
+    assert q.quant == "q8_0" and repr(q).endswith("dtype='f32', quant='q8_0')")
+    question = "Describe this image."
+    image = str(fixture_dir / "images" / "wide.png")
+    # Close to, but not necessarily the same as, the exact model's answer.
+    assert isinstance(q.understand(image, question, max_new_tokens=4), str)
+    (image,) = q.generate("a red apple", seed=1)
+    assert image.size == (model.generated_image_size, model.generated_image_size)
 
 
 def test_help_is_useful():

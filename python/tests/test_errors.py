@@ -31,6 +31,8 @@ def test_load_errors(tmp_path, fixture_dir):
         janus_rs.JanusPro.load(str(fixture_dir), device="tpu")
     with pytest.raises(ValueError, match="dtype"):
         janus_rs.JanusPro.load(str(fixture_dir), dtype="int3")
+    with pytest.raises(ValueError, match="quantisation \"q3\""):
+        janus_rs.JanusPro.load(str(fixture_dir), quant="q3")
     with pytest.raises(TypeError):
         janus_rs.JanusPro.load(42)
     # A folder without config.json

@@ -78,14 +78,17 @@ class JanusPro:
         model: Union[str, "os.PathLike[str]"] = "deepseek-ai/Janus-Pro-1B",
         device: str = "cpu",
         dtype: str = "f32",
+        quant: str = "none",
     ) -> "JanusPro":
-        """Loads a model folder (released layout) or hub id; device "cpu" | "cuda[:N]" | "metal"; dtype "f32" | "bf16" | "f16"."""
+        """Loads a model folder (released layout) or hub id; device "cpu" | "cuda[:N]" | "metal"; dtype "f32" | "bf16" | "f16"; quant "none" | "q8_0" | "q4k"."""
     @property
     def source(self) -> str: ...
     @property
     def device(self) -> str: ...
     @property
     def dtype(self) -> str: ...
+    @property
+    def quant(self) -> str: ...
     @property
     def image_token_count(self) -> int:
         """VQ codes per generated image (576 for Janus-Pro)."""
