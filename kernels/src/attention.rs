@@ -5,7 +5,7 @@
 //! projection or of a key/value cache); no transposed copies are made.
 
 use crate::bf16_gemm::{self, Rhs};
-use crate::math::fast_exp;
+use crate::math::softmax_scaled;
 use rayon::prelude::*;
 
 /// One of q, k, v: value `d` of head `h` at position `i` is
@@ -133,61 +133,6 @@ pub fn attention<T: KvElement>(
             };
             bf16_gemm::gemm(rows, hd, keys, sc, keys, &vc, dst, out_row, false, false);
         });
-}
-
-/// `x = softmax(x * scale)` in place.
-fn softmax_scaled(x: &mut [f32], scale: f32) {
-    #[cfg(target_arch = "x86_64")]
-    if is_x86_feature_detected!("avx512f") {
-        // SAFETY: the CPU feature was just detected.
-        return unsafe { softmax_scaled_avx512(x, scale) };
-    }
-    softmax_lanes(x, scale)
-}
-
-/// The same code compiled for AVX-512, where its lanes become one register.
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f")]
-unsafe fn softmax_scaled_avx512(x: &mut [f32], scale: f32) {
-    softmax_lanes(x, scale)
-}
-
-/// Max and sum kept in 16 independent lanes: a single running f32 sum is
-/// a serial dependency the compiler may not reorder, which would leave the
-/// exponentials scalar.
-#[inline(always)]
-fn softmax_lanes(x: &mut [f32], scale: f32) {
-    const L: usize = 16;
-    let bigger = |a: f32, b: f32| if b > a { b } else { a };
-    let mut lanes = [f32::NEG_INFINITY; L];
-    let mut chunks = x.chunks_exact(L);
-    for c in &mut chunks {
-        for (m, &v) in lanes.iter_mut().zip(c) {
-            *m = bigger(*m, v);
-        }
-    }
-    let max = chunks
-        .remainder()
-        .iter()
-        .fold(f32::NEG_INFINITY, |a, &b| bigger(a, b));
-    let max = lanes.iter().fold(max, |a, &b| bigger(a, b)) * scale;
-    let mut sums = [0f32; L];
-    let mut chunks = x.chunks_exact_mut(L);
-    for c in &mut chunks {
-        for (s, v) in sums.iter_mut().zip(c.iter_mut()) {
-            *v = fast_exp(*v * scale - max);
-            *s += *v;
-        }
-    }
-    let mut sum: f32 = sums.iter().sum();
-    for v in chunks.into_remainder() {
-        *v = fast_exp(*v * scale - max);
-        sum += *v;
-    }
-    let inv = 1.0 / sum;
-    for v in x.iter_mut() {
-        *v *= inv;
-    }
 }
 
 #[cfg(test)]

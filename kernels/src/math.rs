@@ -27,8 +27,84 @@ pub fn fast_exp(x: f32) -> f32 {
     e * scale
 }
 
+/// `x = softmax(x * scale)` in place (max and sum in 16 lanes, exponentials
+/// by [`fast_exp`]).
+pub fn softmax_scaled(x: &mut [f32], scale: f32) {
+    #[cfg(target_arch = "x86_64")]
+    if is_x86_feature_detected!("avx512f") {
+        // SAFETY: the CPU feature was just detected.
+        return unsafe { softmax_scaled_avx512(x, scale) };
+    }
+    softmax_lanes(x, scale)
+}
+
+/// The same code compiled for AVX-512, where its lanes become one register.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn softmax_scaled_avx512(x: &mut [f32], scale: f32) {
+    softmax_lanes(x, scale)
+}
+
+/// Max and sum kept in 16 independent lanes: a single running f32 sum is
+/// a serial dependency the compiler may not reorder, which would leave the
+/// exponentials scalar.
+#[inline(always)]
+fn softmax_lanes(x: &mut [f32], scale: f32) {
+    const L: usize = 16;
+    let bigger = |a: f32, b: f32| if b > a { b } else { a };
+    let mut lanes = [f32::NEG_INFINITY; L];
+    let mut chunks = x.chunks_exact(L);
+    for c in &mut chunks {
+        for (m, &v) in lanes.iter_mut().zip(c) {
+            *m = bigger(*m, v);
+        }
+    }
+    let max = chunks
+        .remainder()
+        .iter()
+        .fold(f32::NEG_INFINITY, |a, &b| bigger(a, b));
+    let max = lanes.iter().fold(max, |a, &b| bigger(a, b)) * scale;
+    let mut sums = [0f32; L];
+    let mut chunks = x.chunks_exact_mut(L);
+    for c in &mut chunks {
+        for (s, v) in sums.iter_mut().zip(c.iter_mut()) {
+            *v = fast_exp(*v * scale - max);
+            *s += *v;
+        }
+    }
+    let mut sum: f32 = sums.iter().sum();
+    for v in chunks.into_remainder() {
+        *v = fast_exp(*v * scale - max);
+        sum += *v;
+    }
+    let inv = 1.0 / sum;
+    for v in x.iter_mut() {
+        *v *= inv;
+    }
+}
+
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn softmax_matches_the_definition() {
+        for n in [1usize, 5, 16, 37, 600] {
+            let x: Vec<f32> = (0..n)
+                .map(|i| ((i * 7919) % 97) as f32 / 9.0 - 5.0)
+                .collect();
+            let mut y = x.clone();
+            super::softmax_scaled(&mut y, 0.5);
+            let max = x.iter().cloned().fold(f32::NEG_INFINITY, f32::max);
+            let z: f64 = x.iter().map(|&v| ((v - max) as f64 * 0.5).exp()).sum();
+            for (a, &v) in y.iter().zip(&x) {
+                let want = ((v - max) as f64 * 0.5).exp() / z;
+                assert!(
+                    (*a as f64 - want).abs() < 1e-6 * want.max(1e-3),
+                    "{n}: {a} vs {want}"
+                );
+            }
+        }
+    }
+
     #[test]
     fn fast_exp_is_accurate() {
         for i in -8700..8800 {

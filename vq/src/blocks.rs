@@ -40,7 +40,8 @@ pub(crate) fn group_norm(channels: usize, vb: VarBuilder) -> Result<GroupNorm> {
     })
 }
 
-/// 3x3 convolution that keeps the spatial size (tiled im2col + gemm on the CPU).
+/// 3x3 convolution that keeps the spatial size (one matrix product over
+/// zero-padded planes on the CPU, see `fast::conv3x3`).
 #[derive(Debug, Clone)]
 pub struct Conv3x3 {
     weight: Tensor,

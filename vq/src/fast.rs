@@ -1,8 +1,11 @@
 //! CPU fast paths of the VQ decoder's heavy ops, on f32 NCHW tensors:
-//! 3x3 convolution (optionally after a nearest 2x upsample) as tiled
-//! im2col + one gemm per tile, and group norm fused with the swish that
-//! always follows it. Anything else (other devices or dtypes) goes through
-//! candle's own ops, which compute the same values.
+//! 3x3 convolution (optionally after a nearest 2x upsample) as one matrix
+//! product over zero-padded planes (the bf16 GEMM reads the shifted planes
+//! in place; the f32 path copies them into im2col tiles for gemm), and
+//! group norm fused with the swish that always follows it, optionally
+//! writing the padded planes the next convolution reads. Anything else
+//! (other devices or dtypes) goes through candle's own ops, which compute
+//! the same values.
 
 use candle_core::{DType, Device, Result, Tensor};
 use janus_kernels::math::fast_exp;

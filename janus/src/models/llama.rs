@@ -390,26 +390,15 @@ impl CacheView {
                 let (bi, hi) = (i / h, i % h);
                 let base = bi * self.batch_stride + (hi / self.n_rep) * self.head_stride;
                 let qrow = &qv[i * d..(i + 1) * d];
-                let mut max = f32::NEG_INFINITY;
                 for (j, s) in scores.iter_mut().enumerate() {
-                    let krow = &kv[base + j * d..base + (j + 1) * d];
-                    *s = dot(qrow, krow) * scale;
-                    max = max.max(*s);
+                    *s = dot(qrow, &kv[base + j * d..base + (j + 1) * d]);
                 }
-                let mut sum = 0f32;
-                for s in scores.iter_mut() {
-                    *s = (*s - max).exp();
-                    sum += *s;
-                }
+                janus_kernels::math::softmax_scaled(scores, scale);
                 for (j, &p) in scores.iter().enumerate() {
                     let vrow = &vv[base + j * d..base + (j + 1) * d];
                     for (o, &x) in o.iter_mut().zip(vrow) {
                         *o += p * x.f32();
                     }
-                }
-                let inv = 1.0 / sum;
-                for o in o.iter_mut() {
-                    *o *= inv;
                 }
             },
         );
