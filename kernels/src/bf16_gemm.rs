@@ -14,6 +14,13 @@
 //! where the caller keeps them, as the shifted input planes of a
 //! convolution, so no im2col matrix is ever written out).
 
+// Off x86-64 only the scalar reference path is compiled in; the blocked
+// kernel's helpers and constants are then unused.
+#![cfg_attr(
+    not(target_arch = "x86_64"),
+    allow(dead_code, unused_imports, unused_variables)
+)]
+
 use half::bf16;
 use rayon::prelude::*;
 
