@@ -411,14 +411,6 @@ fn random_ids(n: usize, vocab: usize, seed: u64) -> Vec<u32> {
     (0..n).map(|_| (100 + rng.next() % hi) as u32).collect()
 }
 
-fn rel_l2(a: &Tensor, b: &Tensor) -> Result<f64> {
-    let a = a.to_dtype(DType::F64)?.flatten_all()?;
-    let b = b.to_dtype(DType::F64)?.flatten_all()?;
-    let num = (&a - &b)?.sqr()?.sum_all()?.to_scalar::<f64>()?;
-    let den = b.sqr()?.sum_all()?.to_scalar::<f64>()?;
-    Ok((num / den).sqrt())
-}
-
 /// One t2i run of `parallel` images: prompt prefill, then `steps` timed steps
 /// (after one untimed warm-up step). Returns (prefill s, s per step, first mixed logits).
 fn t2i(
@@ -617,8 +609,8 @@ fn run_one(args: &BenchArgs, dtype: DType, quant: Quant) -> Result<BenchResult> 
     } else if ref_path.exists() {
         let map = candle_core::safetensors::load(&ref_path, &dev)?;
         if let (Some(u), Some(g)) = (map.get("und"), map.get("t2i")) {
-            und_err = Some(rel_l2(&und_logits, u)?);
-            t2i_err = Some(rel_l2(&t2i_logits, g)?);
+            und_err = Some(janus_kernels::tensor::rel_l2(&und_logits, u)?);
+            t2i_err = Some(janus_kernels::tensor::rel_l2(&t2i_logits, g)?);
         }
     }
 

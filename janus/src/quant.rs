@@ -381,15 +381,7 @@ fn bf16_large_matmul(w: &Tensor, x: &Tensor) -> Result<Tensor> {
     let (n, k) = w.dims2()?;
     with_cpu_slice::<half::bf16, _>(w, |wv| {
         banded_matmul(x, n, k, |j0, band| {
-            use rayon::prelude::*;
-            let len = band.len();
-            band.par_chunks_mut(k)
-                .zip(wv[j0 * k..j0 * k + len].par_chunks(k))
-                .for_each(|(d, s)| {
-                    for (d, s) in d.iter_mut().zip(s) {
-                        *d = f32::from_bits((s.to_bits() as u32) << 16);
-                    }
-                });
+            janus_kernels::tensor::widen_bf16(&wv[j0 * k..j0 * k + band.len()], band)
         })
     })?
 }
@@ -1230,23 +1222,8 @@ mod tests {
         assert_eq!(Quant::Q8_0.for_in_dim(176), Quant::None);
     }
 
-    fn rel(a: &Tensor, b: &Tensor) -> f32 {
-        let d = (a - b)
-            .unwrap()
-            .sqr()
-            .unwrap()
-            .sum_all()
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap();
-        let n = b
-            .sqr()
-            .unwrap()
-            .sum_all()
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap();
-        (d / n).sqrt()
+    fn rel(a: &Tensor, b: &Tensor) -> f64 {
+        janus_kernels::tensor::rel_l2(a, b).unwrap()
     }
 
     #[test]

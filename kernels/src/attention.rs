@@ -18,12 +18,14 @@ pub struct Heads<'a, T = f32> {
     pub head: usize,
 }
 
-/// Element types of keys and values.
+/// Element types of keys and values (of a key/value cache).
 pub trait KvElement: Copy + Sync {
     /// Keys as the right side of `q kᵀ`.
     fn rows(data: &[Self], ld: usize) -> Rhs<'_>;
     /// Values as the right side of `p v`.
     fn cols(data: &[Self], ld: usize) -> Rhs<'_>;
+    /// One value as f32 (exact), for code that reads the cache directly.
+    fn to_f32(self) -> f32;
 }
 
 impl KvElement for f32 {
@@ -33,6 +35,10 @@ impl KvElement for f32 {
     fn cols(data: &[f32], ld: usize) -> Rhs<'_> {
         Rhs::F32Cols { data, ld }
     }
+    #[inline(always)]
+    fn to_f32(self) -> f32 {
+        self
+    }
 }
 
 impl KvElement for half::bf16 {
@@ -41,6 +47,10 @@ impl KvElement for half::bf16 {
     }
     fn cols(data: &[half::bf16], ld: usize) -> Rhs<'_> {
         Rhs::Bf16Cols { data, ld }
+    }
+    #[inline(always)]
+    fn to_f32(self) -> f32 {
+        f32::from_bits((self.to_bits() as u32) << 16)
     }
 }
 

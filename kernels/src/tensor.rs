@@ -17,6 +17,33 @@ pub fn with_cpu_slice<T: WithDType, R>(t: &Tensor, f: impl FnOnce(&[T]) -> R) ->
     }
 }
 
+/// Relative L2 error `‖a − b‖ / ‖b‖` over all elements, in f64: how every
+/// test and the benchmark compare a result with its reference.
+pub fn rel_l2(a: &Tensor, b: &Tensor) -> Result<f64> {
+    if a.dims() != b.dims() {
+        candle_core::bail!("rel_l2: shapes {:?} and {:?} differ", a.dims(), b.dims())
+    }
+    let a = a.to_dtype(DType::F64)?.flatten_all()?;
+    let b = b.to_dtype(DType::F64)?.flatten_all()?;
+    let num = (&a - &b)?.sqr()?.sum_all()?.to_scalar::<f64>()?;
+    let den = b.sqr()?.sum_all()?.to_scalar::<f64>()?;
+    Ok((num / den).sqrt())
+}
+
+/// bf16 → f32 (exact: a bf16 is the upper half of an f32), split across
+/// threads: bf16 weights widened for f32 compute.
+pub fn widen_bf16(src: &[half::bf16], dst: &mut [f32]) {
+    use rayon::prelude::*;
+    assert_eq!(src.len(), dst.len(), "widen_bf16: lengths differ");
+    dst.par_chunks_mut(1 << 15)
+        .zip(src.par_chunks(1 << 15))
+        .for_each(|(d, s)| {
+            for (d, s) in d.iter_mut().zip(s) {
+                *d = f32::from_bits((s.to_bits() as u32) << 16);
+            }
+        });
+}
+
 /// `len` zeros, for a large output buffer about to be written once.
 ///
 /// Buffers of tens of megabytes (activations, image planes) are fresh

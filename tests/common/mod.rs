@@ -28,26 +28,9 @@ pub fn expected_json() -> serde_json::Value {
     serde_json::from_str(&text).expect("expected.json parses")
 }
 
-/// ||a - b|| / ||b|| over all elements, in f64.
+/// ||a - b|| / ||b|| over all elements, in f64 (the shapes must agree).
 pub fn rel_l2(a: &Tensor, b: &Tensor) -> f64 {
-    assert_eq!(a.dims(), b.dims(), "shapes differ");
-    let a: Vec<f64> = a
-        .to_dtype(DType::F64)
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .to_vec1()
-        .unwrap();
-    let b: Vec<f64> = b
-        .to_dtype(DType::F64)
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .to_vec1()
-        .unwrap();
-    let num: f64 = a.iter().zip(&b).map(|(x, y)| (x - y).powi(2)).sum();
-    let den: f64 = b.iter().map(|y| y * y).sum();
-    (num / den).sqrt()
+    janus_kernels::tensor::rel_l2(a, b).expect("comparable tensors")
 }
 
 pub fn assert_close(what: &str, got: &Tensor, want: &Tensor, tol: f64) {

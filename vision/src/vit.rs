@@ -120,20 +120,13 @@ impl Linear {
 
 /// bf16 -> f32 of a contiguous CPU tensor, split across threads.
 fn widen_bf16(w: &Tensor) -> Result<Tensor> {
-    use rayon::prelude::*;
     let (storage, layout) = w.storage_and_layout();
     let src = match (&*storage, layout.contiguous_offsets()) {
         (candle_core::Storage::Cpu(candle_core::CpuStorage::BF16(v)), Some((a, b))) => &v[a..b],
         _ => return w.to_dtype(DType::F32),
     };
     let mut out = vec![0f32; src.len()];
-    out.par_chunks_mut(1 << 15)
-        .zip(src.par_chunks(1 << 15))
-        .for_each(|(d, s)| {
-            for (d, s) in d.iter_mut().zip(s) {
-                *d = f32::from_bits((s.to_bits() as u32) << 16);
-            }
-        });
+    janus_kernels::tensor::widen_bf16(src, &mut out);
     drop(storage);
     Tensor::from_vec(out, w.shape().clone(), &candle_core::Device::Cpu)
 }

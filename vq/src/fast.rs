@@ -416,23 +416,8 @@ mod tests {
     use super::{conv3x3, group_norm, Input};
     use candle_core::{Device, Module, Tensor};
 
-    fn rel(a: &Tensor, b: &Tensor) -> f32 {
-        let d = (a - b)
-            .unwrap()
-            .sqr()
-            .unwrap()
-            .sum_all()
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap();
-        let n = b
-            .sqr()
-            .unwrap()
-            .sum_all()
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap();
-        (d / n).sqrt()
+    fn rel(a: &Tensor, b: &Tensor) -> f64 {
+        janus_kernels::tensor::rel_l2(a, b).unwrap()
     }
 
     #[test]

@@ -13,6 +13,7 @@ use candle_nn::{embedding, Embedding, RmsNorm, VarBuilder};
 
 use crate::config::LlamaConfig;
 use crate::quant::{activation_dtype, QLinear, Quant};
+use janus_kernels::attention::KvElement;
 use janus_kernels::tensor::zeroed;
 
 /// Cos/sin tables of the rotary embedding for every position.
@@ -195,7 +196,7 @@ impl Attention {
         rotary: &Rotary,
         cache: &mut LayerCache,
     ) -> Result<Tensor> {
-        use janus_kernels::attention::{attention, AttentionShape, Heads, KvElement};
+        use janus_kernels::attention::{attention, AttentionShape, Heads};
         use rayon::prelude::*;
         let (b, t, width) = qkv.dims3()?;
         let (h, kvh, hd) = (self.heads, self.kv_heads, self.head_dim);
@@ -359,27 +360,8 @@ struct CacheView {
     head_stride: usize,
 }
 
-/// Cache elements, read as f32.
-trait Widen: Copy + Sync {
-    fn f32(self) -> f32;
-}
-
-impl Widen for f32 {
-    #[inline(always)]
-    fn f32(self) -> f32 {
-        self
-    }
-}
-
-impl Widen for half::bf16 {
-    #[inline(always)]
-    fn f32(self) -> f32 {
-        f32::from_bits((self.to_bits() as u32) << 16)
-    }
-}
-
 impl CacheView {
-    fn attend<T: Widen>(&self, qv: &[f32], kv: &[T], vv: &[T], b: usize) -> Vec<f32> {
+    fn attend<T: KvElement>(&self, qv: &[f32], kv: &[T], vv: &[T], b: usize) -> Vec<f32> {
         use rayon::prelude::*;
         let (d, h) = (self.d, self.h);
         let scale = 1.0 / (d as f32).sqrt();
@@ -397,7 +379,7 @@ impl CacheView {
                 for (j, &p) in scores.iter().enumerate() {
                     let vrow = &vv[base + j * d..base + (j + 1) * d];
                     for (o, &x) in o.iter_mut().zip(vrow) {
-                        *o += p * x.f32();
+                        *o += p * x.to_f32();
                     }
                 }
             },
@@ -408,18 +390,18 @@ impl CacheView {
 
 /// Dot product in 8 independent lanes, so it vectorises.
 #[inline]
-fn dot<T: Widen>(a: &[f32], b: &[T]) -> f32 {
+fn dot<T: KvElement>(a: &[f32], b: &[T]) -> f32 {
     let mut lanes = [0f32; 8];
     let mut ca = a.chunks_exact(8);
     let mut cb = b.chunks_exact(8);
     for (x, y) in (&mut ca).zip(&mut cb) {
         for l in 0..8 {
-            lanes[l] += x[l] * y[l].f32();
+            lanes[l] += x[l] * y[l].to_f32();
         }
     }
     let mut s: f32 = lanes.iter().sum();
     for (x, y) in ca.remainder().iter().zip(cb.remainder()) {
-        s += x * y.f32();
+        s += x * y.to_f32();
     }
     s
 }
