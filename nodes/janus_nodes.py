@@ -43,7 +43,8 @@ class JanusRSModelLoader:
                     {
                         "default": "none",
                         "tooltip": "quantise while loading: q8_0 (about 2.8 GB for the 1B model, "
-                        "faster decoding) or q4k (about 1.9 GB); none keeps the exact weights",
+                        "faster decoding) or q4k (about 1.9 GB); none keeps the exact weights. "
+                        "A folder saved by `janus quantize` loads in its own quantisation with none",
                     },
                 ),
             },

@@ -137,7 +137,7 @@ def download(hub_id: str) -> str:
         snapshot_download(
             repo_id=hub_id,
             local_dir=partial,
-            allow_patterns=["*.json", "*.safetensors", "*.bin", "*.txt", "*.model"],
+            allow_patterns=["*.json", "*.safetensors", "*.bin", "*.gguf", "*.txt", "*.model"],
         )
     except Exception as exc:
         raise RuntimeError(
@@ -233,10 +233,14 @@ def load(choice: str, device: str = "auto", dtype: str = "auto", quant: str = "n
             # janus_rs built without this GPU backend: the CPU always works.
             log.warning("loading %s on %s failed (%s); using the CPU", choice, real_device, exc)
             return load(choice, "cpu", "f32" if dtype == "auto" else dtype, quant)
-        wrapped = JanusRSModel(model, choice, path, real_device, real_dtype, quant)
+        # A folder saved by `janus quantize` loads in its own quantisation.
+        real_quant = model.quant
+        wrapped = JanusRSModel(model, choice, path, real_device, real_dtype, real_quant)
         _cache[key] = wrapped
-        log.info("loaded %s (%s, %s, quant %s)", choice, real_device, real_dtype, quant)
-        weakref.finalize(wrapped, log.info, "freed %s (%s, %s, quant %s)", choice, real_device, real_dtype, quant)
+        log.info("loaded %s (%s, %s, quant %s)", choice, real_device, real_dtype, real_quant)
+        weakref.finalize(
+            wrapped, log.info, "freed %s (%s, %s, quant %s)", choice, real_device, real_dtype, real_quant
+        )
         return wrapped
 
 

@@ -390,3 +390,71 @@ fn interrupted_generation_leaves_no_file() {
         files.iter().map(|e| e.file_name()).collect::<Vec<_>>()
     );
 }
+
+#[test]
+fn quantize_saves_a_folder_that_answers_as_a_quantising_load() {
+    let dir = fixture_dir();
+    let tmp = tempfile::tempdir().unwrap();
+    let out_dir = tmp.path().join("tiny-q8_0");
+    let out = janus(&[
+        "quantize",
+        "--model",
+        s(&dir),
+        "--quant",
+        "q8_0",
+        "--out",
+        s(&out_dir),
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let printed = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(printed.trim(), s(&out_dir.join("model.gguf")));
+    let image = dir.join("images/wide.png");
+    let answer = |model: &Path, quant: &str| {
+        stdout_json(&janus(&[
+            "understand",
+            "--model",
+            s(model),
+            "--quant",
+            quant,
+            "--image",
+            s(&image),
+            "--question",
+            "Describe this image in detail.",
+            "--max-new-tokens",
+            "8",
+            "--json",
+        ]))
+    };
+    let saved = answer(&out_dir, "none");
+    assert_eq!(saved, answer(&dir, "q8_0"));
+    assert!(!saved["token_ids"].as_array().unwrap().is_empty());
+
+    let refused = janus(&[
+        "quantize",
+        "--model",
+        s(&dir),
+        "--quant",
+        "none",
+        "--out",
+        s(&out_dir),
+    ]);
+    assert_input_error("quantize --quant none", &refused, "q8_0 or q4k");
+    let refused = janus(&[
+        "understand",
+        "--model",
+        s(&out_dir),
+        "--quant",
+        "q4k",
+        "--question",
+        "hi",
+    ]);
+    assert_input_error(
+        "a q8_0 folder loaded as q4k",
+        &refused,
+        "holds q8_0 weights",
+    );
+}

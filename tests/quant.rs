@@ -100,3 +100,165 @@ fn reduced_precision_tracks_f32_and_runs() {
         assert_eq!(images.images.len(), 1, "{what}: generation ran");
     }
 }
+
+fn pixels(model: &JanusPro) -> candle_core::Tensor {
+    let s = model.model.config.vision.image_size;
+    let v: Vec<f32> = (0..3 * s * s)
+        .map(|i| (i * 7919 % 2000) as f32 / 1000.0 - 1.0)
+        .collect();
+    candle_core::Tensor::from_vec(v, (1, 3, s, s), &Device::Cpu).unwrap()
+}
+
+fn assert_same(what: &str, a: &candle_core::Tensor, b: &candle_core::Tensor) {
+    assert_eq!(rel_l2(a, b), 0.0, "{what} differ");
+}
+
+/// A folder saved by `gguf::save_quantized` loads to exactly the model a
+/// quantising load makes (same blocks, same dense tensors), from both the
+/// safetensors and the sharded pickle copies, in the quantisation it was
+/// saved with.
+#[test]
+fn saved_quantised_folder_loads_as_the_quantising_load() {
+    for (src, quant) in [
+        (fixture_dir(), Quant::Q8_0),
+        (fixture_dir().join("bin-bf16"), Quant::Q4K),
+    ] {
+        let out = tempfile::tempdir().unwrap();
+        let mut steps = vec![];
+        let path = janus::gguf::save_quantized(&src, quant, out.path(), &mut |p| {
+            steps.push((p.step, p.total));
+            Ok(())
+        })
+        .unwrap();
+        assert_eq!(path, out.path().join("model.gguf"));
+        let total = steps.last().unwrap().1;
+        assert_eq!(steps, (1..=total).map(|s| (s, total)).collect::<Vec<_>>());
+        for f in ["config.json", "tokenizer.json", "preprocessor_config.json"] {
+            assert!(out.path().join(f).exists(), "{f} copied");
+        }
+        // q8_0 blocks take 34 bytes per 32 values, against 64 in bf16.
+        let bf16_size = std::fs::metadata(fixture_dir().join("model.safetensors"))
+            .unwrap()
+            .len();
+        let size = std::fs::metadata(&path).unwrap().len();
+        assert!(
+            size < bf16_size * 9 / 10,
+            "{size} bytes vs {bf16_size} in bf16"
+        );
+
+        let direct = JanusPro::load_quantized(&src, &Device::Cpu, DType::F32, quant).unwrap();
+        let saved = JanusPro::load(out.path(), &Device::Cpu, DType::F32).unwrap();
+        assert_eq!(saved.quant(), quant);
+        let what = format!("{quant} from {}", src.display());
+        let px = pixels(&direct);
+        assert_same(
+            &format!("{what}: image features"),
+            &saved.model.encode_images(&px).unwrap(),
+            &direct.model.encode_images(&px).unwrap(),
+        );
+        assert_same(
+            &format!("{what}: understanding logits"),
+            &last_logits(&saved),
+            &last_logits(&direct),
+        );
+        assert_same(
+            &format!("{what}: cfg logits"),
+            &cfg_logits(&saved),
+            &cfg_logits(&direct),
+        );
+        let n = saved.processor.config.num_image_tokens;
+        let codes: Vec<u32> = (0..n as u32).map(|i| i * 37 % 97).collect();
+        let decoded =
+            |m: &JanusPro| m.decode_images(std::slice::from_ref(&codes)).unwrap()[0].clone();
+        assert_eq!(decoded(&saved), decoded(&direct), "{what}: VQ decode");
+        // The same quantisation may be named again; another is refused.
+        let again = JanusPro::load_quantized(out.path(), &Device::Cpu, DType::F32, quant).unwrap();
+        assert_eq!(again.quant(), quant);
+        let other = if quant == Quant::Q8_0 {
+            Quant::Q4K
+        } else {
+            Quant::Q8_0
+        };
+        let err = JanusPro::load_quantized(out.path(), &Device::Cpu, DType::F32, other)
+            .err()
+            .expect("a different quantisation is refused");
+        assert!(
+            err.to_string().contains(&format!("holds {quant} weights")),
+            "{err}"
+        );
+    }
+}
+
+#[test]
+fn saving_a_quantised_folder_refuses_bad_requests_and_leaves_nothing_behind() {
+    let src = fixture_dir();
+    let save = |out: &std::path::Path, quant| {
+        janus::gguf::save_quantized(&src, quant, out, &mut |_| Ok(())).err()
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    let msg = |e: Option<janus::JanusError>| e.expect("refused").to_string();
+    assert!(msg(save(tmp.path(), Quant::None)).contains("q8_0 or q4k"));
+    assert!(msg(save(&src, Quant::Q8_0)).contains("is the model folder"));
+    let has_weights = tmp.path().join("has-weights");
+    std::fs::create_dir(&has_weights).unwrap();
+    std::fs::write(has_weights.join("model.safetensors"), b"x").unwrap();
+    assert!(msg(save(&has_weights, Quant::Q8_0)).contains("already holds model weights"));
+
+    // Cancelled half way: no model.gguf, no partial file, nothing copied.
+    let out = tmp.path().join("cancelled");
+    let err = janus::gguf::save_quantized(&src, Quant::Q8_0, &out, &mut |p| {
+        if p.step == 5 {
+            Err(janus::JanusError::Cancelled)
+        } else {
+            Ok(())
+        }
+    })
+    .err()
+    .expect("cancelled");
+    assert!(matches!(err, janus::JanusError::Cancelled), "{err}");
+    assert_eq!(std::fs::read_dir(&out).unwrap().count(), 0);
+
+    // A saved folder is not quantised again, and a damaged file is named.
+    let saved = tmp.path().join("saved");
+    janus::gguf::save_quantized(&src, Quant::Q8_0, &saved, &mut |_| Ok(())).unwrap();
+    let err =
+        janus::gguf::save_quantized(&saved, Quant::Q8_0, &tmp.path().join("x"), &mut |_| Ok(()))
+            .err()
+            .expect("refused");
+    assert!(
+        err.to_string().contains("already quantised (q8_0)"),
+        "{err}"
+    );
+    let gguf = saved.join("model.gguf");
+    let bytes = std::fs::read(&gguf).unwrap();
+    std::fs::write(&gguf, &bytes[..bytes.len() / 2]).unwrap();
+    let err = JanusPro::load(&saved, &Device::Cpu, DType::F32)
+        .err()
+        .expect("truncated");
+    assert!(
+        err.to_string().contains("model.gguf") && err.to_string().contains("truncated"),
+        "{err}"
+    );
+    std::fs::write(&gguf, b"not a gguf file").unwrap();
+    let err = JanusPro::load(&saved, &Device::Cpu, DType::F32)
+        .err()
+        .expect("garbage");
+    assert!(err.to_string().contains("model.gguf"), "{err}");
+    // A GGUF file from elsewhere (here candle's writer, no janus.quant).
+    let t = candle_core::quantized::QTensor::quantize(
+        &candle_core::Tensor::zeros((2, 32), DType::F32, &Device::Cpu).unwrap(),
+        candle_core::quantized::GgmlDType::Q8_0,
+    )
+    .unwrap();
+    let mut f = std::fs::File::create(&gguf).unwrap();
+    candle_core::quantized::gguf_file::write(&mut f, &[], &[("x.weight", &t)]).unwrap();
+    drop(f);
+    let err = JanusPro::load(&saved, &Device::Cpu, DType::F32)
+        .err()
+        .expect("foreign");
+    assert!(
+        err.to_string()
+            .contains("not a Janus-Pro model written by `janus quantize`"),
+        "{err}"
+    );
+}

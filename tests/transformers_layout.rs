@@ -191,3 +191,40 @@ fn transformers_layout_gives_identical_outputs() {
         common::ids(&expected()["t2i.apple.image_tokens"])
     );
 }
+
+/// A quantised copy saved from the transformers layout holds the released
+/// names and loads to the model a quantising load of the original makes.
+#[test]
+fn transformers_layout_saves_a_quantised_folder() {
+    let tmp = tempfile::tempdir().unwrap();
+    let src = tmp.path().join("hf");
+    std::fs::create_dir(&src).unwrap();
+    write_transformers_copy(&src);
+    let out = tmp.path().join("hf-q8_0");
+    janus::gguf::save_quantized(&src, janus::Quant::Q8_0, &out, &mut |_| Ok(())).unwrap();
+    let saved = JanusPro::load(&out, &Device::Cpu, DType::F32).unwrap();
+    let direct =
+        JanusPro::load_quantized(&fixture_dir(), &Device::Cpu, DType::F32, janus::Quant::Q8_0)
+            .unwrap();
+    let image = ImageProcessor::open(&fixture_dir().join("images/wide.png")).unwrap();
+    let conv = question_conversation("Describe this image in detail.", 1);
+    let opts = UnderstandOptions {
+        max_new_tokens: 12,
+        ..Default::default()
+    };
+    assert_eq!(
+        saved
+            .understand(&conv, std::slice::from_ref(&image), &opts)
+            .unwrap(),
+        direct.understand(&conv, &[image], &opts).unwrap()
+    );
+    let opts = GenerateOptions {
+        sampling: SamplingParams::greedy(),
+        ..Default::default()
+    };
+    let prompt = "A close-up photo of a red apple on a wooden table.";
+    assert_eq!(
+        saved.generate(prompt, &opts).unwrap().images,
+        direct.generate(prompt, &opts).unwrap().images
+    );
+}

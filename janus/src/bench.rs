@@ -49,6 +49,11 @@ pub struct BenchArgs {
     /// Where the random weights are cached (default: the system temp folder).
     #[arg(long)]
     pub weights_dir: Option<PathBuf>,
+    /// Quantised configurations load a saved `model.gguf` (written once
+    /// beside the random weights, as `janus quantize` does) instead of
+    /// quantising while loading.
+    #[arg(long)]
+    pub from_gguf: bool,
     /// Print one JSON object instead of a table.
     #[arg(long)]
     pub json: bool,
@@ -488,6 +493,28 @@ fn run_one(args: &BenchArgs, dtype: DType, quant: Quant) -> Result<BenchResult> 
             "bench {label}: {what} (peak RSS so far {:.2} GB)",
             status_bytes("VmHWM:") as f64 / 1e9
         )
+    };
+    let dir = if args.from_gguf && quant != Quant::None {
+        let gguf_dir = dir.join(quant.name());
+        if !gguf_dir.join(crate::gguf::GGUF_FILE).exists() {
+            stage("writing model.gguf (once)");
+            std::fs::create_dir_all(&gguf_dir)?;
+            let tmp = gguf_dir.join("model.gguf.partial");
+            crate::gguf::write_gguf(
+                &cfg,
+                Checkpoint::open(&dir)?,
+                quant,
+                "bench",
+                &tmp,
+                &mut |_| Ok(()),
+            )?;
+            std::fs::rename(&tmp, gguf_dir.join(crate::gguf::GGUF_FILE))?;
+            // Only what follows counts towards the peak.
+            let _ = std::fs::write("/proc/self/clear_refs", "5");
+        }
+        gguf_dir
+    } else {
+        dir
     };
     stage("loading");
 

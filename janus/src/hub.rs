@@ -11,7 +11,7 @@ use crate::error::{JanusError, Result};
 use crate::source::LoadOptions;
 
 /// Files a model folder may hold besides weights; absent ones are skipped.
-const SIDE_FILES: [&str; 5] = [
+pub(crate) const SIDE_FILES: [&str; 5] = [
     "tokenizer.json",
     "processor_config.json",
     "preprocessor_config.json",
@@ -20,7 +20,8 @@ const SIDE_FILES: [&str; 5] = [
 ];
 
 /// Weight layouts in order of preference, each named by its first file.
-const WEIGHT_ENTRIES: [&str; 4] = [
+pub(crate) const WEIGHT_ENTRIES: [&str; 5] = [
+    crate::gguf::GGUF_FILE,
     "model.safetensors.index.json",
     "model.safetensors",
     "pytorch_model.bin.index.json",

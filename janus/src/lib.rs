@@ -35,6 +35,7 @@ pub mod cancel;
 pub mod chat;
 pub mod config;
 pub mod error;
+pub mod gguf;
 mod hub;
 pub mod image_processor;
 pub mod models;

@@ -119,6 +119,8 @@ impl JanusPro {
     /// As [`JanusPro::load`], quantising the language model's and image
     /// head's linear weights and the token embeddings to `quant` (and the
     /// vision tower's to q8_0) while reading them (see [`crate::quant`]).
+    /// A quantised folder (see [`crate::gguf`]) loads in the quantisation it
+    /// was saved with: `quant` must be that one or `Quant::None`.
     pub fn load_quantized(
         dir: &Path,
         device: &Device,
@@ -146,7 +148,20 @@ impl JanusPro {
             )));
         }
         let processor = JanusProcessor::from_files(&dir.join("tokenizer.json"), proc_cfg)?;
-        let vb = Checkpoint::open(dir)?.into_var_builder(config.layout, dtype, device);
+        let checkpoint = Checkpoint::open(dir)?;
+        // A quantised folder (`model.gguf`) loads in its own quantisation.
+        let quant = match (checkpoint.stored_quant(), quant) {
+            (None, q) => q,
+            (Some(stored), crate::quant::Quant::None) => stored,
+            (Some(stored), q) if q == stored => q,
+            (Some(stored), q) => {
+                return Err(JanusError::Input(format!(
+                    "{} holds {stored} weights; load it with quant {stored} (or none), not {q}",
+                    checkpoint.files()[0].display()
+                )))
+            }
+        };
+        let vb = checkpoint.into_var_builder(config.layout, dtype, device);
         let model = JanusModel::load_quantized(vb, &config, quant).map_err(weights_err)?;
         let this = Self {
             model,

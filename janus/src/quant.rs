@@ -4,7 +4,9 @@
 //!
 //! Quantisation is done at load, tensor by tensor, from whatever the
 //! checkpoint stores: no separate file is needed, and no full-precision copy
-//! of a quantised weight stays in memory. On the CPU activations are always
+//! of a quantised weight stays in memory. A folder saved by
+//! [`crate::gguf::save_quantized`] holds the blocks already; they are taken
+//! as stored. On the CPU activations are always
 //! f32: candle has no fast bf16 kernels there, so a bf16 weight is read as
 //! bf16 (half the bytes of f32) and widened inside the kernel.
 
@@ -15,7 +17,7 @@ use candle_core::{DType, Device, Module, Result, Tensor};
 use candle_nn::VarBuilder;
 use janus_kernels::bf16_gemm::{self, Rhs};
 pub use janus_kernels::blocks::is_broadcast_view;
-use janus_kernels::blocks::{dequant_row, quantize_rows};
+use janus_kernels::blocks::{dequant_row, quantize_rows, stored_blocks};
 use janus_kernels::tensor::{map_rows, with_cpu_slice};
 
 /// Quantisation of the language model's and image head's linear weights and
@@ -52,7 +54,7 @@ impl Quant {
         }
     }
 
-    fn ggml(&self) -> Option<GgmlDType> {
+    pub(crate) fn ggml(&self) -> Option<GgmlDType> {
         match self {
             Self::None => None,
             Self::Q8_0 => Some(GgmlDType::Q8_0),
@@ -121,7 +123,8 @@ pub struct QLinear {
 
 impl QLinear {
     /// Loads `weight` [out, in] (and `bias` [out] when `with_bias`) from `vb`,
-    /// quantising with `quant` (see [`Quant::for_in_dim`]).
+    /// quantising with `quant` (see [`Quant::for_in_dim`]); a weight the
+    /// checkpoint stores in those blocks already (a GGUF model) is taken as is.
     pub fn load(
         in_dim: usize,
         out_dim: usize,
@@ -129,14 +132,18 @@ impl QLinear {
         vb: VarBuilder,
         quant: Quant,
     ) -> Result<Self> {
-        let dev = vb.device().clone();
-        let w = vb.get((out_dim, in_dim), "weight")?;
-        let act = activation_dtype(&dev, vb.dtype());
+        let act = activation_dtype(vb.device(), vb.dtype());
         let bias = if with_bias {
             Some(vb.get(out_dim, "bias")?.to_dtype(act)?)
         } else {
             None
         };
+        if let Some(g) = quant.for_in_dim(in_dim).ggml() {
+            if let Some(q) = stored_blocks(&vb, "weight", (out_dim, in_dim), g)? {
+                return Self::from_blocks(q, bias, quant);
+            }
+        }
+        let w = vb.get((out_dim, in_dim), "weight")?;
         Self::from_weight(w, bias, quant)
     }
 
@@ -145,16 +152,17 @@ impl QLinear {
         let (out_dim, in_dim) = w.dims2()?;
         let quant = quant.for_in_dim(in_dim);
         let dev = w.device().clone();
+        if let (Some(g), false) = (quant.ggml(), is_broadcast_view(&w)) {
+            let q = quantize_rows(&w, g)?;
+            drop(w);
+            return Self::from_blocks(q, bias, quant);
+        }
         let weight = if is_broadcast_view(&w) {
             // Shape-only loads (parameter listings) never run: keep the view.
             Weight::Plain(candle_nn::Linear::new(
                 w,
                 if dev.is_cpu() { None } else { bias.clone() },
             ))
-        } else if let Some(g) = quant.ggml() {
-            let q = std::sync::Arc::new(quantize_rows(&w, g)?);
-            drop(w);
-            Weight::Quantized(q.clone(), QMatMul::from_arc(q)?)
         } else if dev.is_cpu() && w.dtype() == DType::BF16 {
             Weight::Bf16(w.contiguous()?)
         } else if dev.is_cpu() && w.dtype() != DType::F32 {
@@ -178,30 +186,55 @@ impl QLinear {
         })
     }
 
-    /// Stacks weights [out_i, in] (read one at a time by `load(i)`) into one
-    /// [sum out_i, in] linear without bias. Quantised parts are quantised as
-    /// they arrive, so at most one full-precision part is resident.
+    /// Wraps quantised blocks [out, in] of `quant` (after
+    /// [`Quant::for_in_dim`]).
+    pub(crate) fn from_blocks(q: QTensor, bias: Option<Tensor>, quant: Quant) -> Result<Self> {
+        let (out_dim, in_dim) = q.shape().dims2()?;
+        let q = std::sync::Arc::new(q);
+        Ok(Self {
+            weight: Weight::Quantized(q.clone(), QMatMul::from_arc(q)?),
+            bias,
+            in_dim,
+            out_dim,
+            quant: quant.for_in_dim(in_dim),
+        })
+    }
+
+    /// Stacks the weights `<name>.weight` [out_i, in] of `parts` (name,
+    /// out_i) under `vb` into one [sum out_i, in] linear without bias.
+    /// Quantised parts are quantised as they are read (or taken as stored,
+    /// see [`QLinear::load`]), so at most one full-precision part is resident.
     pub fn stacked(
-        n_parts: usize,
-        load: impl Fn(usize) -> Result<Tensor>,
+        vb: &VarBuilder,
+        parts: &[(&str, usize)],
+        in_dim: usize,
         quant: Quant,
     ) -> Result<Self> {
-        let first = load(0)?;
-        let (_, in_dim) = first.dims2()?;
-        let g = quant.for_in_dim(in_dim).ggml();
-        if let (Some(g), true, false) = (g, first.device().is_cpu(), is_broadcast_view(&first)) {
+        let read = |(name, rows): (&str, usize)| vb.pp(name).get((rows, in_dim), "weight");
+        let rows = parts.iter().map(|p| p.1).sum::<usize>();
+        if let (Some(g), true) = (quant.for_in_dim(in_dim).ggml(), vb.device().is_cpu()) {
             let mut bytes = Vec::new();
-            let mut rows = 0;
-            let mut part = Some(first);
-            for i in 0..n_parts {
-                let w = match part.take() {
-                    Some(w) => w,
-                    None => load(i)?,
+            let mut views = false;
+            for &(name, n) in parts {
+                let q = match stored_blocks(&vb.pp(name), "weight", (n, in_dim), g)? {
+                    Some(q) => q,
+                    None => {
+                        let w = read((name, n))?;
+                        views |= is_broadcast_view(&w);
+                        if views {
+                            continue;
+                        }
+                        quantize_rows(&w, g)?
+                    }
                 };
-                rows += w.dim(0)?;
-                let q = quantize_rows(&w, g)?;
-                drop(w);
                 bytes.extend_from_slice(&q.data()?);
+            }
+            if views {
+                // A shape-only backend (see `weights::ShapeRecorder`) hands
+                // out zero-stride views and never runs: stay a view.
+                let view =
+                    Tensor::zeros((), vb.dtype(), vb.device())?.broadcast_as((rows, in_dim))?;
+                return Self::from_weight(view, None, quant);
             }
             let q = candle_core::quantized::ggml_file::qtensor_from_ggml(
                 g,
@@ -210,20 +243,9 @@ impl QLinear {
                 &Device::Cpu,
             )?;
             drop(bytes);
-            let q = std::sync::Arc::new(q);
-            return Ok(Self {
-                weight: Weight::Quantized(q.clone(), QMatMul::from_arc(q)?),
-                bias: None,
-                in_dim,
-                out_dim: rows,
-                quant: quant.for_in_dim(in_dim),
-            });
+            return Self::from_blocks(q, None, quant);
         }
-        let mut parts = vec![first];
-        for i in 1..n_parts {
-            parts.push(load(i)?);
-        }
-        let rows: usize = parts.iter().map(|p| p.dim(0)).sum::<Result<usize>>()?;
+        let parts = parts.iter().map(|&p| read(p)).collect::<Result<Vec<_>>>()?;
         // A shape-only backend (see `weights::ShapeRecorder`) hands out
         // zero-stride views; stacking them would allocate, so stay a view.
         let w = if parts.iter().any(is_broadcast_view) {

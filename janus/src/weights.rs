@@ -1,6 +1,7 @@
 //! Finding and reading checkpoint files: one or sharded safetensors (memory
 //! mapped), one or sharded PyTorch pickles (read as data by candle's
-//! restricted unpickler, which executes nothing).
+//! restricted unpickler, which executes nothing), or a quantised
+//! `model.gguf` written by [`crate::gguf`] (memory mapped).
 //!
 //! Every request is checked against the stored shape before any data is
 //! read, so a mismatch names the key and both shapes.
@@ -21,6 +22,7 @@ enum Store {
         shards: Vec<candle_core::pickle::PthTensors>,
         route: HashMap<String, usize>,
     },
+    Gguf(crate::gguf::GgufFile),
 }
 
 /// The weights of one model folder.
@@ -78,9 +80,17 @@ fn index_shards(index: &Path) -> Result<Vec<PathBuf>> {
 
 impl Checkpoint {
     /// Opens the weights of a model folder, in order of preference:
-    /// `model.safetensors`, `model.safetensors.index.json`,
-    /// `pytorch_model.bin`, `pytorch_model.bin.index.json`.
+    /// `model.gguf` (quantised, see [`crate::gguf`]), `model.safetensors`,
+    /// `model.safetensors.index.json`, `pytorch_model.bin`,
+    /// `pytorch_model.bin.index.json`.
     pub fn open(dir: &Path) -> Result<Self> {
+        let gguf = dir.join(crate::gguf::GGUF_FILE);
+        if gguf.exists() {
+            return Ok(Self {
+                store: Store::Gguf(crate::gguf::GgufFile::open(&gguf)?),
+                files: vec![gguf],
+            });
+        }
         let st = dir.join("model.safetensors");
         let st_index = dir.join("model.safetensors.index.json");
         let bin = dir.join("pytorch_model.bin");
@@ -95,7 +105,7 @@ impl Checkpoint {
             Self::open_pickles(index_shards(&bin_index)?)
         } else {
             Err(JanusError::MissingFile {
-                what: "model weights (model.safetensors, model.safetensors.index.json, pytorch_model.bin or pytorch_model.bin.index.json)".into(),
+                what: "model weights (model.gguf, model.safetensors, model.safetensors.index.json, pytorch_model.bin or pytorch_model.bin.index.json)".into(),
                 path: dir.into(),
             })
         }
@@ -147,6 +157,26 @@ impl Checkpoint {
         match &self.store {
             Store::Safetensors(st) => st.tensors().into_iter().map(|(n, _)| n).collect(),
             Store::Pickle { route, .. } => route.keys().cloned().collect(),
+            Store::Gguf(g) => g.names(),
+        }
+    }
+
+    /// The quantisation of a `model.gguf` checkpoint; `None` for the others.
+    pub fn stored_quant(&self) -> Option<crate::quant::Quant> {
+        match &self.store {
+            Store::Gguf(g) => Some(g.quant()),
+            _ => None,
+        }
+    }
+
+    /// Where this checkpoint's tensors come from under the released names
+    /// (a `model.gguf` always holds those names, whatever the config's layout).
+    pub(crate) fn into_source(self, layout: CheckpointLayout) -> Box<dyn TensorSource> {
+        match (&self.store, layout) {
+            (Store::Gguf(_), _) | (_, CheckpointLayout::Released) => Box::new(self),
+            (_, CheckpointLayout::Transformers) => {
+                Box::new(crate::transformers_layout::TransformersCheckpoint(self))
+            }
         }
     }
 
@@ -158,18 +188,15 @@ impl Checkpoint {
         dtype: DType,
         device: &Device,
     ) -> VarBuilder<'static> {
-        let backend: Box<dyn SimpleBackend> = match layout {
-            CheckpointLayout::Released => Box::new(Checked(self)),
-            CheckpointLayout::Transformers => Box::new(Checked(
-                crate::transformers_layout::TransformersCheckpoint(self),
-            )),
-        };
+        let backend: Box<dyn SimpleBackend> = Box::new(Checked(self.into_source(layout)));
         VarBuilder::from_backend(backend, dtype, device.clone())
     }
 }
 
 /// Where named tensors come from, under the released names.
 pub(crate) trait TensorSource: Send + Sync {
+    // (Quantised blocks are served as raw bytes under their
+    // `janus_kernels::blocks::blocks_name`, where a source has them.)
     /// The stored shape, without reading data.
     fn shape_of(&self, name: &str) -> Option<Vec<usize>>;
     /// The tensor in its stored dtype.
@@ -184,6 +211,7 @@ impl TensorSource for Checkpoint {
                 .get(name)
                 .and_then(|&i| shards[i].tensor_infos().get(name))
                 .map(|info| info.layout.dims().to_vec()),
+            Store::Gguf(g) => g.shape_of(name),
         }
     }
 
@@ -209,7 +237,18 @@ impl TensorSource for Checkpoint {
                     None => candle_core::bail!("tensor {name} is missing from the checkpoint"),
                 }
             }
+            Store::Gguf(g) => g.load_raw(name, dev),
         }
+    }
+}
+
+impl<T: TensorSource + ?Sized> TensorSource for Box<T> {
+    fn shape_of(&self, name: &str) -> Option<Vec<usize>> {
+        (**self).shape_of(name)
+    }
+
+    fn load_raw(&self, name: &str, dev: &Device) -> candle_core::Result<Tensor> {
+        (**self).load_raw(name, dev)
     }
 }
 
@@ -251,15 +290,29 @@ impl<T: TensorSource> SimpleBackend for Checked<T> {
 /// zero-stride views instead of data, so a full-size model can be "built"
 /// to list its parameters without allocating them.
 /// Clones share one record.
+/// It has no pre-quantised blocks: asked for some (see
+/// [`janus_kernels::blocks::stored_blocks`]), it records which and says no.
 #[derive(Default, Clone)]
 pub struct ShapeRecorder {
     requested: std::sync::Arc<std::sync::Mutex<Vec<(String, Vec<usize>)>>>,
+    blocks: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
 }
 
 impl ShapeRecorder {
     /// Every `(name, shape)` requested so far, in request order.
     pub fn requested(&self) -> Vec<(String, Vec<usize>)> {
         self.requested.lock().map(|r| r.clone()).unwrap_or_default()
+    }
+
+    /// The tensors the model asked for as quantised blocks, with their
+    /// format, in request order.
+    pub fn requested_blocks(&self) -> Vec<(String, candle_core::quantized::GgmlDType)> {
+        let names = self.blocks.lock().map(|r| r.clone()).unwrap_or_default();
+        names
+            .iter()
+            .filter_map(|n| janus_kernels::blocks::parse_blocks_name(n))
+            .map(|(n, d)| (n.to_owned(), d))
+            .collect()
     }
 }
 
@@ -282,15 +335,21 @@ impl SimpleBackend for ShapeRecorder {
         candle_core::bail!("shape recorder cannot serve {name} without a shape")
     }
 
-    fn contains_tensor(&self, _: &str) -> bool {
-        true
+    fn contains_tensor(&self, name: &str) -> bool {
+        if janus_kernels::blocks::parse_blocks_name(name).is_none() {
+            return true;
+        }
+        if let Ok(mut b) = self.blocks.lock() {
+            b.push(name.to_owned());
+        }
+        false
     }
 }
 
 /// `madvise(MADV_DONTNEED)` over the whole pages inside `bytes`, a slice of a
 /// read-only file mapping: they leave the resident set and are read back from
 /// the page cache if touched again. A no-op elsewhere than Linux.
-fn release_pages(bytes: &[u8]) {
+pub(crate) fn release_pages(bytes: &[u8]) {
     #[cfg(target_os = "linux")]
     {
         const PAGE: usize = 4096;
@@ -306,32 +365,35 @@ fn release_pages(bytes: &[u8]) {
     let _ = bytes;
 }
 
-/// A CPU tensor with the data of a bf16/f16/f32 safetensors view, copied
-/// 16 MiB at a time with each copied chunk's pages released; None for other
-/// dtypes (the caller falls back to candle's loader).
+/// A CPU tensor of `bytes` (plain `T` values, any alignment) from a file
+/// mapping, copied 16 MiB at a time with each copied chunk's pages released.
+pub(crate) fn copy_released<T: candle_core::WithDType + Default + Clone>(
+    bytes: &[u8],
+    shape: &[usize],
+) -> candle_core::Result<Tensor> {
+    let size = std::mem::size_of::<T>();
+    let n = bytes.len() / size;
+    let mut out: Vec<T> = vec![T::default(); n];
+    const CHUNK: usize = 16 << 20;
+    // SAFETY: `out` is n plain values, i.e. exactly bytes.len() writable bytes.
+    let dst = unsafe { std::slice::from_raw_parts_mut(out.as_mut_ptr() as *mut u8, n * size) };
+    for (d, s) in dst.chunks_mut(CHUNK).zip(bytes.chunks(CHUNK)) {
+        d.copy_from_slice(s);
+        release_pages(s);
+    }
+    Tensor::from_vec(out, shape, &Device::Cpu)
+}
+
+/// A CPU tensor with the data of a bf16/f16/f32 safetensors view (see
+/// [`copy_released`]); None for other dtypes (the caller falls back to
+/// candle's loader).
 fn chunked_copy(view: &safetensors::tensor::TensorView<'_>) -> candle_core::Result<Option<Tensor>> {
     use safetensors::Dtype;
-    fn copy<T: candle_core::WithDType + Default + Clone>(
-        bytes: &[u8],
-        shape: &[usize],
-    ) -> candle_core::Result<Tensor> {
-        let size = std::mem::size_of::<T>();
-        let n = bytes.len() / size;
-        let mut out: Vec<T> = vec![T::default(); n];
-        const CHUNK: usize = 16 << 20;
-        // SAFETY: `out` is n plain values, i.e. exactly bytes.len() writable bytes.
-        let dst = unsafe { std::slice::from_raw_parts_mut(out.as_mut_ptr() as *mut u8, n * size) };
-        for (d, s) in dst.chunks_mut(CHUNK).zip(bytes.chunks(CHUNK)) {
-            d.copy_from_slice(s);
-            release_pages(s);
-        }
-        Tensor::from_vec(out, shape, &Device::Cpu)
-    }
     let (bytes, shape) = (view.data(), view.shape());
     Ok(Some(match view.dtype() {
-        Dtype::BF16 => copy::<half::bf16>(bytes, shape)?,
-        Dtype::F16 => copy::<half::f16>(bytes, shape)?,
-        Dtype::F32 => copy::<f32>(bytes, shape)?,
+        Dtype::BF16 => copy_released::<half::bf16>(bytes, shape)?,
+        Dtype::F16 => copy_released::<half::f16>(bytes, shape)?,
+        Dtype::F32 => copy_released::<f32>(bytes, shape)?,
         _ => return Ok(None),
     }))
 }

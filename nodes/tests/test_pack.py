@@ -240,6 +240,17 @@ def test_loader_quantises_on_request(env):
     assert loader.load("tiny", "auto", "auto", "q8_0")[0] is quantised
 
 
+def test_loader_takes_a_saved_quantised_folder(env):
+    janus_rs.quantize(harness.TINY, env.janus_dir / "tiny-q8_0", "q8_0")
+    loader = env.module.NODE_CLASS_MAPPINGS["JanusRSModelLoader"]()
+    choices = loader.INPUT_TYPES()["required"]["model"][0]
+    assert "tiny-q8_0" in choices
+    saved = loader.load("tiny-q8_0", "cpu", "f32")[0]
+    assert saved.quant == "q8_0" and saved.model.quant == "q8_0"
+    with pytest.raises(janus_rs.InputError, match="holds q8_0 weights"):
+        loader.load("tiny-q8_0", "cpu", "f32", "q4k")
+
+
 # --- the example workflows ------------------------------------------------
 
 

@@ -10,6 +10,7 @@ mod convert;
 mod errors;
 mod hooks;
 mod model;
+mod quantize;
 mod stream;
 
 /// Janus-Pro image understanding and text-to-image generation, in Rust.
@@ -18,6 +19,7 @@ mod stream;
 /// >>> model = janus_rs.JanusPro.load("deepseek-ai/Janus-Pro-1B")
 /// >>> model.understand("cat.png", "What is in this image?")
 /// >>> model.generate("A red apple on a wooden table", parallel_size=4, seed=7)
+/// >>> janus_rs.quantize("deepseek-ai/Janus-Pro-1B", "janus-pro-1b-q4k", "q4k")
 #[pymodule]
 fn _janus_rs(m: &Bound<'_, PyModule>) -> PyResult<()> {
     let py = m.py();
@@ -25,6 +27,7 @@ fn _janus_rs(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("DEFAULT_MODEL", janus::DEFAULT_MODEL)?;
     m.add_class::<model::PyJanusPro>()?;
     m.add_class::<stream::TextStream>()?;
+    m.add_function(wrap_pyfunction!(quantize::quantize, m)?)?;
     m.add("JanusError", py.get_type::<errors::JanusError>())?;
     m.add("Cancelled", py.get_type::<errors::Cancelled>())?;
     m.add("InputError", errors::input_error_type(py)?)?;

@@ -597,7 +597,7 @@ impl PyJanusPro {
 }
 
 /// A `str` or `os.PathLike` model argument.
-pub struct PathOrStr(String);
+pub struct PathOrStr(pub String);
 
 impl<'a, 'py> FromPyObject<'a, 'py> for PathOrStr {
     type Error = PyErr;

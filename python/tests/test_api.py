@@ -4,6 +4,8 @@ import ast
 import inspect
 import pathlib
 
+import pytest
+
 import janus_rs
 
 PUBLIC = [
@@ -29,6 +31,48 @@ def test_quantised_model_runs(fixture_dir, model):
     assert isinstance(q.understand(image, question, max_new_tokens=4), str)
     (image,) = q.generate("a red apple", seed=1)
     assert image.size == (model.generated_image_size, model.generated_image_size)
+
+
+def test_quantize_saves_a_folder_that_loads_quantised(fixture_dir, tmp_path):
+    steps = []
+    out = tmp_path / "tiny-q8_0"
+    path = janus_rs.quantize(fixture_dir, out, "q8_0", progress=lambda s, t: steps.append((s, t)))
+    assert path == str(out / "model.gguf")
+    assert steps and steps[-1][0] == steps[-1][1] == len(steps)
+    saved = janus_rs.JanusPro.load(out)
+    assert saved.quant == "q8_0"
+    direct = janus_rs.JanusPro.load(str(fixture_dir), quant="q8_0")
+    image = str(fixture_dir / "images" / "wide.png")
+    question = "Describe this image."
+    assert saved.understand(image, question, max_new_tokens=6) == direct.understand(image, question, max_new_tokens=6)
+    with pytest.raises(janus_rs.InputError, match="holds q8_0 weights"):
+        janus_rs.JanusPro.load(out, quant="q4k")
+    with pytest.raises(janus_rs.InputError, match="q8_0 or q4k"):
+        janus_rs.quantize(fixture_dir, tmp_path / "none", "none")
+    with pytest.raises(janus_rs.InputError, match="unknown"):
+        janus_rs.quantize(fixture_dir, tmp_path / "q3", "q3")
+
+
+def test_quantize_cancels_without_leaving_a_file(fixture_dir, tmp_path):
+    import threading
+
+    event = threading.Event()
+    out = tmp_path / "cancelled"
+
+    def progress(step, total):
+        if step == 3:
+            event.set()
+
+    with pytest.raises(janus_rs.Cancelled):
+        janus_rs.quantize(fixture_dir, out, "q8_0", progress=progress, cancel_event=event)
+    assert list(out.iterdir()) == []
+
+    def failing(step, total):
+        raise RuntimeError("stop here")
+
+    with pytest.raises(RuntimeError, match="stop here"):
+        janus_rs.quantize(fixture_dir, out, "q8_0", progress=failing)
+    assert list(out.iterdir()) == []
 
 
 def test_help_is_useful():

@@ -56,21 +56,6 @@ impl Rotary {
     }
 }
 
-/// Loads `names` (each [out_i, in]) and stacks them into one [sum out_i, in]
-/// weight, so one matmul computes all of them.
-fn fused_linear(
-    vb: &VarBuilder,
-    names: &[(&str, usize)],
-    in_dim: usize,
-    quant: Quant,
-) -> Result<QLinear> {
-    QLinear::stacked(
-        names.len(),
-        |i| vb.pp(names[i].0).get((names[i].1, in_dim), "weight"),
-        quant,
-    )
-}
-
 struct Attention {
     qkv_proj: QLinear,
     o_proj: QLinear,
@@ -113,7 +98,7 @@ impl Attention {
     fn load(vb: VarBuilder, cfg: &LlamaConfig, quant: Quant) -> Result<Self> {
         let hd = cfg.head_dim();
         let (h, kvh) = (cfg.num_attention_heads, cfg.num_key_value_heads);
-        let qkv_proj = fused_linear(
+        let qkv_proj = QLinear::stacked(
             &vb,
             &[
                 ("q_proj", h * hd),
@@ -429,7 +414,7 @@ impl Mlp {
     fn load(vb: VarBuilder, cfg: &LlamaConfig, quant: Quant) -> Result<Self> {
         let (h, i) = (cfg.hidden_size, cfg.intermediate_size);
         Ok(Self {
-            gate_up_proj: fused_linear(&vb, &[("gate_proj", i), ("up_proj", i)], h, quant)?,
+            gate_up_proj: QLinear::stacked(&vb, &[("gate_proj", i), ("up_proj", i)], h, quant)?,
             down_proj: QLinear::load(i, h, false, vb.pp("down_proj"), quant)?,
             intermediate: i,
             fast: bf16_compute(vb.device(), vb.dtype(), quant),
@@ -677,12 +662,12 @@ impl Llama {
     pub fn load_quantized(vb: VarBuilder, cfg: &LlamaConfig, quant: Quant) -> Result<Self> {
         let act = activation_dtype(vb.device(), vb.dtype());
         let m = vb.pp("model");
-        let table = embedding(cfg.vocab_size, cfg.hidden_size, m.pp("embed_tokens"))?;
+        let embed_tokens = TokenEmbedding::load(m.pp("embed_tokens"), cfg, quant)?;
         // The two vocabulary-sized matrices first, while little else is
         // resident: their full-precision transients then never stack on top
         // of the whole model.
         let lm_head = if cfg.tie_word_embeddings {
-            QLinear::from_weight(table.embeddings().clone(), None, quant)?
+            embed_tokens.tied_head(quant)?
         } else {
             QLinear::load(
                 cfg.hidden_size,
@@ -692,7 +677,6 @@ impl Llama {
                 quant,
             )?
         };
-        let embed_tokens = TokenEmbedding::new(table, quant)?;
         let layers = (0..cfg.num_hidden_layers)
             .map(|i| DecoderLayer::load(m.pp(format!("layers.{i}")), cfg, quant, act))
             .collect::<Result<Vec<_>>>()?;
@@ -812,19 +796,41 @@ enum TokenEmbedding {
 }
 
 impl TokenEmbedding {
-    fn new(table: Embedding, quant: Quant) -> Result<Self> {
-        let w = table.embeddings();
-        let dtype = match quant.for_in_dim(w.dim(1)?) {
-            Quant::Q8_0 => candle_core::quantized::GgmlDType::Q8_0,
-            Quant::Q4K => candle_core::quantized::GgmlDType::Q4K,
-            Quant::None => return Ok(Self::Dense(table)),
-        };
-        if !w.device().is_cpu() || crate::quant::is_broadcast_view(w) {
-            return Ok(Self::Dense(table));
+    /// `vb` is the `embed_tokens` prefix. The table is quantised with the
+    /// model (see [`Quant::for_in_dim`]) on the CPU, or taken as stored.
+    fn load(vb: VarBuilder, cfg: &LlamaConfig, quant: Quant) -> Result<Self> {
+        let dims = (cfg.vocab_size, cfg.hidden_size);
+        let dtype = quant.for_in_dim(cfg.hidden_size).ggml();
+        if let Some(g) = dtype {
+            if let Some(q) = janus_kernels::blocks::stored_blocks(&vb, "weight", dims, g)? {
+                return Ok(Self::Quantized(q));
+            }
         }
-        Ok(Self::Quantized(janus_kernels::blocks::quantize_rows(
-            w, dtype,
-        )?))
+        let table = embedding(dims.0, dims.1, vb)?;
+        let w = table.embeddings();
+        match dtype {
+            Some(g) if w.device().is_cpu() && !crate::quant::is_broadcast_view(w) => {
+                Ok(Self::Quantized(janus_kernels::blocks::quantize_rows(w, g)?))
+            }
+            _ => Ok(Self::Dense(table)),
+        }
+    }
+
+    /// An output head tied to this table, in `quant`.
+    fn tied_head(&self, quant: Quant) -> Result<QLinear> {
+        match self {
+            Self::Dense(e) => QLinear::from_weight(e.embeddings().clone(), None, quant),
+            Self::Quantized(q) => QLinear::from_blocks(
+                candle_core::quantized::ggml_file::qtensor_from_ggml(
+                    q.dtype(),
+                    &q.data()?,
+                    q.shape().dims().to_vec(),
+                    &Device::Cpu,
+                )?,
+                None,
+                quant,
+            ),
+        }
     }
 
     fn lookup(&self, ids: &Tensor) -> Result<Tensor> {

@@ -21,6 +21,7 @@ __all__ = [
     "MissingFileError",
     "TextStream",
     "__version__",
+    "quantize",
 ]
 
 __version__: str
@@ -41,6 +42,20 @@ _Progress = Callable[[int, int], Any]
 """progress(step, total), called after every generated token."""
 
 _CancelEvent = Union[threading.Event, _Event]
+
+def quantize(
+    model: Union[str, "os.PathLike[str]"],
+    out: Union[str, "os.PathLike[str]"],
+    quant: str = "q4k",
+    *,
+    offline: bool = False,
+    progress: Optional[_Progress] = None,
+    cancel_event: Optional[_CancelEvent] = None,
+) -> str:
+    """Saves a quantised copy of a model folder or hub id into the folder `out` (config, tokenizer and a
+    model.gguf of "q8_0" | "q4k" blocks) and returns the path of model.gguf; JanusPro.load(out) then loads it
+    in that quantisation without quantising again. progress(step, total) is called after each tensor;
+    cancel_event or Ctrl-C stops it, leaving no partial file."""
 
 class JanusError(Exception):
     """Base class of every error raised by janus_rs."""
@@ -80,7 +95,9 @@ class JanusPro:
         dtype: str = "f32",
         quant: str = "none",
     ) -> "JanusPro":
-        """Loads a model folder (released layout) or hub id; device "cpu" | "cuda[:N]" | "metal"; dtype "f32" | "bf16" | "f16"; quant "none" | "q8_0" | "q4k"."""
+        """Loads a model folder (released layout) or hub id; device "cpu" | "cuda[:N]" | "metal"; dtype "f32" | "bf16" | "f16"; quant "none" | "q8_0" | "q4k".
+
+        A folder saved by quantize() loads in its own quantisation (quant "none" or that one)."""
     @property
     def source(self) -> str: ...
     @property

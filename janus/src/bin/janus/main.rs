@@ -31,8 +31,54 @@ enum Command {
     /// The VQ image tokenizer on its own.
     #[command(subcommand)]
     Vq(generate::VqCommand),
+    /// Save a quantised copy of a model (a folder with model.gguf) that loads
+    /// without quantising again.
+    Quantize(QuantizeArgs),
     /// Time every stage on a real-size model with random weights (no download).
     Bench(janus::bench::BenchArgs),
+}
+
+#[derive(Args)]
+struct QuantizeArgs {
+    /// A local model folder or a Hugging Face hub id.
+    #[arg(long, default_value = janus::DEFAULT_MODEL)]
+    model: String,
+    /// Use only the local Hugging Face cache (as HF_HUB_OFFLINE=1).
+    #[arg(long)]
+    offline: bool,
+    /// q8_0 or q4k (as `--quant` of the other commands).
+    #[arg(long)]
+    quant: String,
+    /// The folder to write (created if needed); load it with `--model`.
+    #[arg(long)]
+    out: std::path::PathBuf,
+    /// No progress bar.
+    #[arg(long)]
+    quiet: bool,
+}
+
+fn quantize(args: QuantizeArgs) -> janus::Result<()> {
+    let quant = janus::quant::Quant::parse(&args.quant).map_err(JanusError::Input)?;
+    if quant == janus::Quant::None {
+        return Err(JanusError::Input("--quant must be q8_0 or q4k".into()));
+    }
+    let opts = LoadOptions {
+        offline: args.offline,
+        progress: output::stderr_is_terminal() && !args.quiet,
+        ..Default::default()
+    };
+    let dir = janus::source::resolve_model(&args.model, &opts)?;
+    let cancel = output::ctrl_c_token();
+    output::set_idle(false);
+    let bar = output::progress_bar(0, "quantising", args.quiet);
+    let path = janus::gguf::save_quantized(&dir, quant, &args.out, &mut |p| {
+        bar.set_length(p.total as u64);
+        bar.set_position(p.step as u64);
+        cancel.check()
+    })?;
+    bar.finish_and_clear();
+    println!("{}", path.display());
+    Ok(())
 }
 
 /// Which model to run and how.
@@ -127,6 +173,7 @@ fn main() -> ExitCode {
         Command::Chat(a) => understand::chat(a),
         Command::Generate(a) => generate::generate(a),
         Command::Vq(c) => generate::vq(c),
+        Command::Quantize(a) => quantize(a),
         Command::Bench(a) => janus::bench::run(a),
     };
     match result {
