@@ -494,7 +494,7 @@ fn run_one(args: &BenchArgs, dtype: DType, quant: Quant) -> Result<BenchResult> 
             status_bytes("VmHWM:") as f64 / 1e9
         )
     };
-    let dir = if args.from_gguf && quant != Quant::None {
+    let weights_dir = if args.from_gguf && quant != Quant::None {
         let gguf_dir = dir.join(quant.name());
         if !gguf_dir.join(crate::gguf::GGUF_FILE).exists() {
             stage("writing model.gguf (once)");
@@ -514,12 +514,12 @@ fn run_one(args: &BenchArgs, dtype: DType, quant: Quant) -> Result<BenchResult> 
         }
         gguf_dir
     } else {
-        dir
+        dir.clone()
     };
     stage("loading");
 
     let (model, load_s) = time(|| {
-        let vb = Checkpoint::open(&dir)?.into_var_builder(
+        let vb = Checkpoint::open(&weights_dir)?.into_var_builder(
             crate::config::CheckpointLayout::Released,
             dtype,
             &dev,
