@@ -538,7 +538,7 @@ fn small_matmul(fmt: Fmt, w: &[u8], x: &[f32], m: usize, k: usize, n: usize, out
     let rb = fmt.row_bytes(k);
     assert!(w.len() >= rb * n && x.len() >= m * k && out.len() >= m * n);
     if m >= 3 && fmt == Fmt::Bf16 && k % 32 == 0 && bf16_gemm::available() {
-        return small_matmul_bf16_dot(fmt, w, x, m, k, n, out);
+        return small_matmul_bf16_dot(w, x, m, k, n, out);
     }
     if fmt == Fmt::Q4K && k % 256 == 0 && simd::vnni_available() {
         return small_matmul_q4k_int8(w, x, m, k, n, out);
@@ -590,24 +590,16 @@ fn small_matmul(fmt: Fmt, w: &[u8], x: &[f32], m: usize, k: usize, n: usize, out
     });
 }
 
-/// [`small_matmul`] for three or more rows of bf16 or quantised weights on
-/// CPUs with AVX-512-BF16. With several images generated at once the f32
-/// kernels are bound by FMA throughput, not memory: here weights are
-/// decoded 32 at a time into bf16 pairs and multiplied with `vdpbf16ps`
-/// (twice the multiply-adds per instruction) against the input rows rounded
-/// to bf16, as the many-row GEMM does; two weight rows meet up to eight
-/// input rows per pass, so each decoded weight serves eight rows.
-fn small_matmul_bf16_dot(
-    fmt: Fmt,
-    w: &[u8],
-    x: &[f32],
-    m: usize,
-    k: usize,
-    n: usize,
-    out: &mut [f32],
-) {
+/// [`small_matmul`] for three or more rows of bf16 weights on CPUs with
+/// AVX-512-BF16. With several images generated at once the f32 kernels are
+/// bound by FMA throughput, not memory: here the bf16 weights are
+/// multiplied with `vdpbf16ps` (twice the multiply-adds per instruction)
+/// against the input rows rounded to bf16, as the many-row GEMM does; two
+/// weight rows meet up to eight input rows per pass. (A variant decoding
+/// q8_0 / q4_K blocks into bf16 pairs was slower than the f32 kernels.)
+fn small_matmul_bf16_dot(w: &[u8], x: &[f32], m: usize, k: usize, n: usize, out: &mut [f32]) {
     use rayon::prelude::*;
-    let rb = fmt.row_bytes(k);
+    let rb = Fmt::Bf16.row_bytes(k);
     let words = k / 2;
     let xb: Vec<u32> = x[..m * k]
         .chunks_exact(2)
@@ -628,7 +620,6 @@ fn small_matmul_bf16_dot(
                 let rows = (m - i0).min(8);
                 let mut acc = [[0f32; 8]; 2];
                 simd::dot2_bf16(
-                    fmt,
                     &w[j * rb..(j + 1) * rb],
                     &w[jb * rb..(jb + 1) * rb],
                     &xb[i0 * words..(i0 + rows) * words],
@@ -651,7 +642,8 @@ fn small_matmul_bf16_dot(
 /// Input rows quantised for the integer q4_K kernel, as llama.cpp's q8_K:
 /// per 256 values an f32 scale and 256 i8 (stored in the order the kernel
 /// unpacks q4_K nibbles: see [`simd::dot_q4k_int8`]), and per 32 values the
-/// sum of the rounded values (for the blocks' minimum terms).
+/// sum of the rounded values (for the blocks' minimum terms), eight per block
+/// after eight zeros (the lanes the kernel multiplies with the minimums).
 pub(crate) struct Int8Rows {
     q: Vec<i8>,
     scale: Vec<f32>,
@@ -664,7 +656,7 @@ impl Int8Rows {
         let mut this = Self {
             q: vec![0; m * k],
             scale: vec![0.0; blocks],
-            sums: vec![0.0; m * k / 32],
+            sums: vec![0.0; blocks * 16],
         };
         for (b, xb) in x[..m * k].chunks_exact(256).enumerate() {
             let amax = xb.iter().fold(0f32, |a, v| a.max(v.abs()));
@@ -684,7 +676,7 @@ impl Int8Rows {
             // Sums of the rounded values, not of x: the minimum terms then
             // cancel against the rounded products exactly, and the result is
             // the dequantised weights times the rounded inputs.
-            for (s, q) in this.sums[b * 8..b * 8 + 8].iter_mut().zip(sums) {
+            for (s, q) in this.sums[b * 16 + 8..b * 16 + 16].iter_mut().zip(sums) {
                 *s = d * q as f32;
             }
         }
@@ -706,10 +698,10 @@ fn small_matmul_q4k_int8(w: &[u8], x: &[f32], m: usize, k: usize, n: usize, out:
     let ptr = SendPtr(out.as_mut_ptr());
     let ptr = &ptr;
     (0..n.div_ceil(COLS)).into_par_iter().for_each(|b| {
-        let mut acc = [0f32; 4];
+        let mut acc = [0f32; 8];
         for j in b * COLS..((b + 1) * COLS).min(n) {
-            for i0 in (0..m).step_by(4) {
-                let rows = (m - i0).min(4);
+            for i0 in (0..m).step_by(8) {
+                let rows = (m - i0).min(8);
                 simd::dot_q4k_int8(&w[j * rb..(j + 1) * rb], &xq, i0, rows, k, &mut acc);
                 for (r, a) in acc[..rows].iter().enumerate() {
                     // SAFETY: (i0 + r, j) is written by this block only, and in bounds.
@@ -895,6 +887,14 @@ mod simd {
     ) {
         let mut s = [[_mm512_setzero_ps(); R]; 4];
         for b in 0..k / 32 {
+            if b % 2 == 0 {
+                for wr in 0..4 {
+                    _mm_prefetch::<_MM_HINT_T0>(w.add(wr * rb + b * 34 + PREFETCH) as *const i8);
+                    _mm_prefetch::<_MM_HINT_T0>(
+                        w.add(wr * rb + b * 34 + PREFETCH + 64) as *const i8
+                    );
+                }
+            }
             let l = b * 32;
             let x0 = load_x::<R>(x, k, l);
             let x1 = load_x::<R>(x, k, l + 16);
@@ -925,6 +925,12 @@ mod simd {
         let mut s = [[_mm512_setzero_ps(); R]; 4];
         let nib = _mm512_set1_epi32(0xF);
         for b in 0..k / 256 {
+            for wr in 0..4 {
+                for line in 0..3 {
+                    let p = w.add(wr * rb + b * 144 + PREFETCH + 64 * line);
+                    _mm_prefetch::<_MM_HINT_T0>(p as *const i8);
+                }
+            }
             for j in 0..4 {
                 // Per weight row: the two sub-blocks' (scale, -min) of this 64-value group.
                 let mut sc = [(
@@ -1015,6 +1021,9 @@ mod simd {
         let main = k / 16 * 16;
         let mut l = 0;
         while l < main {
+            if l % 32 == 0 {
+                _mm_prefetch::<_MM_HINT_T0>((w.add(l) as *const u8).add(PREFETCH) as *const i8);
+            }
             let raw = _mm256_loadu_si256(w.add(l) as *const __m256i);
             let wv = _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(raw), 16));
             fma_rows::<R>(&mut s, wv, xp, k, l);
@@ -1046,6 +1055,8 @@ mod simd {
         // each block's products summed before its single scale multiply.
         while b + 2 <= nb {
             let blk = row.as_ptr().add(b * 34);
+            _mm_prefetch::<_MM_HINT_T0>(blk.add(PREFETCH) as *const i8);
+            _mm_prefetch::<_MM_HINT_T0>(blk.add(PREFETCH + 64) as *const i8);
             let d01 = _mm_cvtph_ps(_mm_set_epi16(
                 0,
                 0,
@@ -1109,11 +1120,11 @@ mod simd {
         finish::<R>(&s, acc);
     }
 
-    /// `acc[0][r] = <row0, x[r]>`, `acc[1][r] = <row1, x[r]>` for `rows`
-    /// (1..=8) input rows given as bf16 pairs (`k / 2` words each); `k` is a
-    /// multiple of 32 and the CPU has AVX-512-BF16 (checked by the caller).
+    /// `acc[0][r] = <row0, x[r]>`, `acc[1][r] = <row1, x[r]>` for bf16
+    /// weight rows and `rows` (1..=8) input rows given as bf16 pairs (`k / 2`
+    /// words each); `k` is a multiple of 32 and the CPU has AVX-512-BF16
+    /// (checked by the caller).
     pub fn dot2_bf16(
-        fmt: Fmt,
         row0: &[u8],
         row1: &[u8],
         xb: &[u32],
@@ -1122,74 +1133,21 @@ mod simd {
         acc: &mut [[f32; 8]; 2],
     ) {
         assert!(k % 32 == 0 && xb.len() >= rows * k / 2);
-        let rb = fmt.row_bytes(k);
+        let rb = Fmt::Bf16.row_bytes(k);
         assert!(row0.len() >= rb && row1.len() >= rb);
-        macro_rules! go {
-            ($f:literal) => {
-                // SAFETY: AVX-512-BF16 checked by the caller (bf16_gemm::available
-                // implies AVX-512F; `available()` here gates BW and F16C); sizes above.
-                unsafe {
-                    let (a, b, x) = (row0.as_ptr(), row1.as_ptr(), xb.as_ptr());
-                    match rows {
-                        1 => dot2_dp::<$f, 1>(a, b, x, k, acc),
-                        2 => dot2_dp::<$f, 2>(a, b, x, k, acc),
-                        3 => dot2_dp::<$f, 3>(a, b, x, k, acc),
-                        4 => dot2_dp::<$f, 4>(a, b, x, k, acc),
-                        5 => dot2_dp::<$f, 5>(a, b, x, k, acc),
-                        6 => dot2_dp::<$f, 6>(a, b, x, k, acc),
-                        7 => dot2_dp::<$f, 7>(a, b, x, k, acc),
-                        _ => dot2_dp::<$f, 8>(a, b, x, k, acc),
-                    }
-                }
-            };
-        }
-        match fmt {
-            Fmt::Bf16 => go!(0),
-            Fmt::Q8_0 => go!(1),
-            Fmt::Q4K => go!(2),
-            Fmt::F32 => unreachable!("f32 weights take the f32 kernels"),
-        }
-    }
-
-    /// Weights `32 g .. 32 g + 32` of a row as 16 words of bf16 pairs, from
-    /// bf16 (`F = 0`), Q8_0 blocks (`F = 1`) or Q4_K super-blocks (`F = 2`).
-    #[inline]
-    #[target_feature(enable = "avx512f,avx512bw,avx512bf16,f16c")]
-    unsafe fn decode32<const F: u8>(row: *const u8, g: usize) -> __m512bh {
-        let pair = |lo: __m512, hi: __m512| _mm512_cvtne2ps_pbh(hi, lo);
-        match F {
-            0 => std::mem::transmute::<__m512i, __m512bh>(_mm512_loadu_si512(
-                row.add(64 * g) as *const __m512i
-            )),
-            1 => {
-                let blk = row.add(34 * g);
-                let d = _mm512_set1_ps(f16_at(blk));
-                let q = |o: usize| {
-                    _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(
-                        blk.add(o) as *const __m128i
-                    )))
-                };
-                pair(_mm512_mul_ps(q(2), d), _mm512_mul_ps(q(18), d))
-            }
-            _ => {
-                // Sub-block `sb` of super-block `g / 8`: the low (even `sb`)
-                // or high nibbles of 32 bytes, times d * scale, minus dmin * min.
-                let (blk, sb) = (row.add(144 * (g / 8)), g % 8);
-                let scales = std::slice::from_raw_parts(blk.add(4), 12);
-                let (sc, mn) = scale_min_k4(sb, scales);
-                let scale = _mm512_set1_ps(f16_at(blk) * sc as f32);
-                let shift = _mm512_set1_ps(-f16_at(blk.add(2)) * mn as f32);
-                let qs = blk.add(16 + 32 * (sb / 2));
-                let q = |o: usize| {
-                    let bytes = _mm512_cvtepu8_epi32(_mm_loadu_si128(qs.add(o) as *const __m128i));
-                    let nib = if sb % 2 == 0 {
-                        _mm512_and_si512(bytes, _mm512_set1_epi32(0xF))
-                    } else {
-                        _mm512_srli_epi32(bytes, 4)
-                    };
-                    _mm512_fmadd_ps(_mm512_cvtepi32_ps(nib), scale, shift)
-                };
-                pair(q(0), q(16))
+        // SAFETY: AVX-512-BF16 checked by the caller (bf16_gemm::available
+        // implies AVX-512F; `available()` here gates BW and F16C); sizes above.
+        unsafe {
+            let (a, b, x) = (row0.as_ptr(), row1.as_ptr(), xb.as_ptr());
+            match rows {
+                1 => dot2_dp::<1>(a, b, x, k, acc),
+                2 => dot2_dp::<2>(a, b, x, k, acc),
+                3 => dot2_dp::<3>(a, b, x, k, acc),
+                4 => dot2_dp::<4>(a, b, x, k, acc),
+                5 => dot2_dp::<5>(a, b, x, k, acc),
+                6 => dot2_dp::<6>(a, b, x, k, acc),
+                7 => dot2_dp::<7>(a, b, x, k, acc),
+                _ => dot2_dp::<8>(a, b, x, k, acc),
             }
         }
     }
@@ -1202,9 +1160,9 @@ mod simd {
         }
     }
 
-    /// Two weight rows by `R` input rows (bf16 pairs, `k / 2` words apart).
+    /// Two bf16 weight rows by `R` input rows (bf16 pairs, `k / 2` words apart).
     #[target_feature(enable = "avx512f,avx512bw,avx512bf16,f16c")]
-    unsafe fn dot2_dp<const F: u8, const R: usize>(
+    unsafe fn dot2_dp<const R: usize>(
         row0: *const u8,
         row1: *const u8,
         xb: *const u32,
@@ -1215,12 +1173,19 @@ mod simd {
         let mut s0 = [_mm512_setzero_ps(); R];
         let mut s1 = [_mm512_setzero_ps(); R];
         for g in 0..k / 32 {
+            _mm_prefetch::<_MM_HINT_T0>(row0.add(64 * g + PREFETCH) as *const i8);
+            _mm_prefetch::<_MM_HINT_T0>(row1.add(64 * g + PREFETCH) as *const i8);
             let mut xv = [_mm512_setzero_si512(); R];
             for (r, v) in xv.iter_mut().enumerate() {
                 *v = _mm512_loadu_si512(xb.add(r * words + 16 * g) as *const __m512i);
             }
-            dp_rows::<R>(&mut s0, decode32::<F>(row0, g), &xv);
-            dp_rows::<R>(&mut s1, decode32::<F>(row1, g), &xv);
+            let w = |row: *const u8| {
+                std::mem::transmute::<__m512i, __m512bh>(_mm512_loadu_si512(
+                    row.add(64 * g) as *const __m512i
+                ))
+            };
+            dp_rows::<R>(&mut s0, w(row0), &xv);
+            dp_rows::<R>(&mut s1, w(row1), &xv);
         }
         for r in 0..R {
             acc[0][r] = _mm512_reduce_add_ps(s0[r]);
@@ -1239,7 +1204,7 @@ mod simd {
         })
     }
 
-    /// `acc[r] = <row, x[i0 + r]>` for `rows` (1..=4) rows of `x`, q4_K
+    /// `acc[r] = <row, x[i0 + r]>` for `rows` (1..=8) rows of `x`, q4_K
     /// weights against 8-bit inputs; `k` is a multiple of 256 and the CPU
     /// has AVX-512-VNNI (checked by the caller).
     ///
@@ -1255,19 +1220,27 @@ mod simd {
         i0: usize,
         rows: usize,
         k: usize,
-        acc: &mut [f32; 4],
+        acc: &mut [f32; 8],
     ) {
         assert!(row.len() >= k / 256 * 144 && x.q.len() >= (i0 + rows) * k);
+        let p = row.as_ptr();
         // SAFETY: the caller checked the CPU; sizes checked above.
         unsafe {
             match rows {
-                1 => q4k_int8::<1>(row.as_ptr(), x, i0, k, acc),
-                2 => q4k_int8::<2>(row.as_ptr(), x, i0, k, acc),
-                3 => q4k_int8::<3>(row.as_ptr(), x, i0, k, acc),
-                _ => q4k_int8::<4>(row.as_ptr(), x, i0, k, acc),
+                1 => q4k_int8::<1>(p, x, i0, k, acc),
+                2 => q4k_int8::<2>(p, x, i0, k, acc),
+                3 => q4k_int8::<3>(p, x, i0, k, acc),
+                4 => q4k_int8::<4>(p, x, i0, k, acc),
+                5 => q4k_int8::<5>(p, x, i0, k, acc),
+                6 => q4k_int8::<6>(p, x, i0, k, acc),
+                7 => q4k_int8::<7>(p, x, i0, k, acc),
+                _ => q4k_int8::<8>(p, x, i0, k, acc),
             }
         }
     }
+
+    /// How far ahead of the current q4_K block its bytes are prefetched.
+    const PREFETCH: usize = 1024;
 
     #[target_feature(enable = "avx512f,avx512bw,avx512vnni,f16c")]
     unsafe fn q4k_int8<const R: usize>(
@@ -1275,41 +1248,53 @@ mod simd {
         x: &super::Int8Rows,
         i0: usize,
         k: usize,
-        acc: &mut [f32; 4],
+        acc: &mut [f32; 8],
     ) {
         let nb = k / 256;
         let (xq, xd, xs) = (
             x.q.as_ptr().add(i0 * k),
             x.scale.as_ptr().add(i0 * nb),
-            x.sums.as_ptr().add(i0 * k / 32),
+            x.sums.as_ptr().add(i0 * nb * 16),
         );
         let mut s = [_mm512_setzero_ps(); R];
-        let mut mins = [_mm512_setzero_ps(); R];
         let nib = _mm512_set1_epi8(0x0F);
-        // Sub-block scales of each nibble half: (low, high) x (first, second 128).
         let lanes =
             |a: i32, b: i32| _mm512_set_epi32(b, b, b, b, b, b, b, b, a, a, a, a, a, a, a, a);
+        // [d x 8, dmin x 8] from the block's two f16s.
+        let spread = lanes(0, 1);
+        // Sub-block scales of each nibble half: (low, high) x (first, second 128).
         let pick = [lanes(0, 2), lanes(1, 3), lanes(4, 6), lanes(5, 7)];
+        let (m1, m2, m3) = (0x3f3f_3f3fu32, 0x0f0f_0f0fu32, 0x0303_0303u32);
         for b in 0..nb {
             let blk = row.add(b * 144);
-            let (d, dmin) = (f16_at(blk), f16_at(blk.add(2)));
-            let scales = std::slice::from_raw_parts(blk.add(4), 12);
-            let (mut sc, mut mn) = ([0f32; 16], [0f32; 16]);
-            for j in 0..8 {
-                let (a, m) = scale_min_k4(j, scales);
-                sc[j] = d * a as f32;
-                mn[j] = dmin * m as f32;
+            // With many input rows per block the loads of the next blocks
+            // are issued late: ask for them ahead (past the row's end this
+            // reaches the next row, which comes next).
+            for line in 0..3 {
+                _mm_prefetch::<_MM_HINT_T0>(blk.add(PREFETCH + 64 * line) as *const i8);
             }
-            let sc = _mm512_loadu_ps(sc.as_ptr());
-            let mn = _mm512_loadu_ps(mn.as_ptr());
+            let dd = _mm_cvtph_ps(_mm_cvtsi32_si128(
+                std::ptr::read_unaligned(blk as *const u32) as i32,
+            ));
+            let dd = _mm512_permutexvar_ps(spread, _mm512_castps128_ps512(dd));
+            // The eight 6-bit scales and minimums (llama.cpp's unpacking).
+            let u = std::ptr::read_unaligned(blk.add(4) as *const [u32; 3]);
+            let bytes = _mm_set_epi32(
+                (((u[2] >> 4) & m2) | (((u[1] >> 6) & m3) << 4)) as i32,
+                (u[1] & m1) as i32,
+                ((u[2] & m2) | (((u[0] >> 6) & m3) << 4)) as i32,
+                (u[0] & m1) as i32,
+            );
+            // [d * scale_j, dmin * min_j] for j = 0..8.
+            let scm = _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(bytes)), dd);
             let mut w = [_mm512_setzero_si512(); 4];
             let mut ws = [_mm512_setzero_ps(); 4];
             for h in 0..2 {
                 let v = _mm512_loadu_si512(blk.add(16 + 64 * h) as *const _);
                 w[2 * h] = _mm512_and_si512(v, nib);
                 w[2 * h + 1] = _mm512_and_si512(_mm512_srli_epi16(v, 4), nib);
-                ws[2 * h] = _mm512_permutexvar_ps(pick[2 * h], sc);
-                ws[2 * h + 1] = _mm512_permutexvar_ps(pick[2 * h + 1], sc);
+                ws[2 * h] = _mm512_permutexvar_ps(pick[2 * h], scm);
+                ws[2 * h + 1] = _mm512_permutexvar_ps(pick[2 * h + 1], scm);
             }
             for r in 0..R {
                 let xr = xq.add(r * k + b * 256);
@@ -1320,12 +1305,13 @@ mod simd {
                     t = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot), *wsc, t);
                 }
                 s[r] = _mm512_fmadd_ps(t, _mm512_set1_ps(*xd.add(r * nb + b)), s[r]);
-                let sums = _mm512_maskz_loadu_ps(0xFF, xs.add(r * k / 32 + b * 8));
-                mins[r] = _mm512_fmadd_ps(mn, sums, mins[r]);
+                // Minus the minimums: sums sit in lanes 8..16, beside dmin * min_j.
+                let sums = _mm512_loadu_ps(xs.add((r * nb + b) * 16));
+                s[r] = _mm512_fnmadd_ps(scm, sums, s[r]);
             }
         }
         for r in 0..R {
-            acc[r] = _mm512_reduce_add_ps(_mm512_sub_ps(s[r], mins[r]));
+            acc[r] = _mm512_reduce_add_ps(s[r]);
         }
     }
 
@@ -1348,6 +1334,9 @@ mod simd {
         let nib = _mm512_set1_epi32(0xF);
         for b in 0..k / 256 {
             let blk = row.as_ptr().add(b * 144);
+            for line in 0..3 {
+                _mm_prefetch::<_MM_HINT_T0>(blk.add(PREFETCH + 64 * line) as *const i8);
+            }
             let d = f16_at(blk);
             let dmin = f16_at(blk.add(2));
             let scales = std::slice::from_raw_parts(blk.add(4), 12);
@@ -1392,15 +1381,7 @@ mod simd {
     pub fn dot4(_: Fmt, _: &[u8], _: usize, _: &[f32], _: usize, _: usize, _: &mut [[f32; 4]; 4]) {
         unreachable!("gated by available()")
     }
-    pub fn dot2_bf16(
-        _: Fmt,
-        _: &[u8],
-        _: &[u8],
-        _: &[u32],
-        _: usize,
-        _: usize,
-        _: &mut [[f32; 8]; 2],
-    ) {
+    pub fn dot2_bf16(_: &[u8], _: &[u8], _: &[u32], _: usize, _: usize, _: &mut [[f32; 8]; 2]) {
         unreachable!("gated by bf16_gemm::available()")
     }
     pub fn vnni_available() -> bool {
@@ -1412,7 +1393,7 @@ mod simd {
         _: usize,
         _: usize,
         _: usize,
-        _: &mut [f32; 4],
+        _: &mut [f32; 8],
     ) {
         unreachable!("gated by vnni_available()")
     }
