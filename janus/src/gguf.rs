@@ -63,9 +63,34 @@ fn bad(path: &Path, reason: impl std::fmt::Display) -> JanusError {
 /// A memory-mapped `model.gguf`.
 pub(crate) struct GgufFile {
     map: memmap2::Mmap,
-    infos: HashMap<String, TensorInfo>,
-    data_offset: usize,
+    entries: HashMap<String, Entry>,
     quant: Quant,
+}
+
+/// Where one tensor lies in the file, checked against its size at open.
+struct Entry {
+    dtype: GgmlDType,
+    dims: Vec<usize>,
+    start: usize,
+    len: usize,
+}
+
+/// The byte range of `info` in a file whose data starts at `data_offset`
+/// and which is `file_len` long; None when it does not fit (a damaged or
+/// hand-made file: sizes are checked, never trusted).
+fn span(info: &TensorInfo, data_offset: u64, file_len: usize) -> Option<(usize, usize)> {
+    let elems = info
+        .shape
+        .dims()
+        .iter()
+        .try_fold(1usize, |n, &d| n.checked_mul(d))?;
+    let (block, size) = (info.ggml_dtype.block_size(), info.ggml_dtype.type_size());
+    if elems % block != 0 {
+        return None;
+    }
+    let len = (elems / block).checked_mul(size)?;
+    let start = usize::try_from(data_offset.checked_add(info.offset)?).ok()?;
+    (start.checked_add(len)? <= file_len).then_some((start, len))
 }
 
 impl GgufFile {
@@ -93,22 +118,28 @@ impl GgufFile {
         }
         // SAFETY: the file is only read; modifying it while mapped is the caller's problem, as with any mmap.
         let map = unsafe { memmap2::Mmap::map(&file) }.map_err(|e| bad(path, e))?;
-        let this = Self {
-            map,
-            infos: content.tensor_infos,
-            data_offset: content.tensor_data_offset as usize,
-            quant,
-        };
-        for (name, info) in &this.infos {
-            let end = this.data_offset as u64 + info.offset + byte_len(info) as u64;
-            if end > this.map.len() as u64 {
-                return Err(bad(
-                    path,
-                    format!("tensor {name} runs past the end of the file (truncated?)"),
-                ));
-            }
+        let mut entries = HashMap::with_capacity(content.tensor_infos.len());
+        for (name, info) in content.tensor_infos {
+            let (start, len) =
+                span(&info, content.tensor_data_offset, map.len()).ok_or_else(|| {
+                    bad(
+                        path,
+                        format!("tensor {name} runs past the end of the file (truncated?)"),
+                    )
+                })?;
+            let entry = Entry {
+                dtype: info.ggml_dtype,
+                dims: info.shape.dims().to_vec(),
+                start,
+                len,
+            };
+            entries.insert(name, entry);
         }
-        Ok(this)
+        Ok(Self {
+            map,
+            entries,
+            quant,
+        })
     }
 
     pub(crate) fn quant(&self) -> Quant {
@@ -116,12 +147,11 @@ impl GgufFile {
     }
 
     pub(crate) fn names(&self) -> Vec<String> {
-        self.infos.keys().cloned().collect()
+        self.entries.keys().cloned().collect()
     }
 
-    fn bytes(&self, info: &TensorInfo) -> &[u8] {
-        let start = self.data_offset + info.offset as usize;
-        &self.map[start..start + byte_len(info)]
+    fn bytes(&self, e: &Entry) -> &[u8] {
+        &self.map[e.start..e.start + e.len]
     }
 }
 
@@ -131,10 +161,10 @@ impl TensorSource for GgufFile {
     fn shape_of(&self, name: &str) -> Option<Vec<usize>> {
         match janus_kernels::blocks::parse_blocks_name(name) {
             Some((base, fmt)) => {
-                let info = self.infos.get(base)?;
-                (info.ggml_dtype == fmt).then(|| vec![byte_len(info)])
+                let e = self.entries.get(base)?;
+                (e.dtype == fmt).then(|| vec![e.len])
             }
-            None => self.infos.get(name).map(|i| i.shape.dims().to_vec()),
+            None => self.entries.get(name).map(|e| e.dims.clone()),
         }
     }
 
@@ -145,17 +175,17 @@ impl TensorSource for GgufFile {
         let missing =
             || candle_core::Error::Msg(format!("tensor {name} is missing from the checkpoint"));
         if let Some((base, fmt)) = janus_kernels::blocks::parse_blocks_name(name) {
-            let info = self
-                .infos
+            let e = self
+                .entries
                 .get(base)
-                .filter(|i| i.ggml_dtype == fmt)
+                .filter(|e| e.dtype == fmt)
                 .ok_or_else(missing)?;
-            let bytes = self.bytes(info);
+            let bytes = self.bytes(e);
             return copy_released::<u8>(bytes, &[bytes.len()])?.to_device(dev);
         }
-        let info = self.infos.get(name).ok_or_else(missing)?;
-        let (bytes, dims) = (self.bytes(info), info.shape.dims());
-        let t = match info.ggml_dtype {
+        let e = self.entries.get(name).ok_or_else(missing)?;
+        let (bytes, dims) = (self.bytes(e), e.dims.as_slice());
+        let t = match e.dtype {
             GgmlDType::F32 => copy_released::<f32>(bytes, dims)?,
             GgmlDType::F16 => copy_released::<half::f16>(bytes, dims)?,
             GgmlDType::BF16 => copy_released::<half::bf16>(bytes, dims)?,
@@ -177,10 +207,6 @@ impl TensorSource for GgufFile {
         };
         t.to_device(dev)
     }
-}
-
-fn byte_len(info: &TensorInfo) -> usize {
-    info.shape.elem_count() / info.ggml_dtype.block_size() * info.ggml_dtype.type_size()
 }
 
 /// GGML's type ids of the formats this writer stores.
@@ -360,7 +386,7 @@ pub(crate) fn write_gguf(
     writer.finish()?;
     // Read back what was written before it is used.
     let written = GgufFile::open(path)?;
-    if written.infos.len() != total {
+    if written.entries.len() != total {
         return Err(bad(path, "tensor count differs from what was written"));
     }
     Ok(())
