@@ -221,6 +221,29 @@ fn saving_a_quantised_folder_refuses_bad_requests_and_leaves_nothing_behind() {
     // A saved folder is not quantised again, and a damaged file is named.
     let saved = tmp.path().join("saved");
     janus::gguf::save_quantized(&src, Quant::Q8_0, &saved, &mut |_| Ok(())).unwrap();
+    // Saving again into the same folder replaces its model.gguf.
+    janus::gguf::save_quantized(&src, Quant::Q8_0, &saved, &mut |_| Ok(())).unwrap();
+    assert_eq!(
+        std::fs::read_dir(&saved)
+            .unwrap()
+            .filter(|e| e
+                .as_ref()
+                .unwrap()
+                .file_name()
+                .to_string_lossy()
+                .contains("partial"))
+            .count(),
+        0
+    );
+    // The file itself is not a model folder.
+    let opts = janus::LoadOptions::default();
+    let err = JanusPro::from_pretrained(saved.join("model.gguf").to_str().unwrap(), &opts)
+        .err()
+        .expect("a file");
+    assert!(
+        err.to_string().contains("is a file; pass the model folder"),
+        "{err}"
+    );
     let err =
         janus::gguf::save_quantized(&saved, Quant::Q8_0, &tmp.path().join("x"), &mut |_| Ok(()))
             .err()

@@ -85,6 +85,11 @@ pub fn parse_dtype(name: &str) -> Result<DType> {
 /// the Hugging Face cache.
 pub fn resolve_model(model: &str, opts: &LoadOptions) -> Result<PathBuf> {
     let path = Path::new(model);
+    if path.is_file() {
+        return Err(JanusError::Input(format!(
+            "{model} is a file; pass the model folder that holds it (with config.json and the tokenizer)"
+        )));
+    }
     if path.exists() {
         return Ok(path.to_path_buf());
     }
