@@ -98,6 +98,23 @@ fn reduced_precision_tracks_f32_and_runs() {
         };
         let images = model.generate("a cat", &opts).unwrap();
         assert_eq!(images.images.len(), 1, "{what}: generation ran");
+        // Two prompts of different lengths in one batch (their caches
+        // stacked, in the reduced-precision key/value dtype).
+        let two = model
+            .generate_tokens_many(
+                &["a cat", "a red apple on a wooden table"],
+                &opts,
+                2,
+                &mut |_| Ok(()),
+            )
+            .unwrap();
+        let n = model.processor.config.num_image_tokens;
+        assert!(
+            two.iter().all(|p| p.len() == 1 && p[0].len() == n),
+            "{what}: two prompts"
+        );
+        // (Not compared with `images`: four rows take other kernels than two,
+        // which round differently here; the f32 path is checked in tests/runtime.rs.)
     }
 }
 

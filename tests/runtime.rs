@@ -96,12 +96,48 @@ fn multi_prompt_progress_counts_every_step() {
             Ok(())
         })
         .unwrap();
-    // Two prompts in batches of 2 + 1 images: 4 batches of 16 steps.
-    assert_eq!(seen.len(), 64);
+    // Two prompts of 3 images in batches of 2: 3 batches of 16 steps (the
+    // middle one holds the last image of one prompt and the first of the other).
+    assert_eq!(seen.len(), 48);
     assert!(seen
         .iter()
         .enumerate()
-        .all(|(i, &(s, t))| s == i + 1 && t == 64));
+        .all(|(i, &(s, t))| s == i + 1 && t == 48));
+}
+
+/// Images of prompts of different lengths decoded in one batch get the
+/// codes they get one by one, and the fixture's greedy apple images come
+/// out of a batch that also holds another prompt.
+#[test]
+fn batches_spanning_prompts_give_the_same_codes() {
+    let model = tiny();
+    let prompts = [
+        "a cat",
+        "A close-up photo of a red apple on a wooden table.",
+        "Hi",
+    ];
+    for sampling in [SamplingParams::greedy(), SamplingParams::default()] {
+        let greedy = sampling.temperature == 0.0;
+        let opts = GenerateOptions {
+            parallel_size: 2,
+            seed: Some(11),
+            sampling,
+            ..Default::default()
+        };
+        let one_by_one = model
+            .generate_tokens_many(&prompts, &opts, 1, &mut |_| Ok(()))
+            .unwrap();
+        for batch in [3, 4, 6] {
+            let batched = model
+                .generate_tokens_many(&prompts, &opts, batch, &mut |_| Ok(()))
+                .unwrap();
+            assert_eq!(batched, one_by_one, "batches of {batch} images");
+        }
+        if greedy {
+            let apple = common::ids(&common::expected()["t2i.apple.image_tokens"]);
+            assert_eq!(one_by_one[1].concat(), apple);
+        }
+    }
 }
 
 #[test]

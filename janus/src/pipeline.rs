@@ -430,9 +430,12 @@ impl JanusPro {
     }
 
     /// Several prompts, `parallel_size` images each, run in batches of at
-    /// most `batch_size` images. Image k of the whole call is seeded
-    /// `image_seed(seed, k)`, so results do not depend on the batching.
-    /// Progress counts steps over all batches.
+    /// most `batch_size` images; on the CPU a batch may hold images of
+    /// several prompts (prefilled one by one, decoded together). Image k of
+    /// the whole call is seeded `image_seed(seed, k)`, so in f32 results do
+    /// not depend on the batching (with bf16 or quantised weights, several
+    /// rows round activations unlike one). Progress counts steps over all
+    /// batches.
     pub fn generate_many(
         &self,
         prompts: &[&str],
@@ -482,51 +485,97 @@ impl JanusPro {
         }
         let seed = opts.seed.unwrap_or_else(rand::random);
         let (n_tokens, _) = self.image_grid()?;
-        // Batches never mix prompts: rows of one batch share the prompt length.
-        let mut batches = vec![];
-        for (p, _) in ids.iter().enumerate() {
-            let mut start = 0;
-            while start < opts.parallel_size {
-                let n = batch_size.min(opts.parallel_size - start);
-                batches.push((p, start, n));
-                start += n;
+        // Batches of at most `batch_size` images in call order, each a list
+        // of (prompt, images) groups. On the CPU a batch also spans prompts:
+        // each prompt's rows are prefilled on their own, then all are decoded
+        // together (see `KvCache::stack`); elsewhere batches end with their prompt.
+        let span_prompts = self.device.is_cpu();
+        let mut batches: Vec<Vec<(usize, usize)>> = vec![];
+        let (mut current, mut filled) = (vec![], 0);
+        for p in 0..ids.len() {
+            let mut left = opts.parallel_size;
+            while left > 0 {
+                let n = left.min(batch_size - filled);
+                current.push((p, n));
+                (filled, left) = (filled + n, left - n);
+                if filled == batch_size {
+                    batches.push(std::mem::take(&mut current));
+                    filled = 0;
+                }
             }
+            if !span_prompts && filled > 0 {
+                batches.push(std::mem::take(&mut current));
+                filled = 0;
+            }
+        }
+        if filled > 0 {
+            batches.push(current);
         }
         let total = batches.len() * n_tokens;
         let mut out: Vec<Vec<Vec<u32>>> = vec![vec![]; ids.len()];
-        for (b, &(p, start, n)) in batches.iter().enumerate() {
-            let first_index = p * opts.parallel_size + start;
-            let mut sampler = CfgSampler::new(&opts.sampling, seed, first_index, n);
+        let mut first_index = 0;
+        for (b, groups) in batches.iter().enumerate() {
+            let images = groups.iter().map(|g| g.1).sum();
+            let mut sampler = CfgSampler::new(&opts.sampling, seed, first_index, images);
+            first_index += images;
             let done = b * n_tokens;
-            let rows =
-                self.generate_rows(&ids[p], n, opts.cfg_weight, &mut sampler, &mut |pr| {
+            let prompts: Vec<(&[u32], usize)> = groups
+                .iter()
+                .map(|&(p, n)| (ids[p].as_slice(), n))
+                .collect();
+            let mut rows = self
+                .generate_rows(&prompts, opts.cfg_weight, &mut sampler, &mut |pr| {
                     on_step(Progress {
                         step: done + pr.step,
                         total,
                     })
-                })?;
-            out[p].extend(rows);
+                })?
+                .into_iter();
+            for &(p, n) in groups {
+                out[p].extend(rows.by_ref().take(n));
+            }
         }
         Ok(out)
     }
 
-    /// The CFG loop for `images` rows of one prompt.
+    /// The CFG loop for `images` rows of each of `prompts` (prompt ids,
+    /// images), decoded as one batch; the rows come back in that order.
     fn generate_rows(
         &self,
-        ids: &[u32],
-        images: usize,
+        prompts: &[(&[u32], usize)],
         cfg_weight: f64,
         sampler: &mut CfgSampler,
         on_step: &mut dyn FnMut(Progress) -> Result<()>,
     ) -> Result<Vec<Vec<u32>>> {
         let (n_tokens, _) = self.image_grid()?;
         let lm = &self.model.language;
-        // Sized once for the prompt and every image token: decoding never reallocates.
-        let mut cache: KvCache = lm.new_cache_with_capacity(ids.len() + n_tokens);
-        let mut embeds = self.cfg_prompt_embeds(ids, images)?;
+        let images: usize = prompts.iter().map(|p| p.1).sum();
+        let longest = prompts.iter().map(|p| p.0.len()).max().unwrap_or(0);
+        // Each prompt's rows are prefilled on their own; the caches then
+        // become one, sized once for the prompt and every image token, so
+        // decoding never reallocates.
+        let mut caches = Vec::with_capacity(prompts.len());
+        let mut last = Vec::with_capacity(prompts.len());
+        for &(ids, n) in prompts {
+            let reserve = if prompts.len() == 1 {
+                ids.len() + n_tokens
+            } else {
+                ids.len()
+            };
+            let mut cache: KvCache = lm.new_cache_with_capacity(reserve);
+            let hidden = lm.forward_embeds(&self.cfg_prompt_embeds(ids, n)?, &mut cache)?;
+            last.push(hidden.i((.., hidden.dim(1)? - 1.., ..))?);
+            caches.push(cache);
+        }
+        let mut cache = if caches.len() == 1 {
+            caches.pop().expect("one cache")
+        } else {
+            KvCache::stack(&caches, longest + n_tokens)?
+        };
+        drop(caches);
+        let mut hidden = Tensor::cat(&last, 0)?;
         let mut out = vec![Vec::with_capacity(n_tokens); images];
         for step in 0..n_tokens {
-            let hidden = lm.forward_embeds(&embeds, &mut cache)?;
             let logits = self.cfg_logits(&hidden, cfg_weight)?;
             let next = sampler.sample(&logits.mixed)?;
             for (row, &code) in out.iter_mut().zip(&next) {
@@ -540,7 +589,8 @@ impl JanusPro {
                 // Both CFG rows of an image continue with the same code.
                 let pairs: Vec<u32> = next.iter().flat_map(|&c| [c, c]).collect();
                 let codes = Tensor::from_vec(pairs, (2 * images, 1), &self.device)?;
-                embeds = self.model.gen_image_embeds(&codes)?;
+                let embeds = self.model.gen_image_embeds(&codes)?;
+                hidden = lm.forward_embeds(&embeds, &mut cache)?;
             }
         }
         Ok(out)

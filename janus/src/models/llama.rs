@@ -54,6 +54,17 @@ impl Rotary {
         };
         candle_nn::rotary_emb::rope(&x, &cos, &sin)
     }
+
+    /// Rotates one position per sequence, `x` [b, heads, 1, head_dim], row
+    /// `i` at position `positions[i]`.
+    fn apply_rows(&self, x: &Tensor, positions: &[u32]) -> Result<Tensor> {
+        let idx = Tensor::new(positions, x.device())?;
+        let b = positions.len();
+        let half = self.cos.dim(1)?;
+        let cos = self.cos.index_select(&idx, 0)?.reshape((b, 1, half))?;
+        let sin = self.sin.index_select(&idx, 0)?.reshape((b, 1, half))?;
+        candle_nn::rotary_emb::rope(&x.contiguous()?, &cos, &sin)
+    }
 }
 
 struct Attention {
@@ -127,6 +138,9 @@ impl Attention {
     ) -> Result<Tensor> {
         let (b, t, _) = x.dims3()?;
         let offset = cache.len;
+        if !cache.starts.is_empty() && (t != 1 || mask.is_some()) {
+            candle_core::bail!("a cache of stacked sequences takes one position per step")
+        }
         let qkv = self.qkv_proj.forward(x)?;
         if self.fast && t > 1 && mask.is_some() && qkv.dtype() == DType::F32 {
             return self
@@ -139,14 +153,24 @@ impl Attention {
                 .reshape((b, t, heads, hd))?
                 .transpose(1, 2)
         };
-        let q = rotary.apply(&split(0, self.heads)?, offset)?;
-        let k = rotary.apply(&split(self.heads, self.kv_heads)?, offset)?;
+        let (q, k) = (split(0, self.heads)?, split(self.heads, self.kv_heads)?);
+        let (q, k) = if cache.starts.is_empty() {
+            (rotary.apply(&q, offset)?, rotary.apply(&k, offset)?)
+        } else {
+            // Stacked sequences: each at its own position (see `KvCache::stack`).
+            let pos: Vec<u32> = cache.starts.iter().map(|&s| (offset - s) as u32).collect();
+            (rotary.apply_rows(&q, &pos)?, rotary.apply_rows(&k, &pos)?)
+        };
         let v = split(self.heads + self.kv_heads, self.kv_heads)?.contiguous()?;
         let (k, v) = cache.append(&k, &v)?;
         if t == 1 && mask.is_none() {
-            if let Some(out) = decode_attention(&q, &k, &v, self.heads / self.kv_heads)? {
+            let n_rep = self.heads / self.kv_heads;
+            if let Some(out) = decode_attention(&q, &k, &v, n_rep, &cache.starts)? {
                 return self.o_proj.forward(&out);
             }
+        }
+        if !cache.starts.is_empty() {
+            candle_core::bail!("stacked sequences are only supported on the CPU")
         }
         // A bf16 cache read by candle's ops (not on the paths above).
         let (k, v) = if k.dtype() == q.dtype() {
@@ -290,7 +314,13 @@ impl Attention {
 /// batched matmuls of `b * heads` tiny products. `q` [b, h, 1, d]; `k`, `v`
 /// [b, kvh, len, d] views of the cache. Returns [b, 1, h * d], or None when
 /// not applicable.
-fn decode_attention(q: &Tensor, k: &Tensor, v: &Tensor, n_rep: usize) -> Result<Option<Tensor>> {
+fn decode_attention(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    n_rep: usize,
+    starts: &[usize],
+) -> Result<Option<Tensor>> {
     use candle_core::{CpuStorage, Storage};
     if !q.device().is_cpu() || q.dtype() != DType::F32 || k.dtype() != v.dtype() {
         return Ok(None);
@@ -315,6 +345,7 @@ fn decode_attention(q: &Tensor, k: &Tensor, v: &Tensor, n_rep: usize) -> Result<
     let qv = &qv[ql.start_offset()..ql.start_offset() + b * h * d];
     let view = CacheView {
         len: k.dim(2)?,
+        starts,
         d,
         h,
         n_rep,
@@ -336,8 +367,10 @@ fn decode_attention(q: &Tensor, k: &Tensor, v: &Tensor, n_rep: usize) -> Result<
 }
 
 /// Where [`decode_attention`] finds a head's keys and values.
-struct CacheView {
+struct CacheView<'a> {
     len: usize,
+    /// Per sequence, the first position it attends to (empty: all from 0).
+    starts: &'a [usize],
     d: usize,
     h: usize,
     n_rep: usize,
@@ -345,7 +378,7 @@ struct CacheView {
     head_stride: usize,
 }
 
-impl CacheView {
+impl CacheView<'_> {
     fn attend<T: KvElement>(&self, qv: &[f32], kv: &[T], vv: &[T], b: usize) -> Vec<f32> {
         use rayon::prelude::*;
         let (d, h) = (self.d, self.h);
@@ -355,7 +388,10 @@ impl CacheView {
             || vec![0f32; self.len],
             |scores, (i, o)| {
                 let (bi, hi) = (i / h, i % h);
-                let base = bi * self.batch_stride + (hi / self.n_rep) * self.head_stride;
+                let start = self.starts.get(bi).copied().unwrap_or(0);
+                let scores = &mut scores[..self.len - start];
+                let base =
+                    bi * self.batch_stride + (hi / self.n_rep) * self.head_stride + start * d;
                 let qrow = &qv[i * d..(i + 1) * d];
                 for (j, s) in scores.iter_mut().enumerate() {
                     *s = dot(qrow, &kv[base + j * d..base + (j + 1) * d]);
@@ -508,6 +544,9 @@ impl DecoderLayer {
 struct LayerCache {
     kv: Option<(Tensor, Tensor)>,
     len: usize,
+    /// Per sequence, the position its keys start at (empty: all at 0): set
+    /// by [`KvCache::stack`], where shorter sequences start later.
+    starts: Vec<usize>,
     /// Capacity to allocate on first use (at least the first chunk's length).
     reserve: usize,
     /// Storage dtype (bf16 with bf16 compute), or that of the keys given.
@@ -527,6 +566,7 @@ impl Clone for LayerCache {
         Self {
             kv,
             len: self.len,
+            starts: self.starts.clone(),
             reserve: self.reserve,
             dtype: self.dtype,
         }
@@ -625,6 +665,63 @@ impl KvCache {
         for l in &mut self.layers {
             l.len = l.len.min(len);
         }
+    }
+
+    /// One cache for the sequences of several: `caches` (each filled by a
+    /// prompt of its own length, none stacked itself) become the rows of
+    /// one batch, in order, aligned at their ends, with room for
+    /// `positions` in all; each row attends only to its own keys and
+    /// rotates at its own positions, so decoding steps run all sequences
+    /// at once with the same results as one by one. Only one position per
+    /// step can follow (and only on the CPU).
+    pub fn stack(caches: &[KvCache], positions: usize) -> Result<KvCache> {
+        let end = caches.iter().map(KvCache::len).max().unwrap_or(0);
+        let n_layers = caches.first().map_or(0, |c| c.layers.len());
+        if caches
+            .iter()
+            .any(|c| c.layers.len() != n_layers || c.is_empty())
+        {
+            candle_core::bail!("stacking needs filled caches of the same model")
+        }
+        let capacity = positions.max(end);
+        let mut layers = Vec::with_capacity(n_layers);
+        for l in 0..n_layers {
+            let mut ks = vec![];
+            let mut vs = vec![];
+            let mut starts = vec![];
+            for c in caches {
+                let lc = &c.layers[l];
+                if !lc.starts.is_empty() {
+                    candle_core::bail!("a stacked cache cannot be stacked again")
+                }
+                let (k, v) = lc.kv.as_ref().expect("filled caches have buffers");
+                let (b, kvh, _, d) = k.dims4()?;
+                let pad = |t: &Tensor| -> Result<Tensor> {
+                    let zeros = |n: usize| cache_buffer((b, kvh, n, d), t.dtype(), t.device());
+                    let mut parts = vec![];
+                    if end > lc.len {
+                        parts.push(zeros(end - lc.len)?);
+                    }
+                    parts.push(t.narrow(2, 0, lc.len)?);
+                    if capacity > end {
+                        parts.push(zeros(capacity - end)?);
+                    }
+                    Tensor::cat(&parts, 2)
+                };
+                ks.push(pad(k)?);
+                vs.push(pad(v)?);
+                starts.extend(std::iter::repeat_n(end - lc.len, b));
+            }
+            let first = &caches[0].layers[l];
+            layers.push(LayerCache {
+                kv: Some((Tensor::cat(&ks, 0)?, Tensor::cat(&vs, 0)?)),
+                len: end,
+                starts,
+                reserve: capacity,
+                dtype: first.dtype,
+            });
+        }
+        Ok(KvCache { layers })
     }
 
     /// Positions the buffers hold before they must grow.
@@ -736,6 +833,7 @@ impl Llama {
                 LayerCache {
                     kv: None,
                     len: 0,
+                    starts: vec![],
                     reserve,
                     dtype: Some(self.kv_dtype),
                 };
