@@ -515,6 +515,67 @@ impl PyJanusPro {
         PyList::new(py, images)
     }
 
+    /// Generates parallel_size images for each of several prompts; returns
+    /// one list of RGB PIL images per prompt. Images run batch_size at a
+    /// time (default: parallel_size), and on the CPU a batch may hold
+    /// images of several prompts, so many prompts with one image each run
+    /// several at once. Image k of the call is seeded from seed and k, so
+    /// the batching does not change the images (exactly with f32 weights).
+    /// progress(step, total) counts the steps of all batches.
+    #[pyo3(signature = (prompts, *, parallel_size = 1, batch_size = None, cfg_weight = 5.0, temperature = 1.0, seed = None, progress = None, cancel_event = None))]
+    #[allow(clippy::too_many_arguments)]
+    fn generate_many<'py>(
+        &self,
+        py: Python<'py>,
+        prompts: Vec<String>,
+        parallel_size: i64,
+        batch_size: Option<i64>,
+        cfg_weight: f64,
+        temperature: f64,
+        seed: Option<i128>,
+        progress: Option<Py<PyAny>>,
+        cancel_event: Option<Py<PyAny>>,
+    ) -> PyResult<Bound<'py, PyList>> {
+        let pil = py.import("PIL.Image").map_err(|_| {
+            PyImportError::new_err(
+                "JanusPro.generate_many() returns PIL images and needs Pillow (pip install pillow)",
+            )
+        })?;
+        let opts = generate_options(py, parallel_size, cfg_weight, temperature, seed)?;
+        let batch = match batch_size {
+            None => opts.parallel_size,
+            Some(b) => usize::try_from(b)
+                .ok()
+                .filter(|&b| b >= 1)
+                .ok_or_else(|| input_error(py, format!("batch_size must be >= 1, got {b}")))?,
+        };
+        if prompts.is_empty() {
+            return Err(input_error(py, "prompts is empty"));
+        }
+        let generated = self.run(py, progress, cancel_event, move |m, step| {
+            let refs: Vec<&str> = prompts.iter().map(String::as_str).collect();
+            m.generate_many(&refs, &opts, batch, &mut |p| step(p.step, p.total))
+        })?;
+        let lists = generated
+            .iter()
+            .map(|g| {
+                let images = g
+                    .images
+                    .iter()
+                    .map(|img| {
+                        let (w, h) = img.dimensions();
+                        pil.call_method1(
+                            "frombytes",
+                            ("RGB", (w, h), PyBytes::new(py, img.as_raw())),
+                        )
+                    })
+                    .collect::<PyResult<Vec<_>>>()?;
+                PyList::new(py, images)
+            })
+            .collect::<PyResult<Vec<_>>>()?;
+        PyList::new(py, lists)
+    }
+
     /// As generate(), returning a numpy uint8 array [parallel_size, S, S, 3]
     /// (S = generated_image_size). Does not need Pillow.
     #[pyo3(signature = (prompt, *, parallel_size = 1, cfg_weight = 5.0, temperature = 1.0, seed = None, progress = None, cancel_event = None))]

@@ -9,7 +9,7 @@ import pytest
 import janus_rs
 
 PUBLIC = [
-    "load", "understand", "chat", "stream_understand", "stream_chat", "generate", "generate_array",
+    "load", "understand", "chat", "stream_understand", "stream_chat", "generate", "generate_many", "generate_array",
     "generate_tokens", "vq_encode", "vq_decode", "cancel",
 ]
 

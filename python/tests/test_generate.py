@@ -3,6 +3,8 @@
 import numpy as np
 import pytest
 
+import janus_rs
+
 CASES = ["t2i.apple", "t2i.cat_cfg1"]
 
 
@@ -98,3 +100,30 @@ def test_vq_encode_round_trip(model, fixture_dir):
     assert pixels.shape == (16, 16, 3)
     # Encoding a decoded image is deterministic.
     assert np.array_equal(model.vq_encode(pixels), model.vq_encode(pixels.copy()))
+
+
+def test_generate_many_batches_prompts_without_changing_images(model, expected):
+    c = expected["cases"]["t2i.apple"]
+    prompts = ["a cat", c["prompt"], "Hi"]
+    one_by_one = model.generate_many(prompts, parallel_size=2, batch_size=1, seed=5)
+    seen = []
+    together = model.generate_many(
+        prompts, parallel_size=2, batch_size=6, seed=5, progress=lambda s, t: seen.append((s, t))
+    )
+    assert [len(images) for images in together] == [2, 2, 2]
+    assert all(
+        np.array_equal(np.asarray(a), np.asarray(b))
+        for pa, pb in zip(together, one_by_one)
+        for a, b in zip(pa, pb)
+    )
+    n = model.image_token_count
+    assert seen == [(i, n) for i in range(1, n + 1)], "one batch of six images"
+    # Greedy: the fixture's apple images, from a batch holding all three prompts.
+    greedy = model.generate_many(prompts, parallel_size=2, batch_size=6, temperature=0)
+    expected_pngs = model.generate(c["prompt"], parallel_size=2, temperature=0)
+    for a, b in zip(greedy[1], expected_pngs):
+        assert np.array_equal(np.asarray(a), np.asarray(b))
+    with pytest.raises(janus_rs.InputError, match="batch_size"):
+        model.generate_many(prompts, batch_size=0)
+    with pytest.raises(janus_rs.InputError, match="empty"):
+        model.generate_many([])

@@ -176,6 +176,20 @@ class JanusPro:
         cancel_event: Optional[_CancelEvent] = None,
     ) -> List[_PILImage]:
         """Generates parallel_size RGB PIL images for a prompt (needs Pillow; temperature 0: argmax)."""
+    def generate_many(
+        self,
+        prompts: Sequence[str],
+        *,
+        parallel_size: int = 1,
+        batch_size: Optional[int] = None,
+        cfg_weight: float = 5.0,
+        temperature: float = 1.0,
+        seed: Optional[int] = None,
+        progress: Optional[_Progress] = None,
+        cancel_event: Optional[_CancelEvent] = None,
+    ) -> List[List[_PILImage]]:
+        """parallel_size images for each prompt, one list per prompt, run batch_size images at a time (default
+        parallel_size; on the CPU a batch may span prompts). Image k of the call is seeded from seed and k."""
     def generate_array(
         self,
         prompt: str,
