@@ -76,6 +76,31 @@ fn understand_options(
 }
 
 #[allow(clippy::needless_update)]
+/// PIL.Image, or an ImportError saying that `method` needs Pillow.
+fn pil_module<'py>(py: Python<'py>, method: &str) -> PyResult<Bound<'py, PyModule>> {
+    py.import("PIL.Image").map_err(|_| {
+        PyImportError::new_err(format!(
+            "JanusPro.{method}() returns PIL images and needs Pillow (pip install pillow); generate_array() returns numpy arrays"
+        ))
+    })
+}
+
+/// RGB images as a list of PIL images.
+fn pil_images<'py>(
+    pil: &Bound<'py, PyModule>,
+    images: &[image::RgbImage],
+) -> PyResult<Bound<'py, PyList>> {
+    let py = pil.py();
+    let images = images
+        .iter()
+        .map(|img| {
+            let (w, h) = img.dimensions();
+            pil.call_method1("frombytes", ("RGB", (w, h), PyBytes::new(py, img.as_raw())))
+        })
+        .collect::<PyResult<Vec<_>>>()?;
+    PyList::new(py, images)
+}
+
 fn generate_options(
     py: Python<'_>,
     parallel_size: i64,
@@ -497,22 +522,10 @@ impl PyJanusPro {
         progress: Option<Py<PyAny>>,
         cancel_event: Option<Py<PyAny>>,
     ) -> PyResult<Bound<'py, PyList>> {
-        let pil = py.import("PIL.Image").map_err(|_| {
-            PyImportError::new_err(
-                "JanusPro.generate() returns PIL images and needs Pillow (pip install pillow); generate_array() returns numpy arrays",
-            )
-        })?;
+        let pil = pil_module(py, "generate")?;
         let opts = generate_options(py, parallel_size, cfg_weight, temperature, seed)?;
         let generated = self.generated(py, prompt, opts, progress, cancel_event)?;
-        let images = generated
-            .images
-            .iter()
-            .map(|img| {
-                let (w, h) = img.dimensions();
-                pil.call_method1("frombytes", ("RGB", (w, h), PyBytes::new(py, img.as_raw())))
-            })
-            .collect::<PyResult<Vec<_>>>()?;
-        PyList::new(py, images)
+        pil_images(&pil, &generated.images)
     }
 
     /// Generates parallel_size images for each of several prompts; returns
@@ -536,11 +549,7 @@ impl PyJanusPro {
         progress: Option<Py<PyAny>>,
         cancel_event: Option<Py<PyAny>>,
     ) -> PyResult<Bound<'py, PyList>> {
-        let pil = py.import("PIL.Image").map_err(|_| {
-            PyImportError::new_err(
-                "JanusPro.generate_many() returns PIL images and needs Pillow (pip install pillow)",
-            )
-        })?;
+        let pil = pil_module(py, "generate_many")?;
         let opts = generate_options(py, parallel_size, cfg_weight, temperature, seed)?;
         let batch = match batch_size {
             None => opts.parallel_size,
@@ -558,20 +567,7 @@ impl PyJanusPro {
         })?;
         let lists = generated
             .iter()
-            .map(|g| {
-                let images = g
-                    .images
-                    .iter()
-                    .map(|img| {
-                        let (w, h) = img.dimensions();
-                        pil.call_method1(
-                            "frombytes",
-                            ("RGB", (w, h), PyBytes::new(py, img.as_raw())),
-                        )
-                    })
-                    .collect::<PyResult<Vec<_>>>()?;
-                PyList::new(py, images)
-            })
+            .map(|g| pil_images(&pil, &g.images))
             .collect::<PyResult<Vec<_>>>()?;
         PyList::new(py, lists)
     }
