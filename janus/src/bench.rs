@@ -12,14 +12,13 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use candle_core::{DType, Device, IndexOp, Module, Tensor};
-use candle_nn::VarBuilder;
 
 use crate::config::JanusConfig;
 use crate::error::{JanusError, Result};
 use crate::models::JanusModel;
 use crate::quant::Quant;
 use crate::sampling::{Sampler, SamplingParams};
-use crate::weights::{Checkpoint, ShapeRecorder};
+use crate::weights::Checkpoint;
 
 /// Arguments of `janus bench`.
 #[derive(clap::Args, Debug, Clone)]
@@ -299,15 +298,7 @@ fn fill_param(name: &str, out: &mut [half::bf16]) {
 
 /// Every parameter the model loads, in load order.
 fn parameter_list(cfg: &JanusConfig) -> Result<Vec<(String, Vec<usize>)>> {
-    let recorder = ShapeRecorder::default();
-    let vb = VarBuilder::from_backend(Box::new(recorder.clone()), DType::F32, Device::Cpu);
-    JanusModel::load(vb, cfg)?;
-    let mut seen = std::collections::HashSet::new();
-    Ok(recorder
-        .requested()
-        .into_iter()
-        .filter(|(n, _)| seen.insert(n.clone()))
-        .collect())
+    Ok(crate::gguf::plan(cfg, Quant::None)?.0)
 }
 
 /// Writes a bf16 safetensors file of random weights, streaming tensor by tensor.

@@ -420,7 +420,7 @@ fn as_bytes<T: Copy>(v: &[T]) -> &[u8] {
 /// Learnt by building the model over a [`ShapeRecorder`], so it is exactly
 /// what the loaders do.
 #[allow(clippy::type_complexity)]
-fn plan(
+pub(crate) fn plan(
     config: &JanusConfig,
     quant: Quant,
 ) -> Result<(Vec<(String, Vec<usize>)>, HashMap<String, GgmlDType>)> {

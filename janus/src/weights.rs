@@ -193,10 +193,10 @@ impl Checkpoint {
     }
 }
 
-/// Where named tensors come from, under the released names.
+/// Where named tensors come from, under the released names (and, where a
+/// source stores them, quantised blocks as raw bytes under their
+/// `janus_kernels::blocks::blocks_name`).
 pub(crate) trait TensorSource: Send + Sync {
-    // (Quantised blocks are served as raw bytes under their
-    // `janus_kernels::blocks::blocks_name`, where a source has them.)
     /// The stored shape, without reading data.
     fn shape_of(&self, name: &str) -> Option<Vec<usize>>;
     /// The tensor in its stored dtype.
