@@ -180,7 +180,62 @@ pub fn dequant_row<T: candle_core::quantized::k_quants::GgmlType>(
         }
         return q8_0_to_f32(bytes, out);
     }
+    if T::DTYPE == GgmlDType::Q4K {
+        // The many-row passes read every q4_K weight this way too.
+        let bytes = &data[b0 * 144..(b0 + out.len() / 256) * 144];
+        #[cfg(target_arch = "x86_64")]
+        if is_x86_feature_detected!("avx512f") {
+            // SAFETY: the CPU feature was just detected.
+            return unsafe { q4k_to_f32_avx512(bytes, out) };
+        }
+        return q4k_to_f32(bytes, out);
+    }
     T::to_float(&blocks[b0..b0 + out.len() / T::BLCK_SIZE], out);
+}
+
+/// [`q4k_to_f32`] compiled for AVX-512.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn q4k_to_f32_avx512(bytes: &[u8], out: &mut [f32]) {
+    q4k_to_f32(bytes, out)
+}
+
+/// Q4_K super-blocks to f32, as candle's `BlockQ4K::to_float` (the same
+/// products, so the same values), written so that the loops vectorise:
+/// per 32-value sub-block `y = d·scale·q − dmin·min`, the low nibbles of 32
+/// bytes making one sub-block and their high nibbles the next.
+#[inline(always)]
+fn q4k_to_f32(bytes: &[u8], out: &mut [f32]) {
+    for (blk, o) in bytes.chunks_exact(144).zip(out.chunks_exact_mut(256)) {
+        let d = half::f16::from_le_bytes([blk[0], blk[1]]).to_f32();
+        let dmin = half::f16::from_le_bytes([blk[2], blk[3]]).to_f32();
+        let q = &blk[4..16];
+        let scale_min = |j: usize| -> (u8, u8) {
+            if j < 4 {
+                (q[j] & 63, q[j + 4] & 63)
+            } else {
+                (
+                    (q[j + 4] & 0xF) | ((q[j - 4] >> 6) << 4),
+                    (q[j + 4] >> 4) | ((q[j] >> 6) << 4),
+                )
+            }
+        };
+        for (j, (qs, o)) in blk[16..]
+            .chunks_exact(32)
+            .zip(o.chunks_exact_mut(64))
+            .enumerate()
+        {
+            let (s0, m0) = scale_min(2 * j);
+            let (s1, m1) = scale_min(2 * j + 1);
+            let (d0, m0) = (d * s0 as f32, dmin * m0 as f32);
+            let (d1, m1) = (d * s1 as f32, dmin * m1 as f32);
+            let (lo, hi) = o.split_at_mut(32);
+            for ((l, h), &b) in lo.iter_mut().zip(hi.iter_mut()).zip(qs) {
+                *l = d0 * (b & 0xF) as f32 - m0;
+                *h = d1 * (b >> 4) as f32 - m1;
+            }
+        }
+    }
 }
 
 /// [`q8_0_to_f32`] compiled for AVX-512.
@@ -223,5 +278,26 @@ mod tests {
         super::dequant_row::<BlockQ8_0>(&data, 96, 2, 32, &mut got);
         assert_eq!(got, want[2 * 96 + 32..3 * 96]);
         assert_eq!(BlockQ8_0::BLCK_SIZE, 32);
+    }
+
+    /// The vectorised q4_K rows equal candle's dequantisation exactly.
+    #[test]
+    fn q4k_rows_match_candle() {
+        use candle_core::quantized::k_quants::BlockQ4K;
+        let w = Tensor::randn(0f32, 1.0, (3, 768), &Device::Cpu).unwrap();
+        let q = super::quantize_rows(&w, GgmlDType::Q4K).unwrap();
+        let want: Vec<f32> = q
+            .dequantize(&Device::Cpu)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1()
+            .unwrap();
+        let data = q.data().unwrap();
+        let mut got = vec![0f32; 512];
+        super::dequant_row::<BlockQ4K>(&data, 768, 2, 256, &mut got);
+        assert_eq!(got, want[2 * 768 + 256..3 * 768]);
+        super::dequant_row::<BlockQ4K>(&data, 768, 0, 0, &mut got);
+        assert_eq!(got, want[..512]);
     }
 }
