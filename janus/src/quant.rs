@@ -715,6 +715,7 @@ fn small_matmul_q4k_int8(w: &[u8], x: &[f32], m: usize, k: usize, n: usize, out:
 #[cfg(target_arch = "x86_64")]
 mod simd {
     use super::Fmt;
+    use janus_kernels::blocks::q4k_scale_min;
     use std::arch::x86_64::*;
     use std::sync::OnceLock;
 
@@ -953,8 +954,8 @@ mod simd {
                     let d = f16_at(blk);
                     let dmin = f16_at(blk.add(2));
                     let scales = std::slice::from_raw_parts(blk.add(4), 12);
-                    let (s0, m0) = scale_min_k4(2 * j, scales);
-                    let (s1, m1) = scale_min_k4(2 * j + 1, scales);
+                    let (s0, m0) = q4k_scale_min(2 * j, scales);
+                    let (s1, m1) = q4k_scale_min(2 * j + 1, scales);
                     *c = (
                         _mm512_set1_ps(d * s0 as f32),
                         _mm512_set1_ps(-dmin * m0 as f32),
@@ -1321,18 +1322,6 @@ mod simd {
         }
     }
 
-    #[inline(always)]
-    fn scale_min_k4(j: usize, q: &[u8]) -> (u8, u8) {
-        if j < 4 {
-            (q[j] & 63, q[j + 4] & 63)
-        } else {
-            (
-                (q[j + 4] & 0xF) | ((q[j - 4] >> 6) << 4),
-                (q[j + 4] >> 4) | ((q[j] >> 6) << 4),
-            )
-        }
-    }
-
     #[target_feature(enable = "avx512f,avx512bw,f16c")]
     unsafe fn dot_q4k<const R: usize>(row: &[u8], x: &[f32], k: usize, acc: &mut [f32; 8]) {
         let xp = x.as_ptr();
@@ -1349,8 +1338,8 @@ mod simd {
             let qs = blk.add(16);
             let base = b * 256;
             for j in 0..4 {
-                let (sc0, m0) = scale_min_k4(2 * j, scales);
-                let (sc1, m1) = scale_min_k4(2 * j + 1, scales);
+                let (sc0, m0) = q4k_scale_min(2 * j, scales);
+                let (sc1, m1) = q4k_scale_min(2 * j + 1, scales);
                 let (d0, n0) = (
                     _mm512_set1_ps(d * sc0 as f32),
                     _mm512_set1_ps(-dmin * m0 as f32),

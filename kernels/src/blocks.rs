@@ -193,6 +193,20 @@ pub fn dequant_row<T: candle_core::quantized::k_quants::GgmlType>(
     T::to_float(&blocks[b0..b0 + out.len() / T::BLCK_SIZE], out);
 }
 
+/// The 6-bit scale and minimum of sub-block `j` (0..8) of a Q4_K
+/// super-block, from its 12 packed bytes.
+#[inline(always)]
+pub fn q4k_scale_min(j: usize, q: &[u8]) -> (u8, u8) {
+    if j < 4 {
+        (q[j] & 63, q[j + 4] & 63)
+    } else {
+        (
+            (q[j + 4] & 0xF) | ((q[j - 4] >> 6) << 4),
+            (q[j + 4] >> 4) | ((q[j] >> 6) << 4),
+        )
+    }
+}
+
 /// [`q4k_to_f32`] compiled for AVX-512.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
@@ -209,24 +223,14 @@ fn q4k_to_f32(bytes: &[u8], out: &mut [f32]) {
     for (blk, o) in bytes.chunks_exact(144).zip(out.chunks_exact_mut(256)) {
         let d = half::f16::from_le_bytes([blk[0], blk[1]]).to_f32();
         let dmin = half::f16::from_le_bytes([blk[2], blk[3]]).to_f32();
-        let q = &blk[4..16];
-        let scale_min = |j: usize| -> (u8, u8) {
-            if j < 4 {
-                (q[j] & 63, q[j + 4] & 63)
-            } else {
-                (
-                    (q[j + 4] & 0xF) | ((q[j - 4] >> 6) << 4),
-                    (q[j + 4] >> 4) | ((q[j] >> 6) << 4),
-                )
-            }
-        };
+        let scales = &blk[4..16];
         for (j, (qs, o)) in blk[16..]
             .chunks_exact(32)
             .zip(o.chunks_exact_mut(64))
             .enumerate()
         {
-            let (s0, m0) = scale_min(2 * j);
-            let (s1, m1) = scale_min(2 * j + 1);
+            let (s0, m0) = q4k_scale_min(2 * j, scales);
+            let (s1, m1) = q4k_scale_min(2 * j + 1, scales);
             let (d0, m0) = (d * s0 as f32, dmin * m0 as f32);
             let (d1, m1) = (d * s1 as f32, dmin * m1 as f32);
             let (lo, hi) = o.split_at_mut(32);
@@ -258,46 +262,37 @@ fn q8_0_to_f32(bytes: &[u8], out: &mut [f32]) {
 
 #[cfg(test)]
 mod tests {
-    use candle_core::quantized::k_quants::{BlockQ8_0, GgmlType};
-    use candle_core::quantized::GgmlDType;
+    use candle_core::quantized::k_quants::{BlockQ4K, BlockQ8_0, GgmlType};
     use candle_core::{Device, Tensor};
+
+    /// Row 2 from value `l0` (and row 0 from 0) of a [3, k] weight in `T`
+    /// blocks, dequantised by `dequant_row`, equal candle's dequantisation.
+    fn rows_match_candle<T: GgmlType>(k: usize, l0: usize) {
+        let w = Tensor::randn(0f32, 1.0, (3, k), &Device::Cpu).unwrap();
+        let q = super::quantize_rows(&w, T::DTYPE).unwrap();
+        let want: Vec<f32> = q
+            .dequantize(&Device::Cpu)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1()
+            .unwrap();
+        let data = q.data().unwrap();
+        let mut got = vec![0f32; k - l0];
+        super::dequant_row::<T>(&data, k, 2, l0, &mut got);
+        assert_eq!(got, want[2 * k + l0..3 * k]);
+        super::dequant_row::<T>(&data, k, 0, 0, &mut got);
+        assert_eq!(got, want[..k - l0]);
+    }
 
     #[test]
     fn q8_0_rows_match_candle() {
-        let w = Tensor::randn(0f32, 1.0, (3, 96), &Device::Cpu).unwrap();
-        let q = super::quantize_rows(&w, GgmlDType::Q8_0).unwrap();
-        let want: Vec<f32> = q
-            .dequantize(&Device::Cpu)
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .to_vec1()
-            .unwrap();
-        let data = q.data().unwrap();
-        let mut got = vec![0f32; 64];
-        super::dequant_row::<BlockQ8_0>(&data, 96, 2, 32, &mut got);
-        assert_eq!(got, want[2 * 96 + 32..3 * 96]);
-        assert_eq!(BlockQ8_0::BLCK_SIZE, 32);
+        rows_match_candle::<BlockQ8_0>(96, 32);
     }
 
-    /// The vectorised q4_K rows equal candle's dequantisation exactly.
+    /// The vectorised q4_K loop gives candle's values exactly.
     #[test]
     fn q4k_rows_match_candle() {
-        use candle_core::quantized::k_quants::BlockQ4K;
-        let w = Tensor::randn(0f32, 1.0, (3, 768), &Device::Cpu).unwrap();
-        let q = super::quantize_rows(&w, GgmlDType::Q4K).unwrap();
-        let want: Vec<f32> = q
-            .dequantize(&Device::Cpu)
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .to_vec1()
-            .unwrap();
-        let data = q.data().unwrap();
-        let mut got = vec![0f32; 512];
-        super::dequant_row::<BlockQ4K>(&data, 768, 2, 256, &mut got);
-        assert_eq!(got, want[2 * 768 + 256..3 * 768]);
-        super::dequant_row::<BlockQ4K>(&data, 768, 0, 0, &mut got);
-        assert_eq!(got, want[..512]);
+        rows_match_candle::<BlockQ4K>(768, 256);
     }
 }
