@@ -122,7 +122,7 @@ pub struct QLinear {
 }
 
 impl QLinear {
-    /// Loads `weight` [out, in] (and `bias` [out] when `with_bias`) from `vb`,
+    /// Loads `weight` [out, in] (and `bias` \[out\] when `with_bias`) from `vb`,
     /// quantising with `quant` (see [`Quant::for_in_dim`]); a weight the
     /// checkpoint stores in those blocks already (a GGUF model) is taken as is.
     pub fn load(

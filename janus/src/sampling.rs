@@ -104,7 +104,7 @@ impl Sampler {
         self.params.temperature <= 0.0
     }
 
-    /// One token per row of `logits` [rows, vocab] (or a single [vocab] row).
+    /// One token per row of `logits` [rows, vocab] (or a single \[vocab\] row).
     pub fn sample_rows(&mut self, logits: &Tensor) -> Result<Vec<u32>> {
         let logits = logits.to_dtype(DType::F32)?;
         let rows: Vec<Vec<f32>> = match logits.rank() {
