@@ -347,15 +347,9 @@ pub(crate) fn write_gguf(
     let total = tensors.len();
     let mut writer = GgufWriter::create(path, &meta, &tensors)?;
     for (i, (name, shape)) in tensors.iter().enumerate() {
-        let stored = source.shape_of(name).ok_or_else(|| {
-            JanusError::Weights(format!("tensor {name} is missing from the checkpoint"))
-        })?;
-        if &stored != shape {
-            return Err(JanusError::Weights(format!(
-                "tensor {name} has shape {stored:?} in the checkpoint, the model expects {shape:?}"
-            )));
-        }
-        let t = source.load_raw(name, &Device::Cpu).map_err(weights_err)?;
+        let t = source
+            .load_checked(name, shape, &Device::Cpu)
+            .map_err(weights_err)?;
         let t = match t.dtype() {
             DType::F32 | DType::F16 | DType::BF16 => t,
             _ => t.to_dtype(DType::F32)?,

@@ -201,6 +201,25 @@ pub(crate) trait TensorSource: Send + Sync {
     fn shape_of(&self, name: &str) -> Option<Vec<usize>>;
     /// The tensor in its stored dtype.
     fn load_raw(&self, name: &str, dev: &Device) -> candle_core::Result<Tensor>;
+
+    /// As [`TensorSource::load_raw`], after checking the stored shape
+    /// against `dims`, so a mismatch names the key and both shapes.
+    fn load_checked(
+        &self,
+        name: &str,
+        dims: &[usize],
+        dev: &Device,
+    ) -> candle_core::Result<Tensor> {
+        match self.shape_of(name) {
+            None => candle_core::bail!("tensor {name} is missing from the checkpoint"),
+            Some(stored) if stored.as_slice() != dims => {
+                candle_core::bail!(
+                    "tensor {name} has shape {stored:?} in the checkpoint, the model expects {dims:?}"
+                )
+            }
+            Some(_) => self.load_raw(name, dev),
+        }
+    }
 }
 
 impl TensorSource for Checkpoint {
@@ -265,16 +284,7 @@ impl<T: TensorSource> SimpleBackend for Checked<T> {
         dtype: DType,
         dev: &Device,
     ) -> candle_core::Result<Tensor> {
-        match self.0.shape_of(name) {
-            None => candle_core::bail!("tensor {name} is missing from the checkpoint"),
-            Some(stored) if stored.as_slice() != s.dims() => {
-                candle_core::bail!(
-                    "tensor {name} has shape {stored:?} in the checkpoint, the model expects {:?}",
-                    s.dims()
-                )
-            }
-            Some(_) => self.0.load_raw(name, dev)?.to_dtype(dtype),
-        }
+        self.0.load_checked(name, s.dims(), dev)?.to_dtype(dtype)
     }
 
     fn get_unchecked(&self, name: &str, dtype: DType, dev: &Device) -> candle_core::Result<Tensor> {

@@ -153,6 +153,37 @@ fn quantize_blocks<T: candle_core::quantized::k_quants::GgmlType + 'static>(
     )
 }
 
+/// A weight as [`load_weight`] gives it.
+pub enum Loaded {
+    /// GGUF blocks, as stored or quantised while read.
+    Blocks(QTensor),
+    /// As read: no block format asked for, off the CPU, or a shape-only view.
+    Dense(Tensor),
+}
+
+/// Tensor `name` of `vb`, shape `[rows, cols]`, in `dtype` blocks when one
+/// is given: taken as stored (see [`stored_blocks`]) or read and quantised
+/// on the CPU; otherwise as read.
+pub fn load_weight(
+    vb: &VarBuilder,
+    name: &str,
+    dims: (usize, usize),
+    dtype: Option<GgmlDType>,
+) -> Result<Loaded> {
+    if let Some(g) = dtype {
+        if let Some(q) = stored_blocks(vb, name, dims, g)? {
+            return Ok(Loaded::Blocks(q));
+        }
+    }
+    let w = vb.get(dims, name)?;
+    match dtype {
+        Some(g) if w.device().is_cpu() && !is_broadcast_view(&w) => {
+            Ok(Loaded::Blocks(quantize_rows(&w, g)?))
+        }
+        _ => Ok(Loaded::Dense(w)),
+    }
+}
+
 /// Dequantises `len` values of row `j` from `l0` (block aligned).
 pub fn dequant_row<T: candle_core::quantized::k_quants::GgmlType>(
     data: &[u8],

@@ -1,7 +1,7 @@
 use candle_core::quantized::{GgmlDType, QTensor};
 use candle_core::{DType, Device, Module, Result, Tensor};
 use candle_nn::{layer_norm, Conv2d, Conv2dConfig, LayerNorm, LayerNormConfig, VarBuilder};
-use janus_kernels::blocks::{dequant_row, is_broadcast_view, quantize_rows, stored_blocks};
+use janus_kernels::blocks::{dequant_row, load_weight, Loaded};
 use janus_kernels::tensor::{map_rows, with_cpu_slice};
 
 /// Sizes of a SigLIP ViT. `layers` is the number of blocks actually built,
@@ -89,20 +89,9 @@ impl Linear {
         let act = activation_dtype(&vb);
         let bias = vb.get(out_dim, "bias")?.to_dtype(act)?;
         let quant = quant.filter(|q| in_dim % q.block_size() == 0);
-        if let Some(q) = quant {
-            if let Some(blocks) = stored_blocks(&vb, "weight", (out_dim, in_dim), q)? {
-                return Ok(Self {
-                    weight: Weight::Quantized(blocks),
-                    bias,
-                });
-            }
-        }
-        let w = vb.get((out_dim, in_dim), "weight")?;
-        let weight = match quant {
-            Some(q) if w.device().is_cpu() && !is_broadcast_view(&w) => {
-                Weight::Quantized(quantize_rows(&w, q)?)
-            }
-            _ => Weight::Dense(w),
+        let weight = match load_weight(&vb, "weight", (out_dim, in_dim), quant)? {
+            Loaded::Blocks(q) => Weight::Quantized(q),
+            Loaded::Dense(w) => Weight::Dense(w),
         };
         Ok(Self { weight, bias })
     }

@@ -9,7 +9,7 @@
 //! key/value cache stay in f32 on the CPU.
 
 use candle_core::{CpuStorage, DType, Device, Module, Result, Tensor};
-use candle_nn::{embedding, Embedding, RmsNorm, VarBuilder};
+use candle_nn::{Embedding, RmsNorm, VarBuilder};
 
 use crate::config::LlamaConfig;
 use crate::quant::{activation_dtype, QLinear, Quant};
@@ -898,21 +898,13 @@ impl TokenEmbedding {
     /// `vb` is the `embed_tokens` prefix. The table is quantised with the
     /// model (see [`Quant::for_in_dim`]) on the CPU, or taken as stored.
     fn load(vb: VarBuilder, cfg: &LlamaConfig, quant: Quant) -> Result<Self> {
+        use janus_kernels::blocks::{load_weight, Loaded};
         let dims = (cfg.vocab_size, cfg.hidden_size);
         let dtype = quant.for_in_dim(cfg.hidden_size).ggml();
-        if let Some(g) = dtype {
-            if let Some(q) = janus_kernels::blocks::stored_blocks(&vb, "weight", dims, g)? {
-                return Ok(Self::Quantized(q));
-            }
-        }
-        let table = embedding(dims.0, dims.1, vb)?;
-        let w = table.embeddings();
-        match dtype {
-            Some(g) if w.device().is_cpu() && !crate::quant::is_broadcast_view(w) => {
-                Ok(Self::Quantized(janus_kernels::blocks::quantize_rows(w, g)?))
-            }
-            _ => Ok(Self::Dense(table)),
-        }
+        Ok(match load_weight(&vb, "weight", dims, dtype)? {
+            Loaded::Blocks(q) => Self::Quantized(q),
+            Loaded::Dense(w) => Self::Dense(Embedding::new(w, cfg.hidden_size)),
+        })
     }
 
     /// An output head tied to this table, in `quant`.
