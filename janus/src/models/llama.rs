@@ -875,11 +875,19 @@ impl Llama {
         } else {
             None
         };
-        let mut x = embeds;
-        for (layer, c) in self.layers.iter().zip(cache.layers.iter_mut()) {
-            x = layer.forward(&x, &self.rotary, c, mask.as_ref())?;
+        let cpu = embeds.device().is_cpu();
+        let run = || {
+            let mut x = embeds;
+            for (layer, c) in self.layers.iter().zip(cache.layers.iter_mut()) {
+                x = layer.forward(&x, &self.rotary, c, mask.as_ref())?;
+            }
+            self.norm.forward(&x)
+        };
+        if cpu {
+            janus_kernels::on_pool(run)
+        } else {
+            run()
         }
-        self.norm.forward(&x)
     }
 
     /// Text logits of hidden states [.., hidden] -> [.., vocab].
