@@ -12,10 +12,12 @@ pub mod math;
 pub mod tensor;
 
 /// Runs `f` on a thread of rayon's global pool, or directly when already on
-/// one. A forward pass starts dozens of parallel loops; started from a
-/// thread outside the pool, each of them hands its work to the pool and puts
-/// the caller to sleep until it is done, and the wake-ups cost ~7 % of a
-/// 4-bit image step on 2 cores. From a pool thread the caller works along.
+/// one. A decoding step starts dozens of short parallel loops; started from
+/// a thread outside the pool, each of them hands its work to the pool and
+/// puts the caller to sleep until it is done, and the wake-ups cost ~7 % of
+/// a 4-bit image step on 2 cores. From a pool thread the caller works along.
+/// What `f` allocates comes from that thread's malloc arena: keep large,
+/// short-lived buffers out of it.
 pub fn on_pool<R: Send>(f: impl FnOnce() -> R + Send) -> R {
     rayon::scope(|_| f())
 }

@@ -875,7 +875,12 @@ impl Llama {
         } else {
             None
         };
-        let cpu = embeds.device().is_cpu();
+        // One position per sequence (decoding) is dozens of short parallel
+        // loops: run them from a pool thread. Not a prefill: its large
+        // buffers would then come from that thread's malloc arena and stay
+        // there, out of reach of later allocations on this thread (peak RSS
+        // +0.4-0.6 GB by the VQ decode).
+        let on_pool = embeds.device().is_cpu() && t == 1;
         let run = || {
             let mut x = embeds;
             for (layer, c) in self.layers.iter().zip(cache.layers.iter_mut()) {
@@ -883,7 +888,7 @@ impl Llama {
             }
             self.norm.forward(&x)
         };
-        if cpu {
+        if on_pool {
             janus_kernels::on_pool(run)
         } else {
             run()
