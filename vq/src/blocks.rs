@@ -3,7 +3,7 @@
 use candle_core::{DType, Module, Result, Tensor};
 use candle_nn::{Conv2d, Conv2dConfig, VarBuilder};
 
-use crate::fast::{self, Input};
+use crate::fast::{self, Input, Planes, Scratch};
 
 /// `Normalize(channels, "group")` of the reference: 32 groups, eps 1e-6.
 #[derive(Debug, Clone)]
@@ -27,6 +27,38 @@ impl GroupNorm {
         let wb = (&self.weight, &self.bias);
         fast::group_norm(x, Self::GROUPS, Self::EPS, wb, true, true)
     }
+}
+
+/// `conv(swish(norm(x)))` (+ `residual`) of CPU f32 planes `xv` [b, c, h, w]:
+/// the norm's padded output in a buffer from `scratch`, handed back once the
+/// convolution has read it; the result is in another.
+pub(crate) fn norm_conv(
+    norm: &GroupNorm,
+    conv: &Conv3x3,
+    xv: &[f32],
+    dims: [usize; 4],
+    residual: Option<&[f32]>,
+    scratch: &mut Scratch,
+) -> Result<Planes> {
+    let wb = (&norm.weight, &norm.bias);
+    let n = fast::group_norm_planes(xv, dims, GroupNorm::GROUPS, GroupNorm::EPS, wb, scratch)?;
+    let y = fast::conv3x3_planes(
+        &n.data,
+        n.dims,
+        &conv.weight,
+        Some(&conv.bias),
+        Input::Padded,
+        residual,
+        conv.bf16,
+        scratch,
+    );
+    scratch.give(n.data);
+    y
+}
+
+/// Whether `x` takes the decoder's buffer-reusing CPU path.
+pub(crate) fn planes_ok(x: &Tensor) -> bool {
+    x.device().is_cpu() && x.dtype() == DType::F32 && x.rank() == 4
 }
 
 pub(crate) fn group_norm(channels: usize, vb: VarBuilder) -> Result<GroupNorm> {
@@ -133,9 +165,17 @@ impl ResnetBlock {
     }
 
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        // Intermediates are dropped as soon as the next one exists, each
-        // norm writes its output already padded for the convolution after
-        // it, and the residual is added in the last convolution's output pass.
+        if planes_ok(x) {
+            let (b, c, h, w) = x.dims4()?;
+            let scratch = &mut Scratch::default();
+            let y = janus_kernels::tensor::with_cpu_slice(x, |xv| {
+                self.forward_planes(xv, [b, c, h, w], scratch)
+            })??;
+            return y.into_tensor();
+        }
+        // Each norm writes its output already padded for the convolution
+        // after it, and the residual is added in the last convolution's
+        // output pass.
         let h = self
             .conv1
             .forward_padded(&self.norm1.forward_swish_padded(x)?, None)?;
@@ -144,6 +184,31 @@ impl ResnetBlock {
             Some(shortcut) => self.conv2.forward_padded(&h, Some(&shortcut.forward(x)?)),
             None => self.conv2.forward_padded(&h, Some(x)),
         }
+    }
+
+    /// [`ResnetBlock::forward`] of CPU f32 planes `xv`, with the
+    /// temporaries (both norms' padded outputs, the first convolution's
+    /// output) and the result in buffers from `scratch`.
+    pub(crate) fn forward_planes(
+        &self,
+        xv: &[f32],
+        dims: [usize; 4],
+        scratch: &mut Scratch,
+    ) -> Result<Planes> {
+        let h1 = norm_conv(&self.norm1, &self.conv1, xv, dims, None, scratch)?;
+        let (norm2, conv2) = (&self.norm2, &self.conv2);
+        let y = match &self.nin_shortcut {
+            Some(shortcut) => {
+                let x = Tensor::from_slice(xv, dims.to_vec(), &candle_core::Device::Cpu)?;
+                let r = shortcut.forward(&x)?;
+                janus_kernels::tensor::with_cpu_slice(&r, |rv| {
+                    norm_conv(norm2, conv2, &h1.data, h1.dims, Some(rv), scratch)
+                })?
+            }
+            None => norm_conv(norm2, conv2, &h1.data, h1.dims, Some(xv), scratch),
+        };
+        scratch.give(h1.data);
+        y
     }
 }
 
@@ -253,5 +318,18 @@ impl Upsample {
         // The reference upcasts bf16 to f32 around the interpolation; nearest
         // neighbour only copies values, so any dtype gives the same result.
         self.conv.forward_upsampled(x)
+    }
+
+    /// [`Upsample::forward`] of CPU f32 planes `xv`: the upsampled planes
+    /// and the result in buffers from `scratch`.
+    pub(crate) fn forward_planes(
+        &self,
+        xv: &[f32],
+        dims: [usize; 4],
+        scratch: &mut Scratch,
+    ) -> Result<Planes> {
+        let conv = &self.conv;
+        let (weight, bias, up) = (&conv.weight, Some(&conv.bias), Input::Upsampled);
+        fast::conv3x3_planes(xv, dims, weight, bias, up, None, conv.bf16, scratch)
     }
 }

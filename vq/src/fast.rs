@@ -26,6 +26,78 @@ fn with_f32<R>(t: &Tensor, f: impl FnOnce(&[f32]) -> R) -> Result<R> {
 /// ~`c_in * 9 * TILE` floats.
 const TILE: usize = 4096;
 
+/// Buffers that one run of the decoder hands back once read and takes
+/// again for its next temporaries. A fresh buffer of the full-resolution
+/// planes (75 MB per 384² image at 128 channels) comes from fresh pages,
+/// which the kernel zeroes on first touch: ~9 % of a decode when every
+/// temporary was fresh. Reused ones keep the peak where it was.
+#[derive(Default)]
+pub(crate) struct Scratch(Vec<Vec<f32>>);
+
+impl Scratch {
+    /// A buffer of `len` values with unspecified contents: the smallest
+    /// handed-back one that is large enough, else a fresh one, and then the
+    /// handed-back ones are freed first: they are from a coarser level of
+    /// the decoder, whose buffers would only raise the peak from now on.
+    fn take(&mut self, len: usize) -> Vec<f32> {
+        let fit = (self.0.iter().enumerate())
+            .filter(|(_, v)| v.capacity() >= len)
+            .min_by_key(|(_, v)| v.capacity())
+            .map(|(i, _)| i);
+        match fit {
+            Some(i) => {
+                let mut v = self.0.swap_remove(i);
+                v.resize(len, 0.0);
+                v
+            }
+            None => {
+                self.0.clear();
+                zeroed(len)
+            }
+        }
+    }
+
+    /// Hands a buffer back for reuse.
+    pub(crate) fn give(&mut self, v: Vec<f32>) {
+        self.0.push(v);
+    }
+}
+
+/// f32 NCHW planes `[b, c, h, w]` outside a tensor, so that their buffer
+/// can go back to a [`Scratch`] (padded planes count their ring in h, w).
+pub(crate) struct Planes {
+    pub data: Vec<f32>,
+    pub dims: [usize; 4],
+}
+
+impl Planes {
+    /// A copy of `t` (CPU f32 [b, c, h, w]).
+    pub fn from_tensor(t: &Tensor) -> Result<Self> {
+        let (b, c, h, w) = t.dims4()?;
+        Ok(Self {
+            data: t.flatten_all()?.to_vec1()?,
+            dims: [b, c, h, w],
+        })
+    }
+
+    pub fn into_tensor(self) -> Result<Tensor> {
+        Tensor::from_vec(self.data, self.dims.to_vec(), &Device::Cpu)
+    }
+}
+
+/// Zeroes the one-value ring around each of the `(h + 2) x (w + 2)` planes of `buf`.
+fn zero_ring(buf: &mut [f32], h: usize, w: usize) {
+    let wp = w + 2;
+    buf.par_chunks_mut((h + 2) * wp).for_each(|plane| {
+        plane[..wp].fill(0.0);
+        plane[(h + 1) * wp..].fill(0.0);
+        for y in 1..=h {
+            plane[y * wp] = 0.0;
+            plane[y * wp + wp - 1] = 0.0;
+        }
+    });
+}
+
 /// One image `[c_in, h_in, w_in]`, upsampled 2x by nearest neighbour when
 /// `up`, with a ring of zeros around each plane: `[c_in, h + 2, w + 2]`.
 ///
@@ -33,11 +105,17 @@ const TILE: usize = 4096;
 /// pixels `j = y * (w + 2) + x`: tap `(ky, kx)` of channel `c` is the plane
 /// read from offset `ky * (w + 2) + kx`, a plain slice, and the two columns
 /// `x = w, w + 1` of each output row are junk to drop.
-fn padded_planes(src: &[f32], c_in: usize, h_in: usize, w_in: usize, up: bool) -> Vec<f32> {
+fn padded_planes(
+    src: &[f32],
+    (c_in, h_in, w_in): (usize, usize, usize),
+    up: bool,
+    scratch: &mut Scratch,
+) -> Vec<f32> {
     let f = if up { 2 } else { 1 };
     let (h, w) = (h_in * f, w_in * f);
     let wp = w + 2;
-    let mut xp = zeroed(c_in * (h + 2) * wp);
+    let mut xp = scratch.take(c_in * (h + 2) * wp);
+    zero_ring(&mut xp, h, w);
     xp.par_chunks_mut((h + 2) * wp)
         .zip(src.par_chunks(h_in * w_in))
         .for_each(|(dst, plane)| {
@@ -107,25 +185,64 @@ pub(crate) fn conv3x3(
             None => Ok(y),
         };
     }
-    let (b, c_in, h_in, w_in) = x.dims4()?;
+    let (b, c, h, w) = x.dims4()?;
+    let dims = [b, c, h, w];
+    let scratch = &mut Scratch::default();
+    let mut run = |rv: Option<&[f32]>| {
+        with_f32(x, |xv| {
+            conv3x3_planes(xv, dims, weight, bias, input, rv, bf16, scratch)
+        })?
+    };
+    match residual {
+        Some(r) => with_f32(r, |rv| run(Some(rv)))??,
+        None => run(None)?,
+    }
+    .into_tensor()
+}
+
+/// [`conv3x3`] of CPU f32 planes `xv` `[b, c_in, h, w]` (as `input` says),
+/// plus `residual` (the output's shape) when given, into a buffer from
+/// `scratch`, which also holds the padded planes it makes on the way.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn conv3x3_planes(
+    xv: &[f32],
+    [b, c_in, h_in, w_in]: [usize; 4],
+    weight: &Tensor,
+    bias: Option<&Tensor>,
+    input: Input,
+    residual: Option<&[f32]>,
+    bf16: bool,
+    scratch: &mut Scratch,
+) -> Result<Planes> {
+    let weight = &if weight.dtype() == DType::BF16 {
+        weight.to_dtype(DType::F32)?
+    } else {
+        weight.clone()
+    };
     let (c_out, wc, kh, kw) = weight.dims4()?;
     if wc != c_in || kh != 3 || kw != 3 {
         candle_core::bail!(
             "conv3x3: weight {:?} does not fit input {:?}",
             weight.dims(),
-            x.dims()
+            [b, c_in, h_in, w_in]
         )
     }
     let (h, w) = match input {
         Input::Plain => (h_in, w_in),
         Input::Upsampled => (2 * h_in, 2 * w_in),
         Input::Padded if h_in > 2 && w_in > 2 => (h_in - 2, w_in - 2),
-        Input::Padded => candle_core::bail!("conv3x3: padded input {:?} too small", x.dims()),
-    };
-    if let Some(r) = residual {
-        if r.dims() != [b, c_out, h, w] {
-            candle_core::bail!("conv3x3: residual {:?} does not fit the output", r.dims())
+        Input::Padded => {
+            candle_core::bail!(
+                "conv3x3: padded input {:?} too small",
+                [b, c_in, h_in, w_in]
+            )
         }
+    };
+    if residual.is_some_and(|r| r.len() != b * c_out * h * w) {
+        candle_core::bail!(
+            "conv3x3: the residual does not fit the output {:?}",
+            [b, c_out, h, w]
+        )
     }
     let (hw, wp) = (h * w, w + 2);
     let plane = (h + 2) * wp;
@@ -133,34 +250,32 @@ pub(crate) fn conv3x3(
     let n = h * wp - 2;
     let kdim = c_in * 9;
     let bf16 = bf16 && janus_kernels::bf16_gemm::available();
-    let mut out = zeroed(b * c_out * hw);
+    let mut out = scratch.take(b * c_out * hw);
     with_f32(weight, |wv| {
-        with_f32(x, |xv| {
-            for bi in 0..b {
-                let img = &xv[bi * c_in * h_in * w_in..(bi + 1) * c_in * h_in * w_in];
-                let made;
-                let xp = if input == Input::Padded {
-                    img
-                } else {
-                    made = padded_planes(img, c_in, h_in, w_in, input == Input::Upsampled);
-                    &made[..]
-                };
-                let tap = |l: usize| {
-                    let (c, ky, kx) = (l / 9, l % 9 / 3, l % 3);
-                    &xp[c * plane + ky * wp + kx..][..n]
-                };
-                let dst = &mut out[bi * c_out * hw..(bi + 1) * c_out * hw];
-                if bf16 {
-                    use janus_kernels::bf16_gemm::{gemm_runs, Rhs, Runs};
-                    let runs = Runs { run: w, skip: 2 };
-                    let rhs = Rhs::ColRows(&tap);
-                    gemm_runs(c_out, n, kdim, wv, kdim, &rhs, dst, hw, false, true, runs);
-                } else {
-                    conv_f32_tiles(&tap, (h, w), wv, c_out, kdim, dst);
-                }
+        for bi in 0..b {
+            let img = &xv[bi * c_in * h_in * w_in..(bi + 1) * c_in * h_in * w_in];
+            let up = input == Input::Upsampled;
+            let made = (input != Input::Padded)
+                .then(|| padded_planes(img, (c_in, h_in, w_in), up, scratch));
+            let xp = made.as_deref().unwrap_or(img);
+            let tap = |l: usize| {
+                let (c, ky, kx) = (l / 9, l % 9 / 3, l % 3);
+                &xp[c * plane + ky * wp + kx..][..n]
+            };
+            let dst = &mut out[bi * c_out * hw..(bi + 1) * c_out * hw];
+            if bf16 {
+                use janus_kernels::bf16_gemm::{gemm_runs, Rhs, Runs};
+                let runs = Runs { run: w, skip: 2 };
+                let rhs = Rhs::ColRows(&tap);
+                gemm_runs(c_out, n, kdim, wv, kdim, &rhs, dst, hw, false, true, runs);
+            } else {
+                conv_f32_tiles(&tap, (h, w), wv, c_out, kdim, dst);
             }
-        })
-    })??;
+            if let Some(v) = made {
+                scratch.give(v);
+            }
+        }
+    })?;
     let bias_v: Option<Vec<f32>> = bias
         .map(|t| t.to_dtype(DType::F32)?.flatten_all()?.to_vec1())
         .transpose()?;
@@ -178,11 +293,11 @@ pub(crate) fn conv3x3(
             }
         })
     };
-    match residual {
-        Some(r) => with_f32(r, |rv| finish(Some(rv)))?,
-        None => finish(None),
-    }
-    Tensor::from_vec(out, (b, c_out, h, w), &Device::Cpu)
+    finish(residual);
+    Ok(Planes {
+        data: out,
+        dims: [b, c_out, h, w],
+    })
 }
 
 /// The f32 path of [`conv3x3`] for one image of `(h, w)` output pixels:
@@ -277,6 +392,68 @@ pub(crate) fn group_norm(
         };
     }
     let mut dims = x.dims().to_vec();
+    let mut out = zeroed(dims[0] * dims[1] * out_plane(&dims, padded));
+    with_f32(x, |xv| {
+        group_norm_into(
+            xv,
+            &dims,
+            groups,
+            eps,
+            (weight, bias),
+            swish,
+            padded,
+            &mut out,
+        )
+    })??;
+    if padded {
+        dims[2] += 2;
+        dims[3] += 2;
+    }
+    Tensor::from_vec(out, dims, &Device::Cpu)
+}
+
+/// Values per output plane of a group norm over `dims` `[b, c, ..]`
+/// (padded: `[b, c, h, w]` with its ring).
+fn out_plane(dims: &[usize], padded: bool) -> usize {
+    if padded {
+        (dims[2] + 2) * (dims[3] + 2)
+    } else {
+        dims[2..].iter().product()
+    }
+}
+
+/// [`group_norm`] (with swish, padded) of CPU f32 planes `xv` `[b, c, h,
+/// w]` into a buffer from `scratch`.
+pub(crate) fn group_norm_planes(
+    xv: &[f32],
+    dims: [usize; 4],
+    groups: usize,
+    eps: f64,
+    wb: (&Tensor, &Tensor),
+    scratch: &mut Scratch,
+) -> Result<Planes> {
+    let [b, c, h, w] = dims;
+    let mut out = scratch.take(b * c * out_plane(&dims, true));
+    group_norm_into(xv, &dims, groups, eps, wb, true, true, &mut out)?;
+    Ok(Planes {
+        data: out,
+        dims: [b, c, h + 2, w + 2],
+    })
+}
+
+/// The fast path of [`group_norm`], writing every value of `out` (the
+/// ring of padded planes included).
+#[allow(clippy::too_many_arguments)]
+fn group_norm_into(
+    xv: &[f32],
+    dims: &[usize],
+    groups: usize,
+    eps: f64,
+    (weight, bias): (&Tensor, &Tensor),
+    swish: bool,
+    padded: bool,
+    out: &mut [f32],
+) -> Result<()> {
     let (b, c) = (dims[0], dims[1]);
     let hw: usize = dims[2..].iter().product();
     let w_row = *dims.last().expect("rank >= 3");
@@ -285,8 +462,7 @@ pub(crate) fn group_norm(
     }
     let layout = if padded {
         let (h, w) = (dims[2], dims[3]);
-        dims[2] += 2;
-        dims[3] += 2;
+        zero_ring(out, h, w);
         OutLayout {
             plane: (h + 2) * (w + 2),
             row: w + 2,
@@ -302,32 +478,30 @@ pub(crate) fn group_norm(
     let cg = c / groups;
     let wv: Vec<f32> = weight.flatten_all()?.to_vec1()?;
     let bv: Vec<f32> = bias.flatten_all()?.to_vec1()?;
-    let mut out = zeroed(b * c * layout.plane);
-    with_f32(x, |xv| {
-        out.par_chunks_mut(cg * layout.plane)
-            .enumerate()
-            .for_each(|(i, o)| {
-                let (bi, g) = (i / groups, i % groups);
-                let src = &xv[(bi * c + g * cg) * hw..(bi * c + (g + 1) * cg) * hw];
-                let (wg, bg) = (&wv[g * cg..(g + 1) * cg], &bv[g * cg..(g + 1) * cg]);
-                let group = Group {
-                    src,
-                    hw,
-                    w: w_row,
-                    layout,
-                    eps,
-                    swish,
-                };
-                #[cfg(target_arch = "x86_64")]
-                if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
-                    // SAFETY: features checked just above.
-                    unsafe { norm_group_avx2(&group, o, wg, bg) };
-                    return;
-                }
-                norm_group(&group, o, wg, bg);
-            });
-    })?;
-    Tensor::from_vec(out, dims, &Device::Cpu)
+    out[..b * c * layout.plane]
+        .par_chunks_mut(cg * layout.plane)
+        .enumerate()
+        .for_each(|(i, o)| {
+            let (bi, g) = (i / groups, i % groups);
+            let src = &xv[(bi * c + g * cg) * hw..(bi * c + (g + 1) * cg) * hw];
+            let (wg, bg) = (&wv[g * cg..(g + 1) * cg], &bv[g * cg..(g + 1) * cg]);
+            let group = Group {
+                src,
+                hw,
+                w: w_row,
+                layout,
+                eps,
+                swish,
+            };
+            #[cfg(target_arch = "x86_64")]
+            if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
+                // SAFETY: features checked just above.
+                unsafe { norm_group_avx2(&group, o, wg, bg) };
+                return;
+            }
+            norm_group(&group, o, wg, bg);
+        });
+    Ok(())
 }
 
 /// Where a group norm writes each channel: planes `plane` apart, rows of
@@ -413,7 +587,7 @@ fn lane_sum(xs: &[f32], f: impl Fn(f32) -> f32) -> f64 {
 
 #[cfg(test)]
 mod tests {
-    use super::{conv3x3, group_norm, Input};
+    use super::{conv3x3, conv3x3_planes, group_norm, group_norm_planes, Input, Scratch};
     use candle_core::{Device, Module, Tensor};
 
     fn rel(a: &Tensor, b: &Tensor) -> f64 {
@@ -484,5 +658,34 @@ mod tests {
             .pad_with_zeros(3, 1, 1)
             .unwrap();
         assert_eq!(rel(&padded, &ring), 0.0);
+    }
+
+    /// Buffers taken back from a scratch hold whatever was there before
+    /// (here NaN): the padded planes' rings must still come out zero.
+    #[test]
+    fn reused_buffers_give_the_same_values() {
+        let dev = Device::Cpu;
+        let x = Tensor::randn(0f32, 1.0, (1, 64, 9, 7), &dev).unwrap();
+        let xv: Vec<f32> = x.flatten_all().unwrap().to_vec1().unwrap();
+        let w = Tensor::randn(0f32, 0.1, (48, 64, 3, 3), &dev).unwrap();
+        let b = Tensor::randn(0f32, 0.1, 48, &dev).unwrap();
+        let gw = Tensor::randn(1f32, 0.1, 64, &dev).unwrap();
+        let gb = Tensor::randn(0f32, 0.1, 64, &dev).unwrap();
+        let dirty = || {
+            let mut s = Scratch::default();
+            s.give(vec![f32::NAN; 64 * 20 * 18]);
+            s
+        };
+        let dims = [1, 64, 9, 7];
+        let want = group_norm(&x, 32, 1e-6, (&gw, &gb), true, true).unwrap();
+        let got = group_norm_planes(&xv, dims, 32, 1e-6, (&gw, &gb), &mut dirty()).unwrap();
+        let got = got.into_tensor().unwrap();
+        assert_eq!(rel(&got, &want), 0.0, "padded group norm");
+        for input in [Input::Plain, Input::Upsampled] {
+            let want = conv3x3(&x, &w, Some(&b), input, None, false).unwrap();
+            let got = conv3x3_planes(&xv, dims, &w, Some(&b), input, None, false, &mut dirty());
+            let got = got.unwrap().into_tensor().unwrap();
+            assert_eq!(rel(&got, &want), 0.0, "{input:?}");
+        }
     }
 }
