@@ -164,6 +164,64 @@ def worker(args):
     print(json.dumps(res))
 
 
+def quality(args):
+    """PyTorch's own logit errors on the random model, as janus reports its
+    reduced precisions against its f32: the understanding prefill's last
+    text logits and the first CFG logits of one image, (1) with the f32
+    weights rounded to bf16 and (2) computed in bf16 against f32 on those
+    rounded weights. Shows how much this random-weight model amplifies
+    rounding on the reference's side."""
+    import torch
+    from transformers import DynamicCache, JanusForConditionalGeneration
+
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    config = janus_hf_config(args.config)
+    model = JanusForConditionalGeneration(config).eval()
+    inner = model.model
+    lm = inner.language_model
+    vocab = config.text_config.vocab_size
+    g = torch.Generator().manual_seed(11)
+    pixels = torch.rand((1, 3, 384, 384), generator=g) * 2 - 1
+    ids = torch.randint(100, vocab - 1000, (44,), generator=g)
+    prompt = torch.randint(100, vocab - 1000, (24,), generator=torch.Generator().manual_seed(5))
+    uncond = prompt.clone()
+    uncond[1:-1] = 100_002 if vocab > 100_002 else 0
+    rows = torch.stack([prompt, uncond])
+
+    def logits(dtype):
+        with torch.inference_mode():
+            img = inner.aligner(inner.vision_model(pixels.to(dtype)).last_hidden_state)
+            te = lm.embed_tokens(ids)
+            embeds = torch.cat([te[:14], img[0], te[14:]], 0).unsqueeze(0)
+            cache = DynamicCache(config=config.text_config)
+            h = lm(inputs_embeds=embeds, cache=cache, use_cache=True).last_hidden_state
+            und = model.lm_head(h[:, -1]).float()
+            cache = DynamicCache(config=config.text_config)
+            h = lm(inputs_embeds=lm.embed_tokens(rows), cache=cache, use_cache=True).last_hidden_state
+            scores = inner.generation_head(h[:, -1]).float()
+            cfg = scores[1] + 5.0 * (scores[0] - scores[1])
+            return und, cfg
+
+    rel = lambda a, b: float((a - b).norm() / a.norm())
+    und, cfg = logits(torch.float32)
+    # The weights rounded to bf16 (about 0.1 % per weight), still in f32.
+    with torch.no_grad():
+        for p in model.parameters():
+            p.copy_(p.to(torch.bfloat16).to(torch.float32))
+    und_w, cfg_w = logits(torch.float32)
+    # Then bf16 compute on those same weights: janus's bf16 column measures
+    # this (its checkpoint is bf16, so its f32 and bf16 weights are equal).
+    model.to(torch.bfloat16)
+    und16, cfg16 = logits(torch.bfloat16)
+    print(json.dumps({
+        "und_logits_rel_l2": rel(und_w, und16),
+        "t2i_logits_rel_l2": rel(cfg_w, cfg16),
+        "weights_bf16_und_logits_rel_l2": rel(und, und_w),
+        "weights_bf16_t2i_logits_rel_l2": rel(cfg, cfg_w),
+    }))
+
+
 KEYS = [
     ("vit_encode_s", "ViT encode (1 image)"),
     ("und_prefill_s", "understanding prefill (620 tok)"),
@@ -201,8 +259,11 @@ def main():
     ap.add_argument("--out", help="write all results as JSON here")
     ap.add_argument("--torch-dtypes", default="f32,bf16")
     ap.add_argument("--janus-configs", default="f32/none,bf16/none,bf16/q8_0,bf16/q4k")
+    ap.add_argument("--no-quality", action="store_true", help="skip PyTorch's own bf16-vs-f32 logit error")
     ap.add_argument("--worker", help=argparse.SUPPRESS)
     args = ap.parse_args()
+    if args.worker == "quality":
+        return quality(args)
     if args.worker:
         return worker(args)
 
@@ -237,11 +298,22 @@ def main():
             lines.append(f"| {name} | " + " | ".join(f"{best / r[k]:.2f}x" for r in ours) + " |")
     err = [(f"{r.get('und_logits_rel_l2', 0) or 0:.2e} / {r.get('t2i_logits_rel_l2', 0) or 0:.2e}") for r in ours]
     lines.append("| logits rel. L2 vs f32 (und / t2i) | " + " | ".join(err) + " |")
+    torch_quality = None
+    if not args.no_quality:
+        torch_quality = run_json([sys.executable, __file__, "--worker", "quality", "--config", args.config] + common)
+        lines.append("")
+        q = torch_quality
+        lines.append(
+            "PyTorch on its own random model (und / t2i logits rel. L2): bf16 compute vs f32, "
+            f"same bf16 weights {q['und_logits_rel_l2']:.2e} / {q['t2i_logits_rel_l2']:.2e}; "
+            f"f32 weights rounded to bf16 {q['weights_bf16_und_logits_rel_l2']:.2e} / "
+            f"{q['weights_bf16_t2i_logits_rel_l2']:.2e}"
+        )
     table = "\n".join(lines)
     print(table)
     if args.out:
         with open(args.out, "w") as f:
-            json.dump({"torch": torch_res, "janus": ours, "table": table}, f, indent=1)
+            json.dump({"torch": torch_res, "janus": ours, "torch_quality": torch_quality, "table": table}, f, indent=1)
 
 
 if __name__ == "__main__":

@@ -36,12 +36,13 @@ pub(crate) struct Scratch(Vec<Vec<f32>>);
 
 impl Scratch {
     /// A buffer of `len` values with unspecified contents: the smallest
-    /// handed-back one that is large enough, else a fresh one, and then the
-    /// handed-back ones are freed first: they are from a coarser level of
-    /// the decoder, whose buffers would only raise the peak from now on.
+    /// handed-back one that is large enough but not more than twice that,
+    /// else a fresh one, and then the handed-back ones are freed first:
+    /// they are from another level of the decoder, whose buffers would only
+    /// raise the peak from now on.
     fn take(&mut self, len: usize) -> Vec<f32> {
         let fit = (self.0.iter().enumerate())
-            .filter(|(_, v)| v.capacity() >= len)
+            .filter(|(_, v)| (len..=2 * len).contains(&v.capacity()))
             .min_by_key(|(_, v)| v.capacity())
             .map(|(i, _)| i);
         match fit {
