@@ -666,18 +666,21 @@ impl Int8Rows {
             let d = amax / 127.0;
             let id = if d > 0.0 { 1.0 / d } else { 0.0 };
             this.scale[b] = d;
-            // Value 128h + 64p + 32n + i (half h, pair p, nibble n: low or
-            // high) goes to byte 128h + 64n + 32p + i.
+            // Values 128h + 64p + 32n.. (half h, pair p, nibble n: low or
+            // high) go to bytes 128h + 64n + 32p.., 32 at a time (so the
+            // loop vectorises).
             let q = &mut this.q[b * 256..b * 256 + 256];
             let mut sums = [0i32; 8];
-            for (v, &xv) in xb.iter().enumerate() {
-                let (h, p, n, i) = (v / 128, v / 64 % 2, v / 32 % 2, v % 32);
-                // Nearest integer (ties to even) by the float-add trick, as
-                // llama.cpp's nearest_int: |x id| <= 127, and `f32::round`
-                // is a libm call per value on baseline x86-64.
-                let r = ((xv * id + 12582912.0).to_bits() as i32 - 0x4B40_0000) as i8;
-                q[128 * h + 64 * n + 32 * p + i] = r;
-                sums[v / 32] += r as i32;
+            for (sub, sum) in sums.iter_mut().enumerate() {
+                let (h, p, n) = (sub / 4, sub / 2 % 2, sub % 2);
+                let dst = &mut q[128 * h + 64 * n + 32 * p..][..32];
+                for (d, &xv) in dst.iter_mut().zip(&xb[32 * sub..32 * sub + 32]) {
+                    // Nearest integer (ties to even) by the float-add trick,
+                    // as llama.cpp's nearest_int: |x id| <= 127, and
+                    // `f32::round` is a libm call per value on baseline x86-64.
+                    *d = ((xv * id + 12582912.0).to_bits() as i32 - 0x4B40_0000) as i8;
+                }
+                *sum = dst.iter().map(|&r| r as i32).sum();
             }
             // Sums of the rounded values, not of x: the minimum terms then
             // cancel against the rounded products exactly, and the result is

@@ -443,7 +443,8 @@ struct Mlp {
     gate_up_proj: QLinear,
     down_proj: QLinear,
     intermediate: usize,
-    /// bf16 compute: `silu(gate) * up` in one pass over many rows.
+    /// bf16 compute: `silu(gate) * up` in one pass (the exact f32 path keeps
+    /// candle's ops).
     fast: bool,
 }
 
@@ -461,7 +462,7 @@ impl Mlp {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let gate_up = self.gate_up_proj.forward(x)?;
         let i = self.intermediate;
-        if self.fast && gate_up.dtype() == DType::F32 && gate_up.dim(1)? > 1 {
+        if self.fast && gate_up.dtype() == DType::F32 {
             return self.down_proj.forward(&silu_mul(&gate_up, i)?);
         }
         let gate = candle_nn::ops::silu(&gate_up.narrow(2, 0, i)?)?;
