@@ -662,7 +662,7 @@ impl Int8Rows {
             sums: vec![0.0; blocks * 16],
         };
         for (b, xb) in x[..m * k].chunks_exact(256).enumerate() {
-            let amax = xb.iter().fold(0f32, |a, v| a.max(v.abs()));
+            let amax = abs_max(xb);
             let d = amax / 127.0;
             let id = if d > 0.0 { 1.0 / d } else { 0.0 };
             this.scale[b] = d;
@@ -691,6 +691,23 @@ impl Int8Rows {
         }
         this
     }
+}
+
+/// The largest |value| of `xs`, NaN if one is NaN or infinite: its chunk's
+/// scale then makes the row's sums NaN, as f32 arithmetic would, instead
+/// of rounding the value to some integer.
+fn abs_max(xs: &[f32]) -> f32 {
+    // `f32::max` skips NaN; v * 0 is NaN exactly for NaN and infinities.
+    // Sixteen independent lanes, so both loops vectorise.
+    let mut bad = [0f32; 16];
+    let mut it = xs.chunks_exact(16);
+    for c in &mut it {
+        for (b, &v) in bad.iter_mut().zip(c) {
+            *b += v * 0.0;
+        }
+    }
+    let rest: f32 = it.remainder().iter().map(|&v| v * 0.0).sum();
+    xs.iter().fold(0f32, |a, v| a.max(v.abs())) + bad.iter().sum::<f32>() + rest
 }
 
 /// [`small_matmul`] for q4_K weights on CPUs with AVX-512-VNNI: the input
@@ -763,7 +780,7 @@ impl Int16Rows {
             .zip(this.q.chunks_exact_mut(chunk))
             .zip(this.scale.iter_mut())
         {
-            let amax = xb.iter().fold(0f32, |a, v| a.max(v.abs()));
+            let amax = abs_max(xb);
             *d = amax / 32767.0;
             let id = if amax > 0.0 { 32767.0 / amax } else { 0.0 };
             for (q, &v) in q.iter_mut().zip(xb) {
@@ -1561,6 +1578,43 @@ mod tests {
             return;
         }
         check_integer_kernel(GgmlDType::Q4K, 768, small_matmul_q4k_int8, 2e-2, 6e-2);
+    }
+
+    /// A NaN or infinite input value makes its row's outputs NaN (as in
+    /// f32), and leaves the other rows alone.
+    #[test]
+    fn integer_kernels_keep_non_finite_inputs() {
+        if !simd::available() {
+            eprintln!("no AVX-512: the integer kernels are not used here");
+            return;
+        }
+        let (n, k) = (5, 512);
+        let dev = Device::Cpu;
+        let w = Tensor::randn(0f32, 0.05, (n, k), &dev).unwrap();
+        let mut kernels: Vec<(
+            GgmlDType,
+            fn(&[u8], &[f32], usize, usize, usize, &mut [f32]),
+        )> = vec![(GgmlDType::Q8_0, small_matmul_q8_0_i16)];
+        if simd::vnni_available() {
+            kernels.push((GgmlDType::Q4K, small_matmul_q4k_int8));
+        }
+        for (dtype, run) in kernels {
+            let blocks = quantize_rows(&w, dtype).unwrap().data().unwrap().to_vec();
+            for bad in [f32::NAN, f32::INFINITY] {
+                let mut x = vec![0.5f32; 2 * k];
+                x[300] = bad;
+                let mut out = vec![0f32; 2 * n];
+                run(&blocks, &x, 2, k, n, &mut out);
+                assert!(
+                    out[..n].iter().all(|v| v.is_nan()),
+                    "{dtype:?} {bad}: {out:?}"
+                );
+                assert!(
+                    out[n..].iter().all(|v| v.is_finite()),
+                    "{dtype:?} {bad}: {out:?}"
+                );
+            }
+        }
     }
 
     /// The q8_0 kernel rounds its inputs to 16 bits per 256 values, or per
