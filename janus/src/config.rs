@@ -422,6 +422,18 @@ pub(crate) fn parse_language_section(
 }
 
 impl JanusConfig {
+    /// The `config.json` of the model folder `dir`; a missing folder is
+    /// reported as such rather than as a missing config file.
+    pub fn from_model_dir(dir: &Path) -> Result<Self> {
+        if !dir.is_dir() {
+            return Err(JanusError::MissingFile {
+                what: "model folder".into(),
+                path: dir.into(),
+            });
+        }
+        Self::from_file(&dir.join("config.json"))
+    }
+
     /// Parses a `config.json` of the released (`multi_modality`) layout.
     pub fn from_file(path: &Path) -> Result<Self> {
         let text = read_text(path, "model config")?;

@@ -263,13 +263,7 @@ pub fn save_quantized(
             "choose a quantisation to save (q8_0 or q4k)".into(),
         ));
     }
-    if !model_dir.is_dir() {
-        return Err(JanusError::MissingFile {
-            what: "model folder".into(),
-            path: model_dir.into(),
-        });
-    }
-    let config = JanusConfig::from_file(&model_dir.join("config.json"))?;
+    let config = JanusConfig::from_model_dir(model_dir)?;
     let tokenizer = model_dir.join("tokenizer.json");
     if !tokenizer.exists() {
         return Err(JanusError::MissingFile {

@@ -127,13 +127,7 @@ impl JanusPro {
         dtype: DType,
         quant: crate::quant::Quant,
     ) -> Result<Self> {
-        if !dir.is_dir() {
-            return Err(JanusError::MissingFile {
-                what: "model folder".into(),
-                path: dir.into(),
-            });
-        }
-        let config = JanusConfig::from_file(&dir.join("config.json"))?;
+        let config = JanusConfig::from_model_dir(dir)?;
         let proc_path = dir.join("processor_config.json");
         let proc_cfg = if proc_path.exists() {
             ProcessorConfig::from_file(&proc_path)?

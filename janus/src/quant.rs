@@ -675,10 +675,7 @@ impl Int8Rows {
                 let (h, p, n) = (sub / 4, sub / 2 % 2, sub % 2);
                 let dst = &mut q[128 * h + 64 * n + 32 * p..][..32];
                 for (d, &xv) in dst.iter_mut().zip(&xb[32 * sub..32 * sub + 32]) {
-                    // Nearest integer (ties to even) by the float-add trick,
-                    // as llama.cpp's nearest_int: |x id| <= 127, and
-                    // `f32::round` is a libm call per value on baseline x86-64.
-                    *d = ((xv * id + 12582912.0).to_bits() as i32 - 0x4B40_0000) as i8;
+                    *d = nearest(xv * id) as i8;
                 }
                 *sum = dst.iter().map(|&r| r as i32).sum();
             }
@@ -691,6 +688,14 @@ impl Int8Rows {
         }
         this
     }
+}
+
+/// The nearest integer to `v` (ties to even) for |v| < 2^22, by the
+/// float-add trick (llama.cpp's `nearest_int`): `f32::round` is a libm call
+/// per value on baseline x86-64, and this vectorises.
+#[inline(always)]
+fn nearest(v: f32) -> i32 {
+    (v + 12582912.0).to_bits() as i32 - 0x4B40_0000
 }
 
 /// The largest |value| of `xs`, NaN if one is NaN or infinite: its chunk's
@@ -784,8 +789,7 @@ impl Int16Rows {
             *d = amax / 32767.0;
             let id = if amax > 0.0 { 32767.0 / amax } else { 0.0 };
             for (q, &v) in q.iter_mut().zip(xb) {
-                // Nearest integer, as in `Int8Rows::new` (|v id| <= 32767).
-                *q = ((v * id + 12582912.0).to_bits() as i32 - 0x4B40_0000) as i16;
+                *q = nearest(v * id) as i16;
             }
         }
         this
