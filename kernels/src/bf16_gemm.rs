@@ -168,17 +168,10 @@ pub fn gemm_runs(
         return;
     }
     assert!(runs.run > 0, "gemm: empty runs");
-    let stored = runs.stored(n);
     assert!(a.len() >= (m - 1) * lda + k, "gemm: left side too short");
-    assert!(c.len() >= (m - 1) * ldc + stored, "gemm: output too short");
-    match rhs {
-        Rhs::Bf16Rows { data, ld } => assert!(data.len() >= (n - 1) * ld + k),
-        Rhs::F32Rows { data, ld } => assert!(data.len() >= (n - 1) * ld + k),
-        Rhs::F32Cols { data, ld } => assert!(k == 0 || data.len() >= (k - 1) * ld + n),
-        Rhs::Bf16Cols { data, ld } => assert!(k == 0 || data.len() >= (k - 1) * ld + n),
-        Rhs::Rows(_) | Rhs::ColRows(_) => {}
-    }
     if k == 0 {
+        let stored = runs.stored(n);
+        assert!(c.len() >= (m - 1) * ldc + stored, "gemm: output too short");
         if !accumulate {
             for i in 0..m {
                 c[i * ldc..i * ldc + stored].fill(0.0);
@@ -186,13 +179,116 @@ pub fn gemm_runs(
         }
         return;
     }
+    check_shapes(m, n, k, rhs, c, ldc, runs);
     #[cfg(target_arch = "x86_64")]
     if available() {
+        let mut a_pack = A_PACK.with(|p| std::mem::take(&mut *p.borrow_mut()));
         // SAFETY: the CPU has the instructions; the shapes were checked above.
-        unsafe { blocked(m, n, k, a, lda, rhs, c, ldc, accumulate, parallel, runs) };
+        unsafe {
+            pack_lhs(m, k, a, lda, parallel, &mut a_pack);
+            blocked(m, n, k, &a_pack, rhs, c, ldc, accumulate, parallel, runs);
+        }
+        A_PACK.with(|p| *p.borrow_mut() = a_pack);
         return;
     }
     reference(m, n, k, a, lda, rhs, c, ldc, accumulate, runs);
+}
+
+/// A left side `[m, k]` rounded to bf16 and packed once, for products with
+/// many right sides (e.g. one kernel matrix of a convolution against many
+/// bands of an image): [`gemm_packed`] then skips [`gemm`]'s packing.
+pub struct PackedLhs {
+    m: usize,
+    k: usize,
+    /// The blocked kernel's panels, or (without it) the values as given.
+    data: Packed,
+}
+
+enum Packed {
+    Words(Vec<u32>),
+    Plain(Vec<f32>),
+}
+
+impl PackedLhs {
+    /// Packs `a[i * lda + l]`, `i < m`, `l < k`.
+    ///
+    /// # Panics
+    /// If `a` is too short for the stated shape.
+    pub fn new(m: usize, k: usize, a: &[f32], lda: usize) -> Self {
+        assert!(
+            m == 0 || a.len() >= (m - 1) * lda + k,
+            "gemm: left side too short"
+        );
+        #[cfg(target_arch = "x86_64")]
+        if available() {
+            let mut words = Vec::new();
+            // SAFETY: the CPU has the instructions; the shape was checked.
+            unsafe { pack_lhs(m, k, a, lda, false, &mut words) };
+            return Self {
+                m,
+                k,
+                data: Packed::Words(words),
+            };
+        }
+        let plain = (0..m)
+            .flat_map(|i| &a[i * lda..i * lda + k])
+            .copied()
+            .collect();
+        Self {
+            m,
+            k,
+            data: Packed::Plain(plain),
+        }
+    }
+}
+
+/// [`gemm`] with a left side packed beforehand: `c[i * ldc + j] (+)= Σ_l
+/// a(i, l) · bf16(B[j, l])` for `j < n`, `i < lhs.m`, `l < lhs.k`.
+///
+/// # Panics
+/// If `c` or the right side are too short for the stated shapes.
+#[allow(clippy::too_many_arguments)]
+pub fn gemm_packed(
+    lhs: &PackedLhs,
+    n: usize,
+    rhs: &Rhs,
+    c: &mut [f32],
+    ldc: usize,
+    accumulate: bool,
+    parallel: bool,
+) {
+    let (m, k) = (lhs.m, lhs.k);
+    let runs = Runs { run: n, skip: 0 };
+    if m == 0 || n == 0 || k == 0 {
+        let a = vec![0f32; m * k];
+        return gemm_runs(m, n, k, &a, k, rhs, c, ldc, accumulate, parallel, runs);
+    }
+    check_shapes(m, n, k, rhs, c, ldc, runs);
+    match &lhs.data {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: Words exist only where the CPU has the instructions; the
+        // shapes were checked.
+        Packed::Words(w) => unsafe { blocked(m, n, k, w, rhs, c, ldc, accumulate, parallel, runs) },
+        #[cfg(not(target_arch = "x86_64"))]
+        Packed::Words(_) => unreachable!("packed words only on x86-64"),
+        Packed::Plain(a) => reference(m, n, k, a, k, rhs, c, ldc, accumulate, runs),
+    }
+}
+
+/// The checks of the output and right side's lengths (`m, n, k > 0`).
+fn check_shapes(m: usize, n: usize, k: usize, rhs: &Rhs, c: &[f32], ldc: usize, runs: Runs) {
+    assert!(runs.run > 0, "gemm: empty runs");
+    assert!(
+        c.len() >= (m - 1) * ldc + runs.stored(n),
+        "gemm: output too short"
+    );
+    match rhs {
+        Rhs::Bf16Rows { data, ld } => assert!(data.len() >= (n - 1) * ld + k),
+        Rhs::F32Rows { data, ld } => assert!(data.len() >= (n - 1) * ld + k),
+        Rhs::F32Cols { data, ld } => assert!(data.len() >= (k - 1) * ld + n),
+        Rhs::Bf16Cols { data, ld } => assert!(data.len() >= (k - 1) * ld + n),
+        Rhs::Rows(_) | Rhs::ColRows(_) => {}
+    }
 }
 
 /// Stores columns `j0..j0 + src.len()` of one row of the product into
@@ -276,35 +372,22 @@ unsafe impl Sync for SendPtr {}
 thread_local! {
     /// The packed left side, reused across calls from the same thread.
     static A_PACK: std::cell::RefCell<Vec<u32>> = const { std::cell::RefCell::new(Vec::new()) };
+    /// A column panel's packed right side, rounding stage and strip of sums.
+    #[allow(clippy::type_complexity)]
+    static PANEL_BUFS: std::cell::RefCell<(Vec<u32>, Vec<u32>, Vec<f32>)> =
+        const { std::cell::RefCell::new((Vec::new(), Vec::new(), Vec::new())) };
 }
 
-/// Loop order: the whole left side is packed first (it is read once per
-/// column panel, from L3); then each column panel runs through every depth
-/// block, so its strip of `c` stays in L2 until it is final.
+/// Packs the left side `[m, k]` into `dst`: `[block][panel][pair][MR]`
+/// words of two bf16 (l, l + 1).
 #[cfg(target_arch = "x86_64")]
-#[allow(clippy::too_many_arguments)]
 #[target_feature(enable = "avx512f,avx512bf16")]
-unsafe fn blocked(
-    m: usize,
-    n: usize,
-    k: usize,
-    a: &[f32],
-    lda: usize,
-    rhs: &Rhs,
-    c: &mut [f32],
-    ldc: usize,
-    accumulate: bool,
-    parallel: bool,
-    runs: Runs,
-) {
+unsafe fn pack_lhs(m: usize, k: usize, a: &[f32], lda: usize, parallel: bool, dst: &mut Vec<u32>) {
     let m_panels = m.div_ceil(MR);
-    let n_panels = n.div_ceil(NR);
     let k_blocks = k.div_ceil(KC);
-    // [block][panel][pair][MR] words of two bf16 (l, l + 1).
     let panel_len = (KC / 2) * MR;
-    let mut a_pack = A_PACK.with(|p| std::mem::take(&mut *p.borrow_mut()));
-    if a_pack.len() < k_blocks * m_panels * panel_len {
-        a_pack = vec![0u32; k_blocks * m_panels * panel_len];
+    if dst.len() < k_blocks * m_panels * panel_len {
+        *dst = vec![0u32; k_blocks * m_panels * panel_len];
     }
     let pack_a = |(idx, dst): (usize, &mut [u32])| {
         let (kb, pi) = (idx / m_panels, idx % m_panels);
@@ -321,13 +404,41 @@ unsafe fn blocked(
             }
         }
     };
-    let used = &mut a_pack[..k_blocks * m_panels * panel_len];
+    let used = &mut dst[..k_blocks * m_panels * panel_len];
     if parallel {
         used.par_chunks_mut(panel_len).enumerate().for_each(pack_a);
     } else {
         used.chunks_mut(panel_len).enumerate().for_each(pack_a);
     }
-    let a_pack_ref = &a_pack[..];
+}
+
+/// Loop order: the whole left side is packed first (it is read once per
+/// column panel, from L3); then each column panel runs through every depth
+/// block, so its strip of `c` stays in L2 until it is final.
+#[cfg(target_arch = "x86_64")]
+#[allow(clippy::too_many_arguments)]
+#[target_feature(enable = "avx512f,avx512bf16")]
+unsafe fn blocked(
+    m: usize,
+    n: usize,
+    k: usize,
+    a_pack: &[u32],
+    rhs: &Rhs,
+    c: &mut [f32],
+    ldc: usize,
+    accumulate: bool,
+    parallel: bool,
+    runs: Runs,
+) {
+    let m_panels = m.div_ceil(MR);
+    let n_panels = n.div_ceil(NR);
+    let k_blocks = k.div_ceil(KC);
+    let panel_len = (KC / 2) * MR;
+    assert!(
+        a_pack.len() >= k_blocks * m_panels * panel_len,
+        "gemm: packed left side"
+    );
+    let a_pack_ref = a_pack;
     let c_ptr = SendPtr(c.as_mut_ptr());
     let c_ptr = &c_ptr;
     // Each column panel accumulates in its own strip of `m × NR` sums with a
@@ -362,24 +473,26 @@ unsafe fn blocked(
             );
         }
     };
-    let init = || {
-        (
-            vec![0u32; (KC / 2) * NR],
-            vec![0u32; 16 * (KC / 2)],
-            vec![0f32; m_panels * MR * SLD],
-        )
+    // Each thread's panel buffers live on between calls: many calls are
+    // small (a band of a convolution), and fresh zeroed buffers cost them a
+    // few percent. Nothing is read before this call writes it.
+    let with_bufs = |pj: usize| {
+        PANEL_BUFS.with(|b| {
+            let mut bufs = b.borrow_mut();
+            let (b_pack, stage, strip) = &mut *bufs;
+            b_pack.resize((KC / 2) * NR, 0);
+            stage.resize(16 * (KC / 2), 0);
+            if strip.len() < m_panels * MR * SLD {
+                strip.resize(m_panels * MR * SLD, 0.0);
+            }
+            column_panel(&mut bufs, pj)
+        })
     };
     if parallel && n_panels > 1 {
-        (0..n_panels)
-            .into_par_iter()
-            .for_each_init(init, column_panel);
+        (0..n_panels).into_par_iter().for_each(with_bufs);
     } else {
-        let mut bufs = init();
-        for pj in 0..n_panels {
-            column_panel(&mut bufs, pj);
-        }
+        (0..n_panels).for_each(with_bufs);
     }
-    A_PACK.with(|p| *p.borrow_mut() = a_pack);
 }
 
 /// One row of the left side, `kc` values, into row `r` of a packed panel
@@ -740,6 +853,26 @@ mod tests {
                     let twice: Vec<f32> = want.iter().map(|x| 2.0 * x).collect();
                     assert!(max_err(&c, &twice) < 2.0 * tol, "accumulate {m}x{n}x{k}");
                 }
+            }
+        }
+    }
+
+    #[test]
+    fn a_packed_left_side_gives_the_same_sums() {
+        for &(m, n, k) in &[(1, 1, 1), (13, 130, 517), (40, 96, 48)] {
+            let a = data(m * k, 5);
+            let b = data(n * k, 6);
+            let rhs = Rhs::F32Cols { data: &b, ld: n };
+            let mut want = vec![0f32; m * n];
+            gemm(m, n, k, &a, k, &rhs, &mut want, n, false, false);
+            let lhs = PackedLhs::new(m, k, &a, k);
+            for parallel in [false, true] {
+                let mut c = vec![f32::NAN; m * n];
+                gemm_packed(&lhs, n, &rhs, &mut c, n, false, parallel);
+                assert_eq!(c, want, "{m}x{n}x{k} parallel={parallel}");
+                gemm_packed(&lhs, n, &rhs, &mut c, n, true, parallel);
+                let twice: Vec<f32> = want.iter().map(|v| v + v).collect();
+                assert_eq!(c, twice, "{m}x{n}x{k} accumulated");
             }
         }
     }

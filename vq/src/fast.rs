@@ -1,7 +1,9 @@
 //! CPU fast paths of the VQ decoder's heavy ops, on f32 NCHW tensors:
 //! 3x3 convolution (optionally after a nearest 2x upsample) as one matrix
 //! product over zero-padded planes (the bf16 GEMM reads the shifted planes
-//! in place; the f32 path copies them into im2col tiles for gemm), and
+//! in place, or, on larger images, goes by Winograd's transform, see
+//! [`crate::winograd`]; the f32 path copies them into im2col tiles for
+//! gemm), and
 //! group norm fused with the swish that always follows it, optionally
 //! writing the padded planes the next convolution reads. Anything else
 //! (other devices or dtypes) goes through candle's own ops, which compute
@@ -10,6 +12,8 @@
 use candle_core::{DType, Device, Result, Tensor};
 use janus_kernels::math::fast_exp;
 use janus_kernels::tensor::zeroed;
+
+use crate::winograd;
 use rayon::prelude::*;
 
 /// Whether `t` can take the fast paths.
@@ -152,8 +156,9 @@ pub(crate) enum Input {
 /// [c_out, c_in, 3, 3] and `bias` [c_out], plus `residual` (same shape as
 /// the output) when given, added with the bias in one pass. With `bf16`
 /// (and a CPU that has the bf16 GEMM) the GEMM reads the shifted planes
-/// directly and stores only the real columns; otherwise im2col tiles go
-/// through f32 `gemm`.
+/// directly and stores only the real columns, or from 64×64 pixels up
+/// multiplies Winograd-transformed tiles ([`crate::winograd`]); otherwise
+/// im2col tiles go through f32 `gemm`.
 pub(crate) fn conv3x3(
     x: &Tensor,
     weight: &Tensor,
@@ -251,8 +256,16 @@ pub(crate) fn conv3x3_planes(
     let n = h * wp - 2;
     let kdim = c_in * 9;
     let bf16 = bf16 && janus_kernels::bf16_gemm::available();
+    let bias_v: Option<Vec<f32>> = bias
+        .map(|t| t.to_dtype(DType::F32)?.flatten_all()?.to_vec1())
+        .transpose()?;
     let mut out = scratch.take(b * c_out * hw);
+    // Winograd adds the bias and the residual itself.
+    let mut finished = false;
     with_f32(weight, |wv| {
+        let wino =
+            (bf16 && winograd::fits(h, w)).then(|| winograd::transform_weights(wv, c_out, c_in));
+        finished = wino.is_some();
         for bi in 0..b {
             let img = &xv[bi * c_in * h_in * w_in..(bi + 1) * c_in * h_in * w_in];
             let up = input == Input::Upsampled;
@@ -264,7 +277,10 @@ pub(crate) fn conv3x3_planes(
                 &xp[c * plane + ky * wp + kx..][..n]
             };
             let dst = &mut out[bi * c_out * hw..(bi + 1) * c_out * hw];
-            if bf16 {
+            if let Some(u) = &wino {
+                let res = residual.map(|r| &r[bi * c_out * hw..(bi + 1) * c_out * hw]);
+                winograd::conv3x3(xp, (c_in, h, w), u, c_out, bias_v.as_deref(), res, dst);
+            } else if bf16 {
                 use janus_kernels::bf16_gemm::{gemm_runs, Rhs, Runs};
                 let runs = Runs { run: w, skip: 2 };
                 let rhs = Rhs::ColRows(&tap);
@@ -277,9 +293,6 @@ pub(crate) fn conv3x3_planes(
             }
         }
     })?;
-    let bias_v: Option<Vec<f32>> = bias
-        .map(|t| t.to_dtype(DType::F32)?.flatten_all()?.to_vec1())
-        .transpose()?;
     let mut finish = |res: Option<&[f32]>| {
         out.par_chunks_mut(hw).enumerate().for_each(|(i, o)| {
             let bv = bias_v.as_ref().map_or(0.0, |bv| bv[i % c_out]);
@@ -294,7 +307,9 @@ pub(crate) fn conv3x3_planes(
             }
         })
     };
-    finish(residual);
+    if !finished {
+        finish(residual);
+    }
     Ok(Planes {
         data: out,
         dims: [b, c_out, h, w],
@@ -495,6 +510,12 @@ fn group_norm_into(
                 swish,
             };
             #[cfg(target_arch = "x86_64")]
+            if std::is_x86_feature_detected!("avx512f") {
+                // SAFETY: feature checked just above.
+                unsafe { norm_group_avx512(&group, o, wg, bg) };
+                return;
+            }
+            #[cfg(target_arch = "x86_64")]
             if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
                 // SAFETY: features checked just above.
                 unsafe { norm_group_avx2(&group, o, wg, bg) };
@@ -561,6 +582,13 @@ fn norm_group(g: &Group, o: &mut [f32], w: &[f32], b: &[f32]) {
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
 unsafe fn norm_group_avx2(g: &Group, o: &mut [f32], w: &[f32], b: &[f32]) {
+    norm_group(g, o, w, b)
+}
+
+/// [`norm_group`] compiled for AVX-512 (16-wide loops).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn norm_group_avx512(g: &Group, o: &mut [f32], w: &[f32], b: &[f32]) {
     norm_group(g, o, w, b)
 }
 

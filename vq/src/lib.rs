@@ -32,6 +32,7 @@ mod fast;
 mod model;
 mod pixels;
 mod quantizer;
+mod winograd;
 
 pub use config::VqConfig;
 pub use decoder::VqDecoder;

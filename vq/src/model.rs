@@ -24,6 +24,10 @@ impl VqModel {
     /// nearly all of its work, round their inputs to bf16 and sum in f32,
     /// as PyTorch's bf16 convolutions do, and keep their weights in bf16
     /// (rounded there all the same); every other weight is held in f32.
+    /// From 64×64 pixels up they go by Winograd's F(2×2, 3×3), 2.25x fewer
+    /// products: a 384² decode of the released size is 1.47e-2 off f32 in
+    /// relative L2 (mean 0.5 of a pixel level) against 1.14e-2 for direct
+    /// bf16 products (random weights).
     pub fn load(vb: VarBuilder, cfg: &VqConfig) -> Result<Self> {
         let decoder_vb = vb.pp("decoder");
         let vb = vb.set_dtype(candle_core::DType::F32);

@@ -1,0 +1,404 @@
+//! 3x3 convolutions by Winograd's F(2×2, 3×3) for the decoder's bf16
+//! compute: each 2×2 block of output pixels takes 16 products per channel
+//! pair instead of 36, so the GEMM work, nearly all of a decode, drops
+//! 2.25x.
+//!
+//! The input is cut into 4×4 tiles at stride 2 (from the zero-padded
+//! planes) and transformed, `V = Bᵀ d B`; the kernels are transformed once
+//! per call, `U = G g Gᵀ`. Each of the 16 positions of a tile is then one
+//! matrix product over channels, `M = U · V` (the bf16 GEMM: both sides
+//! rounded to bf16, f32 sums), and `Y = Aᵀ M A` gives the 2×2 outputs,
+//! with the bias and the residual added on the way out. The transforms'
+//! coefficients are 0, ±1 and ±½, so they add no rounding of note; the
+//! bf16 rounding now applies to transformed values, which leaves the
+//! error about where the direct bf16 convolution has it (see the tests).
+//!
+//! The tiles go in bands, each transformed, multiplied and transformed
+//! back by one thread while its buffers stay in the cache.
+
+use janus_kernels::bf16_gemm::{self, PackedLhs, Rhs};
+use rayon::prelude::*;
+
+/// Whether an output of `h × w` pixels takes this path: whole 2×2 tiles,
+/// and enough of them that the per-call kernel transform (and the bands'
+/// fixed costs) are small against the products.
+pub(crate) fn fits(h: usize, w: usize) -> bool {
+    h.is_multiple_of(2) && w.is_multiple_of(2) && h * w >= 64 * 64 && bf16_gemm::available()
+}
+
+/// The transformed kernels `U = G g Gᵀ` of `weight` `[c_out, c_in, 3, 3]`:
+/// 16 matrices `[c_out, c_in]`, one per tile position, packed for the GEMM.
+pub(crate) fn transform_weights(weight: &[f32], c_out: usize, c_in: usize) -> Vec<PackedLhs> {
+    let n = c_out * c_in;
+    assert_eq!(weight.len(), 9 * n, "winograd: weight size");
+    let mut u = vec![0f32; 16 * n];
+    // G applied to three values (a column or a row of a kernel).
+    let g = |a: f32, b: f32, c: f32| [a, 0.5 * (a + b + c), 0.5 * (a - b + c), c];
+    for (p, k) in weight.chunks_exact(9).enumerate() {
+        let cols = [0, 1, 2].map(|x| g(k[x], k[3 + x], k[6 + x]));
+        for r in 0..4 {
+            for (s, v) in g(cols[0][r], cols[1][r], cols[2][r])
+                .into_iter()
+                .enumerate()
+            {
+                u[(r * 4 + s) * n + p] = v;
+            }
+        }
+    }
+    (u.par_chunks_exact(n))
+        .map(|ui| PackedLhs::new(c_out, c_in, ui, c_in))
+        .collect()
+}
+
+/// Tiles per band: the band's transformed input and products (16 values
+/// per tile and channel, in and out) within about 1 MB, the size of a
+/// core's L2 cache here (1-4 MB gave the same speed within noise), and a
+/// multiple of the GEMM's 64-column panels.
+fn band_tiles(c_in: usize, c_out: usize) -> usize {
+    let per_tile = 16 * (c_in + c_out) * 4;
+    ((1 << 20) / per_tile / 64).max(1) * 64
+}
+
+/// The distance between the 16 matrices of a band, `len` values each: a
+/// few cache lines more than `len`, since `len` is often a multiple of
+/// 64 KiB, which would map all 16 tile positions' streams to the same cache
+/// sets.
+fn spaced(len: usize) -> usize {
+    len + 64
+}
+
+struct SendPtr(*mut f32);
+unsafe impl Send for SendPtr {}
+unsafe impl Sync for SendPtr {}
+
+impl SendPtr {
+    /// The pointer (a method, so that closures capture the whole wrapper).
+    fn get(&self) -> *mut f32 {
+        self.0
+    }
+}
+
+/// 3x3 convolution (stride 1, padding 1) of one image given as zero-padded
+/// planes `xp` `[c_in, h + 2, w + 2]`, with the transformed kernels `u`
+/// (from [`transform_weights`]), into `dst` `[c_out, h * w]`, plus `bias`
+/// `[c_out]` and `residual` `[c_out, h * w]` when given.
+///
+/// # Panics
+/// If the slices do not fit the shapes, or `h` or `w` is odd.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn conv3x3(
+    xp: &[f32],
+    (c_in, h, w): (usize, usize, usize),
+    u: &[PackedLhs],
+    c_out: usize,
+    bias: Option<&[f32]>,
+    residual: Option<&[f32]>,
+    dst: &mut [f32],
+) {
+    assert!(h % 2 == 0 && w % 2 == 0, "winograd: odd output {h}x{w}");
+    assert!(xp.len() >= c_in * (h + 2) * (w + 2), "winograd: input size");
+    assert!(u.len() == 16, "winograd: kernel matrices");
+    assert!(dst.len() >= c_out * h * w, "winograd: output size");
+    assert!(bias.is_none_or(|b| b.len() >= c_out), "winograd: bias size");
+    assert!(
+        residual.is_none_or(|r| r.len() >= c_out * h * w),
+        "winograd: residual size"
+    );
+    let geo = Geometry { h, w, tw: w / 2 };
+    let tiles = (h / 2) * geo.tw;
+    let band = band_tiles(c_in, c_out).min(tiles);
+    let out = SendPtr(dst.as_mut_ptr());
+    let out = &out;
+    (0..tiles.div_ceil(band)).into_par_iter().for_each(|bi| {
+        let (mut v, mut m) = BUFFERS.with(|b| std::mem::take(&mut *b.borrow_mut()));
+        let t0 = bi * band;
+        let nb = band.min(tiles - t0);
+        let (vs, ms) = (spaced(c_in * nb), spaced(c_out * nb));
+        v.resize(16 * vs, 0.0);
+        m.resize(16 * ms, 0.0);
+        // SAFETY: fits() checked the CPU (AVX-512F with the bf16 GEMM);
+        // the sizes were checked above.
+        unsafe { input_tiles(xp, c_in, geo, t0, nb, &mut v) };
+        for (xi, (ui, mi)) in u.iter().zip(m.chunks_exact_mut(ms)).enumerate() {
+            let vi = &v[xi * vs..][..c_in * nb];
+            let rhs = Rhs::F32Cols { data: vi, ld: nb };
+            bf16_gemm::gemm_packed(ui, nb, &rhs, mi, nb, false, false);
+        }
+        // SAFETY: as above; this band's tiles are its own pixels of dst.
+        unsafe { output_tiles(&m, c_out, geo, t0, nb, bias, residual, out.get()) };
+        BUFFERS.with(|b| *b.borrow_mut() = (v, m));
+    });
+}
+
+thread_local! {
+    /// A band's transformed input and products, kept by each thread across
+    /// bands and calls: fresh ones would be fresh pages every time.
+    static BUFFERS: std::cell::RefCell<(Vec<f32>, Vec<f32>)> =
+        const { std::cell::RefCell::new((Vec::new(), Vec::new())) };
+}
+
+/// The output's size and its width in tiles.
+#[derive(Clone, Copy)]
+struct Geometry {
+    h: usize,
+    w: usize,
+    tw: usize,
+}
+
+impl Geometry {
+    /// The runs of tiles `t0..t0 + n` (row-major over the tile grid) within
+    /// one tile row: `(ty, tx0, tx1, offset in the band)`.
+    fn runs(self, t0: usize, n: usize) -> impl Iterator<Item = (usize, usize, usize, usize)> {
+        let mut t = t0;
+        std::iter::from_fn(move || {
+            (t < t0 + n).then(|| {
+                let (ty, tx0) = (t / self.tw, t % self.tw);
+                let tx1 = self.tw.min(tx0 + t0 + n - t);
+                let run = (ty, tx0, tx1, t - t0);
+                t += tx1 - tx0;
+                run
+            })
+        })
+    }
+}
+
+/// `V = Bᵀ d B` of tiles `t0..t0 + nb` of every channel into `v`
+/// `[16][c_in][nb]` (matrices [`spaced`]), 16 tiles at a time: their 4 input rows are read as 34
+/// values each and split into even and odd columns.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+#[allow(clippy::needless_range_loop)] // a tile position indexes several arrays
+unsafe fn input_tiles(xp: &[f32], c_in: usize, geo: Geometry, t0: usize, nb: usize, v: &mut [f32]) {
+    use std::arch::x86_64::*;
+    let wp = geo.w + 2;
+    let plane = (geo.h + 2) * wp;
+    let even = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
+    let odd = _mm512_add_epi32(even, _mm512_set1_epi32(1));
+    let mut tmp = [0f32; 4 * 34];
+    for c in 0..c_in {
+        for (ty, tx0, tx1, off) in geo.runs(t0, nb) {
+            let rows = &xp[c * plane + 2 * ty * wp..][..4 * wp];
+            for i0 in (0..tx1 - tx0).step_by(16) {
+                let m = 16.min(tx1 - tx0 - i0);
+                let col0 = 2 * (tx0 + i0);
+                // A short run at the end of a row: its values through a
+                // zero-filled copy, not past the row.
+                let (src, stride) = if m == 16 {
+                    (rows.as_ptr().add(col0), wp)
+                } else {
+                    tmp.fill(0.0);
+                    for k in 0..4 {
+                        let r = &rows[k * wp + col0..(k + 1) * wp];
+                        let r = &r[..r.len().min(34)];
+                        tmp[k * 34..k * 34 + r.len()].copy_from_slice(r);
+                    }
+                    (tmp.as_ptr(), 34)
+                };
+                // e[k][b]: row k transformed along x (Bᵀ on columns 0..4).
+                let mut e = [[_mm512_setzero_ps(); 4]; 4];
+                for (k, ek) in e.iter_mut().enumerate() {
+                    let s = src.add(k * stride);
+                    let (lo, hi) = (_mm512_loadu_ps(s), _mm512_loadu_ps(s.add(16)));
+                    let (lo2, hi2) = (_mm512_loadu_ps(s.add(2)), _mm512_loadu_ps(s.add(18)));
+                    let d0 = _mm512_permutex2var_ps(lo, even, hi);
+                    let d1 = _mm512_permutex2var_ps(lo, odd, hi);
+                    let d2 = _mm512_permutex2var_ps(lo2, even, hi2);
+                    let d3 = _mm512_permutex2var_ps(lo2, odd, hi2);
+                    *ek = [
+                        _mm512_sub_ps(d0, d2),
+                        _mm512_add_ps(d1, d2),
+                        _mm512_sub_ps(d2, d1),
+                        _mm512_sub_ps(d1, d3),
+                    ];
+                }
+                let mask: __mmask16 = if m == 16 { 0xffff } else { (1 << m) - 1 };
+                for b in 0..4 {
+                    let col = [
+                        _mm512_sub_ps(e[0][b], e[2][b]),
+                        _mm512_add_ps(e[1][b], e[2][b]),
+                        _mm512_sub_ps(e[2][b], e[1][b]),
+                        _mm512_sub_ps(e[1][b], e[3][b]),
+                    ];
+                    for (a, x) in col.into_iter().enumerate() {
+                        let at = (a * 4 + b) * spaced(c_in * nb) + c * nb + off + i0;
+                        _mm512_mask_storeu_ps(v.as_mut_ptr().add(at), mask, x);
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// `Y = Aᵀ M A` (+ bias, + residual) of tiles `t0..t0 + nb` from `m`
+/// `[16][c_out][nb]` (matrices [`spaced`]) into their 2×2 pixels of `dst` `[c_out, h, w]`.
+///
+/// # Safety
+/// The CPU has AVX-512F; `dst` holds `c_out * h * w` values of which no
+/// other thread writes these tiles' pixels.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+#[allow(clippy::too_many_arguments)]
+unsafe fn output_tiles(
+    m: &[f32],
+    c_out: usize,
+    geo: Geometry,
+    t0: usize,
+    nb: usize,
+    bias: Option<&[f32]>,
+    residual: Option<&[f32]>,
+    dst: *mut f32,
+) {
+    use std::arch::x86_64::*;
+    let (h, w) = (geo.h, geo.w);
+    let lo_idx = _mm512_setr_epi32(0, 16, 1, 17, 2, 18, 3, 19, 4, 20, 5, 21, 6, 22, 7, 23);
+    let hi_idx = _mm512_add_epi32(lo_idx, _mm512_set1_epi32(8));
+    for co in 0..c_out {
+        let bv = _mm512_set1_ps(bias.map_or(0.0, |b| b[co]));
+        for (ty, tx0, tx1, off) in geo.runs(t0, nb) {
+            for i0 in (0..tx1 - tx0).step_by(16) {
+                let n = 16.min(tx1 - tx0 - i0);
+                let load = |xi: usize| {
+                    _mm512_loadu_ps(m.as_ptr().add(xi * spaced(c_out * nb) + co * nb + off + i0))
+                };
+                // Rows of M combined (Aᵀ), then columns (A).
+                let mut s = [_mm512_setzero_ps(); 4];
+                let mut t = [_mm512_setzero_ps(); 4];
+                for b in 0..4 {
+                    let (m0, m1, m2, m3) = (load(b), load(4 + b), load(8 + b), load(12 + b));
+                    s[b] = _mm512_add_ps(_mm512_add_ps(m0, m1), m2);
+                    t[b] = _mm512_sub_ps(_mm512_sub_ps(m1, m2), m3);
+                }
+                for (dy, r) in [s, t].into_iter().enumerate() {
+                    let y0 = _mm512_add_ps(_mm512_add_ps(r[0], r[1]), r[2]);
+                    let y1 = _mm512_sub_ps(_mm512_sub_ps(r[1], r[2]), r[3]);
+                    let at = co * h * w + (2 * ty + dy) * w + 2 * (tx0 + i0);
+                    let lanes = 2 * n;
+                    let masks: [__mmask16; 2] = [
+                        if lanes >= 16 {
+                            0xffff
+                        } else {
+                            (1 << lanes) - 1
+                        },
+                        if lanes >= 32 {
+                            0xffff
+                        } else if lanes > 16 {
+                            (1 << (lanes - 16)) - 1
+                        } else {
+                            0
+                        },
+                    ];
+                    for (half, idx) in [lo_idx, hi_idx].into_iter().enumerate() {
+                        let mut y = _mm512_add_ps(_mm512_permutex2var_ps(y0, idx, y1), bv);
+                        let p = at + 16 * half;
+                        if let Some(r) = residual {
+                            let rv = _mm512_maskz_loadu_ps(masks[half], r.as_ptr().add(p));
+                            y = _mm512_add_ps(y, rv);
+                        }
+                        _mm512_mask_storeu_ps(dst.add(p), masks[half], y);
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+unsafe fn input_tiles(_: &[f32], _: usize, _: Geometry, _: usize, _: usize, _: &mut [f32]) {
+    unreachable!("winograd::fits is false off x86-64")
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+#[allow(clippy::too_many_arguments)]
+unsafe fn output_tiles(
+    _: &[f32],
+    _: usize,
+    _: Geometry,
+    _: usize,
+    _: usize,
+    _: Option<&[f32]>,
+    _: Option<&[f32]>,
+    _: *mut f32,
+) {
+    unreachable!("winograd::fits is false off x86-64")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{conv3x3, fits, transform_weights};
+    use candle_core::{DType, Device, Module, Tensor};
+
+    fn rel(a: &Tensor, b: &Tensor) -> f64 {
+        janus_kernels::tensor::rel_l2(a, b).unwrap()
+    }
+
+    fn vec(t: &Tensor) -> Vec<f32> {
+        t.flatten_all().unwrap().to_vec1().unwrap()
+    }
+
+    /// Against candle's f32 convolution, on a size whose bands end inside
+    /// tile rows and whose rows end in a short run of tiles: every pixel
+    /// written (the output starts as NaN), with an error of the order of
+    /// the direct bf16 product's (inputs rounded to bf16, f32 sums): 1.7x
+    /// here, 4x with one kernel coefficient 1 % off.
+    #[test]
+    fn winograd_matches_the_convolution() {
+        let (c_in, c_out, h, w) = (48, 40, 64, 70);
+        if !fits(h, w) {
+            eprintln!("skipped: no AVX-512-BF16 on this CPU");
+            return;
+        }
+        let dev = Device::Cpu;
+        let x = Tensor::randn(0f32, 1.0, (1, c_in, h, w), &dev).unwrap();
+        let k = Tensor::randn(0f32, 0.1, (c_out, c_in, 3, 3), &dev).unwrap();
+        let bias = Tensor::randn(0f32, 0.1, c_out, &dev).unwrap();
+        let res = Tensor::randn(0f32, 1.0, (1, c_out, h, w), &dev).unwrap();
+        let cfg = candle_nn::Conv2dConfig {
+            padding: 1,
+            ..Default::default()
+        };
+        let conv = |x: &Tensor, k: &Tensor| {
+            let conv = candle_nn::Conv2d::new(k.clone(), Some(bias.clone()), cfg);
+            conv.forward(x).unwrap()
+        };
+        let want = conv(&x, &k);
+        let round = |t: &Tensor| {
+            t.to_dtype(DType::BF16)
+                .unwrap()
+                .to_dtype(DType::F32)
+                .unwrap()
+        };
+        let direct = rel(&conv(&round(&x), &round(&k)), &want);
+
+        let xp = x
+            .pad_with_zeros(2, 1, 1)
+            .unwrap()
+            .pad_with_zeros(3, 1, 1)
+            .unwrap();
+        let u = transform_weights(&vec(&k), c_out, c_in);
+        let run = |residual: Option<&[f32]>| {
+            let mut dst = vec![f32::NAN; c_out * h * w];
+            let b = vec(&bias);
+            conv3x3(
+                &vec(&xp),
+                (c_in, h, w),
+                &u,
+                c_out,
+                Some(&b),
+                residual,
+                &mut dst,
+            );
+            Tensor::from_vec(dst, (1, c_out, h, w), &dev).unwrap()
+        };
+        let e = rel(&run(None), &want);
+        assert!(
+            e > 0.0 && e < 2.5 * direct,
+            "winograd {e}, direct bf16 {direct}"
+        );
+        let want = (want + &res).unwrap();
+        let e = rel(&run(Some(&vec(&res))), &want);
+        assert!(
+            e > 0.0 && e < 2.5 * direct,
+            "with residual {e}, direct bf16 {direct}"
+        );
+    }
+}
