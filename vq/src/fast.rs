@@ -268,9 +268,10 @@ pub(crate) fn conv3x3_planes(
         finished = wino.is_some();
         for bi in 0..b {
             let img = &xv[bi * c_in * h_in * w_in..(bi + 1) * c_in * h_in * w_in];
+            // Winograd reads an upsampled input's planes before upsampling.
             let up = input == Input::Upsampled;
             let made = (input != Input::Padded)
-                .then(|| padded_planes(img, (c_in, h_in, w_in), up, scratch));
+                .then(|| padded_planes(img, (c_in, h_in, w_in), up && wino.is_none(), scratch));
             let xp = made.as_deref().unwrap_or(img);
             let tap = |l: usize| {
                 let (c, ky, kx) = (l / 9, l % 9 / 3, l % 3);
@@ -279,7 +280,8 @@ pub(crate) fn conv3x3_planes(
             let dst = &mut out[bi * c_out * hw..(bi + 1) * c_out * hw];
             if let Some(u) = &wino {
                 let res = residual.map(|r| &r[bi * c_out * hw..(bi + 1) * c_out * hw]);
-                winograd::conv3x3(xp, (c_in, h, w), u, c_out, bias_v.as_deref(), res, dst);
+                let bias = bias_v.as_deref();
+                winograd::conv3x3(xp, (c_in, h, w), up, u, c_out, bias, res, dst);
             } else if bf16 {
                 use janus_kernels::bf16_gemm::{gemm_runs, Rhs, Runs};
                 let runs = Runs { run: w, skip: 2 };

@@ -67,6 +67,12 @@ fn spaced(len: usize) -> usize {
     len + 64
 }
 
+/// Whether tile position `xi` (row `xi / 4`, column `xi % 4`) is zero in
+/// the transform of an upsampled tile: its third row or column.
+fn zero_upsampled(xi: usize) -> bool {
+    xi / 4 == 2 || xi % 4 == 2
+}
+
 struct SendPtr(*mut f32);
 unsafe impl Send for SendPtr {}
 unsafe impl Sync for SendPtr {}
@@ -83,12 +89,19 @@ impl SendPtr {
 /// (from [`transform_weights`]), into `dst` `[c_out, h * w]`, plus `bias`
 /// `[c_out]` and `residual` `[c_out, h * w]` when given.
 ///
+/// With `upsampled` the input is the image before a nearest-neighbour 2x
+/// upsampling, `[c_in, h / 2 + 2, w / 2 + 2]` with its ring: each 4×4 tile
+/// of the upsampled image repeats its middle rows and columns, so its
+/// transform has a zero third row and column. Those 7 of the 16 products
+/// are skipped, and the upsampled planes are never written.
+///
 /// # Panics
 /// If the slices do not fit the shapes, or `h` or `w` is odd.
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn conv3x3(
     xp: &[f32],
     (c_in, h, w): (usize, usize, usize),
+    upsampled: bool,
     u: &[PackedLhs],
     c_out: usize,
     bias: Option<&[f32]>,
@@ -96,7 +109,11 @@ pub(crate) fn conv3x3(
     dst: &mut [f32],
 ) {
     assert!(h % 2 == 0 && w % 2 == 0, "winograd: odd output {h}x{w}");
-    assert!(xp.len() >= c_in * (h + 2) * (w + 2), "winograd: input size");
+    let f = if upsampled { 2 } else { 1 };
+    assert!(
+        xp.len() >= c_in * (h / f + 2) * (w / f + 2),
+        "winograd: input size"
+    );
     assert!(u.len() == 16, "winograd: kernel matrices");
     assert!(dst.len() >= c_out * h * w, "winograd: output size");
     assert!(bias.is_none_or(|b| b.len() >= c_out), "winograd: bias size");
@@ -118,14 +135,30 @@ pub(crate) fn conv3x3(
         m.resize(16 * ms, 0.0);
         // SAFETY: fits() checked the CPU (AVX-512F with the bf16 GEMM);
         // the sizes were checked above.
-        unsafe { input_tiles(xp, c_in, geo, t0, nb, &mut v) };
+        unsafe {
+            if upsampled {
+                input_tiles_upsampled(xp, c_in, geo, t0, nb, &mut v)
+            } else {
+                input_tiles(xp, c_in, geo, t0, nb, &mut v)
+            }
+        };
         for (xi, (ui, mi)) in u.iter().zip(m.chunks_exact_mut(ms)).enumerate() {
+            if upsampled && zero_upsampled(xi) {
+                continue;
+            }
             let vi = &v[xi * vs..][..c_in * nb];
             let rhs = Rhs::F32Cols { data: vi, ld: nb };
             bf16_gemm::gemm_packed(ui, nb, &rhs, mi, nb, false, false);
         }
         // SAFETY: as above; this band's tiles are its own pixels of dst.
-        unsafe { output_tiles(&m, c_out, geo, t0, nb, bias, residual, out.get()) };
+        unsafe {
+            let out = out.get();
+            if upsampled {
+                output_tiles::<true>(&m, c_out, geo, t0, nb, bias, residual, out)
+            } else {
+                output_tiles::<false>(&m, c_out, geo, t0, nb, bias, residual, out)
+            }
+        };
         BUFFERS.with(|b| *b.borrow_mut() = (v, m));
     });
 }
@@ -229,6 +262,61 @@ unsafe fn input_tiles(xp: &[f32], c_in: usize, geo: Geometry, t0: usize, nb: usi
     }
 }
 
+/// [`input_tiles`] of the nearest-neighbour 2x upsampling of `xs`
+/// (padded planes `[c_in, h / 2 + 2, w / 2 + 2]`). Tile `(ty, tx)` of the
+/// upsampled image is made of source rows `r = ty, ty + 1, ty + 1, ty + 2`
+/// and columns `tx, tx + 1, tx + 1, tx + 2` (with the ring), so along each
+/// side the transform is `(p - q, 2q, 0, q - n)` of three source values,
+/// which are three plain shifted loads; the zero rows and columns are not
+/// written ([`zero_upsampled`]).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn input_tiles_upsampled(
+    xs: &[f32],
+    c_in: usize,
+    geo: Geometry,
+    t0: usize,
+    nb: usize,
+    v: &mut [f32],
+) {
+    use std::arch::x86_64::*;
+    let ws = geo.tw + 2;
+    let plane = (geo.h / 2 + 2) * ws;
+    let vs = spaced(c_in * nb);
+    for c in 0..c_in {
+        for (ty, tx0, tx1, off) in geo.runs(t0, nb) {
+            let rows = &xs[c * plane + ty * ws..][..3 * ws];
+            for i0 in (0..tx1 - tx0).step_by(16) {
+                let m = 16.min(tx1 - tx0 - i0);
+                let mask: __mmask16 = if m == 16 { 0xffff } else { (1 << m) - 1 };
+                // e[r]: source row r transformed along x, components 0, 1, 3.
+                let e = [0, 1, 2].map(|r| {
+                    let s = rows.as_ptr().add(r * ws + tx0 + i0);
+                    let p = _mm512_maskz_loadu_ps(mask, s);
+                    let q = _mm512_maskz_loadu_ps(mask, s.add(1));
+                    let n = _mm512_maskz_loadu_ps(mask, s.add(2));
+                    [
+                        _mm512_sub_ps(p, q),
+                        _mm512_add_ps(q, q),
+                        _mm512_sub_ps(q, n),
+                    ]
+                });
+                for (j, b) in [0, 1, 3].into_iter().enumerate() {
+                    let col = [
+                        (0, _mm512_sub_ps(e[0][j], e[1][j])),
+                        (1, _mm512_add_ps(e[1][j], e[1][j])),
+                        (3, _mm512_sub_ps(e[1][j], e[2][j])),
+                    ];
+                    for (a, x) in col {
+                        let at = (a * 4 + b) * vs + c * nb + off + i0;
+                        _mm512_mask_storeu_ps(v.as_mut_ptr().add(at), mask, x);
+                    }
+                }
+            }
+        }
+    }
+}
+
 /// `Y = Aᵀ M A` (+ bias, + residual) of tiles `t0..t0 + nb` from `m`
 /// `[16][c_out][nb]` (matrices [`spaced`]) into their 2×2 pixels of `dst` `[c_out, h, w]`.
 ///
@@ -238,7 +326,7 @@ unsafe fn input_tiles(xp: &[f32], c_in: usize, geo: Geometry, t0: usize, nb: usi
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
 #[allow(clippy::too_many_arguments)]
-unsafe fn output_tiles(
+unsafe fn output_tiles<const UPSAMPLED: bool>(
     m: &[f32],
     c_out: usize,
     geo: Geometry,
@@ -258,7 +346,13 @@ unsafe fn output_tiles(
             for i0 in (0..tx1 - tx0).step_by(16) {
                 let n = 16.min(tx1 - tx0 - i0);
                 let load = |xi: usize| {
-                    _mm512_loadu_ps(m.as_ptr().add(xi * spaced(c_out * nb) + co * nb + off + i0))
+                    if UPSAMPLED && zero_upsampled(xi) {
+                        _mm512_setzero_ps()
+                    } else {
+                        _mm512_loadu_ps(
+                            m.as_ptr().add(xi * spaced(c_out * nb) + co * nb + off + i0),
+                        )
+                    }
                 };
                 // Rows of M combined (Aᵀ), then columns (A).
                 let mut s = [_mm512_setzero_ps(); 4];
@@ -308,8 +402,20 @@ unsafe fn input_tiles(_: &[f32], _: usize, _: Geometry, _: usize, _: usize, _: &
 }
 
 #[cfg(not(target_arch = "x86_64"))]
+unsafe fn input_tiles_upsampled(
+    _: &[f32],
+    _: usize,
+    _: Geometry,
+    _: usize,
+    _: usize,
+    _: &mut [f32],
+) {
+    unreachable!("winograd::fits is false off x86-64")
+}
+
+#[cfg(not(target_arch = "x86_64"))]
 #[allow(clippy::too_many_arguments)]
-unsafe fn output_tiles(
+unsafe fn output_tiles<const UPSAMPLED: bool>(
     _: &[f32],
     _: usize,
     _: Geometry,
@@ -339,7 +445,8 @@ mod tests {
     /// tile rows and whose rows end in a short run of tiles: every pixel
     /// written (the output starts as NaN), with an error of the order of
     /// the direct bf16 product's (inputs rounded to bf16, f32 sums): 1.7x
-    /// here, 4x with one kernel coefficient 1 % off.
+    /// here, 4x with one kernel coefficient 1 % off. The same for the
+    /// convolution of an upsampled image, given before upsampling.
     #[test]
     fn winograd_matches_the_convolution() {
         let (c_in, c_out, h, w) = (48, 40, 64, 70);
@@ -348,7 +455,6 @@ mod tests {
             return;
         }
         let dev = Device::Cpu;
-        let x = Tensor::randn(0f32, 1.0, (1, c_in, h, w), &dev).unwrap();
         let k = Tensor::randn(0f32, 0.1, (c_out, c_in, 3, 3), &dev).unwrap();
         let bias = Tensor::randn(0f32, 0.1, c_out, &dev).unwrap();
         let res = Tensor::randn(0f32, 1.0, (1, c_out, h, w), &dev).unwrap();
@@ -360,45 +466,52 @@ mod tests {
             let conv = candle_nn::Conv2d::new(k.clone(), Some(bias.clone()), cfg);
             conv.forward(x).unwrap()
         };
-        let want = conv(&x, &k);
         let round = |t: &Tensor| {
             t.to_dtype(DType::BF16)
                 .unwrap()
                 .to_dtype(DType::F32)
                 .unwrap()
         };
-        let direct = rel(&conv(&round(&x), &round(&k)), &want);
-
-        let xp = x
-            .pad_with_zeros(2, 1, 1)
-            .unwrap()
-            .pad_with_zeros(3, 1, 1)
-            .unwrap();
         let u = transform_weights(&vec(&k), c_out, c_in);
-        let run = |residual: Option<&[f32]>| {
-            let mut dst = vec![f32::NAN; c_out * h * w];
-            let b = vec(&bias);
-            conv3x3(
-                &vec(&xp),
-                (c_in, h, w),
-                &u,
-                c_out,
-                Some(&b),
-                residual,
-                &mut dst,
-            );
-            Tensor::from_vec(dst, (1, c_out, h, w), &dev).unwrap()
-        };
-        let e = rel(&run(None), &want);
-        assert!(
-            e > 0.0 && e < 2.5 * direct,
-            "winograd {e}, direct bf16 {direct}"
-        );
-        let want = (want + &res).unwrap();
-        let e = rel(&run(Some(&vec(&res))), &want);
-        assert!(
-            e > 0.0 && e < 2.5 * direct,
-            "with residual {e}, direct bf16 {direct}"
-        );
+        for upsampled in [false, true] {
+            let x = if upsampled {
+                Tensor::randn(0f32, 1.0, (1, c_in, h / 2, w / 2), &dev).unwrap()
+            } else {
+                Tensor::randn(0f32, 1.0, (1, c_in, h, w), &dev).unwrap()
+            };
+            let full = if upsampled {
+                x.upsample_nearest2d(h, w).unwrap()
+            } else {
+                x.clone()
+            };
+            let want = conv(&full, &k);
+            let direct = rel(&conv(&round(&full), &round(&k)), &want);
+            let xp = x
+                .pad_with_zeros(2, 1, 1)
+                .unwrap()
+                .pad_with_zeros(3, 1, 1)
+                .unwrap();
+            let run = |residual: Option<&[f32]>| {
+                let mut dst = vec![f32::NAN; c_out * h * w];
+                let (b, xp) = (vec(&bias), vec(&xp));
+                conv3x3(
+                    &xp,
+                    (c_in, h, w),
+                    upsampled,
+                    &u,
+                    c_out,
+                    Some(&b),
+                    residual,
+                    &mut dst,
+                );
+                Tensor::from_vec(dst, (1, c_out, h, w), &dev).unwrap()
+            };
+            let what = format!("upsampled={upsampled}: direct bf16 {direct}");
+            let e = rel(&run(None), &want);
+            assert!(e > 0.0 && e < 2.5 * direct, "{what}, winograd {e}");
+            let want = (want + &res).unwrap();
+            let e = rel(&run(Some(&vec(&res))), &want);
+            assert!(e > 0.0 && e < 2.5 * direct, "{what}, with residual {e}");
+        }
     }
 }
