@@ -172,8 +172,8 @@ def quality(args):
     reduced precisions against its f32: the understanding prefill's last
     text logits and the first CFG logits of one image, (1) with the f32
     weights rounded to bf16 and (2) computed in bf16 against f32 on those
-    rounded weights. Shows how much this random-weight model amplifies
-    rounding on the reference's side."""
+    rounded weights; and (2) for one decoded image. Shows how much this
+    random-weight model amplifies rounding on the reference's side."""
     import torch
     from transformers import DynamicCache, JanusForConditionalGeneration
 
@@ -206,6 +206,12 @@ def quality(args):
             cfg = scores[1] + 5.0 * (scores[0] - scores[1])
             return und, cfg
 
+    codes = torch.randint(0, config.vq_config.num_embeddings, (1, 576), generator=g)
+
+    def image():
+        with torch.inference_mode():
+            return inner.vqmodel.decode(codes).float()
+
     rel = lambda a, b: float((a - b).norm() / a.norm())
     und, cfg = logits(torch.float32)
     # The weights rounded to bf16 (about 0.1 % per weight), still in f32.
@@ -213,13 +219,16 @@ def quality(args):
         for p in model.parameters():
             p.copy_(p.to(torch.bfloat16).to(torch.float32))
     und_w, cfg_w = logits(torch.float32)
+    img_w = image()
     # Then bf16 compute on those same weights: janus's bf16 column measures
     # this (its checkpoint is bf16, so its f32 and bf16 weights are equal).
     model.to(torch.bfloat16)
     und16, cfg16 = logits(torch.bfloat16)
+    img16 = image()
     print(json.dumps({
         "und_logits_rel_l2": rel(und_w, und16),
         "t2i_logits_rel_l2": rel(cfg_w, cfg16),
+        "vq_image_rel_l2": rel(img_w, img16),
         "weights_bf16_und_logits_rel_l2": rel(und, und_w),
         "weights_bf16_t2i_logits_rel_l2": rel(cfg, cfg_w),
     }))
@@ -325,6 +334,8 @@ def main():
             lines.append(f"| {name} | " + " | ".join(f"{best / r[k]:.2f}x" for r in ours) + " |")
     err = [(f"{r.get('und_logits_rel_l2', 0) or 0:.2e} / {r.get('t2i_logits_rel_l2', 0) or 0:.2e}") for r in ours]
     lines.append("| logits rel. L2 vs f32 (und / t2i) | " + " | ".join(err) + " |")
+    err = [f"{r.get('vq_image_rel_l2', 0) or 0:.2e}" for r in ours]
+    lines.append("| VQ image rel. L2 vs f32 | " + " | ".join(err) + " |")
     torch_quality = None
     if not args.no_quality:
         torch_quality = run_json([sys.executable, __file__, "--worker", "quality", "--config", args.config] + common)
@@ -334,7 +345,8 @@ def main():
             "PyTorch on its own random model (und / t2i logits rel. L2): bf16 compute vs f32, "
             f"same bf16 weights {q['und_logits_rel_l2']:.2e} / {q['t2i_logits_rel_l2']:.2e}; "
             f"f32 weights rounded to bf16 {q['weights_bf16_und_logits_rel_l2']:.2e} / "
-            f"{q['weights_bf16_t2i_logits_rel_l2']:.2e}"
+            f"{q['weights_bf16_t2i_logits_rel_l2']:.2e}; VQ image, bf16 compute vs f32 on the same "
+            f"bf16 weights {q.get('vq_image_rel_l2', 0):.2e}"
         )
     table = "\n".join(lines)
     print(table)

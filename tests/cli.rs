@@ -458,3 +458,60 @@ fn quantize_saves_a_folder_that_answers_as_a_quantising_load() {
         "holds q8_0 weights",
     );
 }
+
+/// `janus bench --json` on the tiny fixture's config: the keys of the JSON
+/// contract, with real timings, and a reduced precision's errors against
+/// the f32 run of the same random weights (which the f32 run leaves behind).
+#[test]
+fn bench_reports_its_json_contract_and_errors_against_f32() {
+    let weights = tempfile::tempdir().unwrap();
+    let config = fixture_dir().join("config.json");
+    let run = |dtype: &str, quant: &str| {
+        stdout_json(&janus(&[
+            "bench",
+            "--config",
+            s(&config),
+            "--weights-dir",
+            s(weights.path()),
+            "--dtype",
+            dtype,
+            "--quant",
+            quant,
+            "--steps",
+            "2",
+            "--reps",
+            "1",
+            "--json",
+        ]))
+    };
+    let f32_run = run("f32", "none");
+    for key in [
+        "vit_encode_s",
+        "und_prefill_s",
+        "und_decode_token_s",
+        "t2i_step_s",
+        "t2i_step_p4_s",
+        "vq_decode_s",
+        "load_s",
+    ] {
+        let v = f32_run[key].as_f64().unwrap_or(-1.0);
+        assert!(v > 0.0 && v < 60.0, "{key}: {v}");
+    }
+    assert!(f32_run["peak_rss_bytes"].as_u64().unwrap_or(0) > 1 << 20);
+    assert!(
+        f32_run.get("und_logits_rel_l2").is_none(),
+        "f32 has no error"
+    );
+
+    let q8 = run("bf16", "q8_0");
+    for (key, most) in [
+        ("und_logits_rel_l2", 0.1),
+        ("t2i_logits_rel_l2", 0.1),
+        ("vq_image_rel_l2", 0.05),
+    ] {
+        let e = q8[key].as_f64().unwrap_or(-1.0);
+        assert!((0.0..most).contains(&e), "{key}: {e}");
+    }
+    // q8_0 weights always differ from f32 ones.
+    assert!(q8["und_logits_rel_l2"].as_f64().unwrap() > 0.0);
+}

@@ -88,6 +88,9 @@ pub struct BenchResult {
     pub und_logits_rel_l2: Option<f64>,
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub t2i_logits_rel_l2: Option<f64>,
+    /// The decoded image's, likewise (bf16 compute in the VQ decoder).
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub vq_image_rel_l2: Option<f64>,
 }
 
 fn input_err(msg: impl Into<String>) -> JanusError {
@@ -191,7 +194,7 @@ fn to_json(r: &BenchResult) -> String {
 
 fn print_table(results: &[BenchResult]) {
     let mut out = std::io::stdout();
-    let cols: [(&str, fn(&BenchResult) -> String); 12] = [
+    let cols: [(&str, fn(&BenchResult) -> String); 13] = [
         ("ViT encode s", |r| format!("{:.3}", r.vit_encode_s)),
         ("prefill s", |r| format!("{:.3}", r.und_prefill_s)),
         ("decode s/tok", |r| format!("{:.4}", r.und_decode_token_s)),
@@ -213,6 +216,9 @@ fn print_table(results: &[BenchResult]) {
         ("t2i logits err", |r| {
             r.t2i_logits_rel_l2
                 .map_or("-".into(), |e| format!("{e:.2e}"))
+        }),
+        ("VQ image err", |r| {
+            r.vq_image_rel_l2.map_or("-".into(), |e| format!("{e:.2e}"))
         }),
     ];
     let _ = write!(out, "| workload |");
@@ -608,7 +614,7 @@ fn run_one(args: &BenchArgs, dtype: DType, quant: Quant) -> Result<BenchResult> 
             .collect();
         Tensor::from_vec(v, (1, n_tokens), &dev)?
     };
-    model.gen_vision.decode_code(&codes, (grid, grid))?;
+    let image = model.gen_vision.decode_code(&codes, (grid, grid))?;
     let vq_decode_s = best_of(reps, || {
         model.gen_vision.decode_code(&codes, (grid, grid))?;
         Ok(())
@@ -617,19 +623,24 @@ fn run_one(args: &BenchArgs, dtype: DType, quant: Quant) -> Result<BenchResult> 
     stage("done");
     // Quality against the f32 run of the same weights and inputs.
     let ref_path = dir.join("reference-logits.safetensors");
-    let (mut und_err, mut t2i_err) = (None, None);
+    let (mut und_err, mut t2i_err, mut vq_err) = (None, None, None);
     if dtype == DType::F32 && quant == Quant::None {
         let map = std::collections::HashMap::from([
             ("und".to_string(), und_logits.clone()),
             ("t2i".to_string(), t2i_logits.clone()),
+            ("vq".to_string(), image.clone()),
         ]);
         candle_core::safetensors::save(&map, &ref_path)?;
     } else if ref_path.exists() {
         let map = candle_core::safetensors::load(&ref_path, &dev)?;
-        if let (Some(u), Some(g)) = (map.get("und"), map.get("t2i")) {
-            und_err = Some(janus_kernels::tensor::rel_l2(&und_logits, u)?);
-            t2i_err = Some(janus_kernels::tensor::rel_l2(&t2i_logits, g)?);
-        }
+        let err = |got: &Tensor, key: &str| {
+            map.get(key)
+                .map(|want| janus_kernels::tensor::rel_l2(got, want))
+                .transpose()
+        };
+        und_err = err(&und_logits, "und")?;
+        t2i_err = err(&t2i_logits, "t2i")?;
+        vq_err = err(&image, "vq")?;
     }
 
     Ok(BenchResult {
@@ -652,5 +663,6 @@ fn run_one(args: &BenchArgs, dtype: DType, quant: Quant) -> Result<BenchResult> 
         steps,
         und_logits_rel_l2: und_err,
         t2i_logits_rel_l2: t2i_err,
+        vq_image_rel_l2: vq_err,
     })
 }
