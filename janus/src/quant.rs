@@ -769,6 +769,8 @@ fn column_runs(
 pub(crate) struct Int16Rows {
     q: Vec<i16>,
     scale: Vec<f32>,
+    // Read by the x86-64 kernel only.
+    #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
     chunk: usize,
 }
 

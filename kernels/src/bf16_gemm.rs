@@ -475,17 +475,23 @@ unsafe fn blocked(
     };
     // Each thread's panel buffers live on between calls: many calls are
     // small (a band of a convolution), and fresh zeroed buffers cost them a
-    // few percent. Nothing is read before this call writes it.
+    // few percent. Nothing is read before this call writes it. A thread
+    // that comes back here while its buffers are in use (a right side
+    // produced with rayon can make it run another product meanwhile) takes
+    // fresh ones.
+    let run = |bufs: &mut (Vec<u32>, Vec<u32>, Vec<f32>), pj: usize| {
+        let (b_pack, stage, strip) = bufs;
+        b_pack.resize((KC / 2) * NR, 0);
+        stage.resize(16 * (KC / 2), 0);
+        if strip.len() < m_panels * MR * SLD {
+            strip.resize(m_panels * MR * SLD, 0.0);
+        }
+        column_panel(bufs, pj)
+    };
     let with_bufs = |pj: usize| {
-        PANEL_BUFS.with(|b| {
-            let mut bufs = b.borrow_mut();
-            let (b_pack, stage, strip) = &mut *bufs;
-            b_pack.resize((KC / 2) * NR, 0);
-            stage.resize(16 * (KC / 2), 0);
-            if strip.len() < m_panels * MR * SLD {
-                strip.resize(m_panels * MR * SLD, 0.0);
-            }
-            column_panel(&mut bufs, pj)
+        PANEL_BUFS.with(|b| match b.try_borrow_mut() {
+            Ok(mut bufs) => run(&mut bufs, pj),
+            Err(_) => run(&mut Default::default(), pj),
         })
     };
     if parallel && n_panels > 1 {

@@ -16,6 +16,10 @@
 //! The tiles go in bands, each transformed, multiplied and transformed
 //! back by one thread while its buffers stay in the cache.
 
+// Off x86-64 the path is never taken (`fits` is false): the transforms'
+// helpers are then unused.
+#![cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
+
 use janus_kernels::bf16_gemm::{self, PackedLhs, Rhs};
 use rayon::prelude::*;
 
@@ -96,7 +100,8 @@ impl SendPtr {
 /// are skipped, and the upsampled planes are never written.
 ///
 /// # Panics
-/// If the slices do not fit the shapes, or `h` or `w` is odd.
+/// If the slices do not fit the shapes, `h` or `w` is odd, or the CPU lacks
+/// the bf16 GEMM (see [`fits`]).
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn conv3x3(
     xp: &[f32],
@@ -108,6 +113,8 @@ pub(crate) fn conv3x3(
     residual: Option<&[f32]>,
     dst: &mut [f32],
 ) {
+    // The transforms below are AVX-512 code.
+    assert!(bf16_gemm::available(), "winograd: no AVX-512-BF16");
     assert!(h % 2 == 0 && w % 2 == 0, "winograd: odd output {h}x{w}");
     let f = if upsampled { 2 } else { 1 };
     assert!(
@@ -133,8 +140,8 @@ pub(crate) fn conv3x3(
         let (vs, ms) = (spaced(c_in * nb), spaced(c_out * nb));
         v.resize(16 * vs, 0.0);
         m.resize(16 * ms, 0.0);
-        // SAFETY: fits() checked the CPU (AVX-512F with the bf16 GEMM);
-        // the sizes were checked above.
+        // SAFETY: the CPU has AVX-512F (with the bf16 GEMM) and the sizes
+        // fit, as checked above.
         unsafe {
             if upsampled {
                 input_tiles_upsampled(xp, c_in, geo, t0, nb, &mut v)
@@ -451,7 +458,7 @@ mod tests {
     fn winograd_matches_the_convolution() {
         let (c_in, c_out, h, w) = (48, 40, 64, 70);
         if !fits(h, w) {
-            eprintln!("skipped: no AVX-512-BF16 on this CPU");
+            eprintln!("skipped: the bf16 GEMM is off (no AVX-512-BF16, or JANUS_BF16_GEMM=0)");
             return;
         }
         let dev = Device::Cpu;
