@@ -691,6 +691,29 @@ mod tests {
         assert_eq!(rel(&padded, &ring), 0.0);
     }
 
+    /// A batch gives each image what it gets alone, on every path (the
+    /// bf16 one at a size that goes by Winograd, plain and upsampled).
+    #[test]
+    fn a_batch_gives_each_image_its_own_result() {
+        let dev = Device::Cpu;
+        let x = Tensor::randn(0f32, 1.0, (2, 16, 32, 34), &dev).unwrap();
+        let w = Tensor::randn(0f32, 0.1, (8, 16, 3, 3), &dev).unwrap();
+        let b = Tensor::randn(0f32, 0.1, 8, &dev).unwrap();
+        let up = x.upsample_nearest2d(64, 68).unwrap();
+        for (x, input) in [(&x, Input::Upsampled), (&up, Input::Plain)] {
+            let res = Tensor::randn(0f32, 1.0, (2, 8, 64, 68), &dev).unwrap();
+            for bf16 in [false, true] {
+                let all = conv3x3(x, &w, Some(&b), input, Some(&res), bf16).unwrap();
+                for i in 0..2 {
+                    let (xi, ri) = (x.narrow(0, i, 1).unwrap(), res.narrow(0, i, 1).unwrap());
+                    let one = conv3x3(&xi, &w, Some(&b), input, Some(&ri), bf16).unwrap();
+                    let got = all.narrow(0, i, 1).unwrap();
+                    assert_eq!(rel(&got, &one), 0.0, "{input:?} bf16={bf16} image {i}");
+                }
+            }
+        }
+    }
+
     /// Buffers taken back from a scratch hold whatever was there before
     /// (here NaN): the padded planes' rings must still come out zero.
     #[test]
