@@ -603,39 +603,24 @@ fn small_matmul(fmt: Fmt, w: &[u8], x: &[f32], m: usize, k: usize, n: usize, out
 fn small_matmul_bf16_dot(w: &[u8], x: &[f32], m: usize, k: usize, n: usize, out: &mut [f32]) {
     use rayon::prelude::*;
     let rb = Fmt::Bf16.row_bytes(k);
-    let words = k / 2;
-    let xb: Vec<u32> = x[..m * k]
-        .chunks_exact(2)
-        .map(|p| {
-            let bits = |v: f32| half::bf16::from_f32(v).to_bits() as u32;
-            bits(p[0]) | bits(p[1]) << 16
-        })
-        .collect();
+    let xb = simd::bf16_pairs(&x[..m * k]);
     const COLS: usize = 32;
     let ptr = SendPtr(out.as_mut_ptr());
     let ptr = &ptr;
     (0..n.div_ceil(COLS)).into_par_iter().for_each(|b| {
         let (j0, j1) = (b * COLS, ((b + 1) * COLS).min(n));
-        for j in (j0..j1).step_by(2) {
-            // An odd last row is paired with itself; its copy is dropped.
-            let jb = (j + 1).min(j1 - 1);
-            for i0 in (0..m).step_by(8) {
-                let rows = (m - i0).min(8);
-                let mut acc = [[0f32; 8]; 2];
-                simd::dot2_bf16(
-                    &w[j * rb..(j + 1) * rb],
-                    &w[jb * rb..(jb + 1) * rb],
-                    &xb[i0 * words..(i0 + rows) * words],
-                    k,
-                    rows,
-                    &mut acc,
-                );
-                for r in 0..rows {
-                    // SAFETY: columns j, jb of rows i0.. are written by this block only, in bounds.
-                    unsafe {
-                        *ptr.0.add((i0 + r) * n + j) = acc[0][r];
-                        *ptr.0.add((i0 + r) * n + jb) = acc[1][r];
-                    }
+        for j in (j0..j1).step_by(4) {
+            // Past the last row, the last row again; those sums are dropped.
+            let rows4 = [0, 1, 2, 3].map(|c| {
+                let jc = (j + c).min(j1 - 1);
+                &w[jc * rb..(jc + 1) * rb]
+            });
+            let mut acc = [[0f32; 16]; 4];
+            simd::dot4_bf16_rows(rows4, &xb, k, m, &mut acc);
+            for (c, a) in acc.iter().enumerate().take(j1 - j) {
+                for (i, v) in a[..m].iter().enumerate() {
+                    // SAFETY: column j + c of every row is written by this block only, in bounds.
+                    unsafe { *ptr.0.add(i * n + j + c) = *v };
                 }
             }
         }
@@ -1122,77 +1107,127 @@ mod simd {
         )))
     }
 
-    /// `acc[0][r] = <row0, x[r]>`, `acc[1][r] = <row1, x[r]>` for bf16
-    /// weight rows and `rows` (1..=8) input rows given as bf16 pairs (`k / 2`
-    /// words each); `k` is a multiple of 32 and the CPU has AVX-512-BF16
-    /// (checked by the caller).
-    pub fn dot2_bf16(
-        row0: &[u8],
-        row1: &[u8],
+    /// `x` rounded to bf16 (to nearest even), two values per word (the
+    /// first in the low half); `x.len()` is even. One instruction per 32
+    /// values: a scalar conversion per value cost a step's serial ~5 %.
+    pub fn bf16_pairs(x: &[f32]) -> Vec<u32> {
+        assert!(x.len().is_multiple_of(2));
+        let mut out = vec![0u32; x.len() / 2];
+        // SAFETY: AVX-512-BF16 checked by the caller (bf16_gemm::available).
+        unsafe { bf16_pairs_avx512(x, &mut out) };
+        out
+    }
+
+    #[target_feature(enable = "avx512f,avx512bf16")]
+    unsafe fn bf16_pairs_avx512(x: &[f32], out: &mut [u32]) {
+        let mut c = x.chunks_exact(32);
+        for (src, dst) in (&mut c).zip(out.chunks_exact_mut(16)) {
+            let (lo, hi) = (
+                _mm512_loadu_ps(src.as_ptr()),
+                _mm512_loadu_ps(src.as_ptr().add(16)),
+            );
+            let v = std::mem::transmute::<__m512bh, __m512i>(_mm512_cvtne2ps_pbh(hi, lo));
+            _mm512_storeu_si512(dst.as_mut_ptr() as *mut __m512i, v);
+        }
+        let done = x.len() / 32 * 16;
+        for (p, d) in c.remainder().chunks_exact(2).zip(&mut out[done..]) {
+            let bits = |v: f32| half::bf16::from_f32(v).to_bits() as u32;
+            *d = bits(p[0]) | bits(p[1]) << 16;
+        }
+    }
+
+    /// `acc[c][r] = <rows4[c], x[r]>` for four bf16 weight rows (`k`
+    /// values each; repeat a row to fill) and `m` (1..=16) input rows given
+    /// as bf16 pairs (`k / 2` words each); `k` is a multiple of 32 and the
+    /// CPU has AVX-512-BF16 (checked by the caller).
+    pub fn dot4_bf16_rows(
+        rows4: [&[u8]; 4],
         xb: &[u32],
         k: usize,
-        rows: usize,
-        acc: &mut [[f32; 8]; 2],
+        m: usize,
+        acc: &mut [[f32; 16]; 4],
     ) {
-        assert!(k % 32 == 0 && xb.len() >= rows * k / 2);
-        let rb = Fmt::Bf16.row_bytes(k);
-        assert!(row0.len() >= rb && row1.len() >= rb);
-        // SAFETY: AVX-512-BF16 checked by the caller (bf16_gemm::available
-        // implies AVX-512F; `available()` here gates BW and F16C); sizes above.
+        assert!(k.is_multiple_of(32) && (1..=16).contains(&m) && xb.len() >= m * k / 2);
+        assert!(rows4.iter().all(|r| r.len() >= Fmt::Bf16.row_bytes(k)));
+        // SAFETY: AVX-512-BF16 checked by the caller (bf16_gemm::available);
+        // sizes checked above.
         unsafe {
-            let (a, b, x) = (row0.as_ptr(), row1.as_ptr(), xb.as_ptr());
-            match rows {
-                1 => dot2_dp::<1>(a, b, x, k, acc),
-                2 => dot2_dp::<2>(a, b, x, k, acc),
-                3 => dot2_dp::<3>(a, b, x, k, acc),
-                4 => dot2_dp::<4>(a, b, x, k, acc),
-                5 => dot2_dp::<5>(a, b, x, k, acc),
-                6 => dot2_dp::<6>(a, b, x, k, acc),
-                7 => dot2_dp::<7>(a, b, x, k, acc),
-                _ => dot2_dp::<8>(a, b, x, k, acc),
-            }
+            let w = rows4.map(|r| r.as_ptr() as *const u32);
+            dot4_bf16_chunks(w, xb.as_ptr(), k, m, acc)
         }
     }
 
-    #[inline]
-    #[target_feature(enable = "avx512f,avx512bw,avx512bf16,f16c")]
-    unsafe fn dp_rows<const R: usize>(s: &mut [__m512; R], w: __m512bh, xv: &[__m512i; R]) {
-        for r in 0..R {
-            s[r] = _mm512_dpbf16_ps(s[r], w, std::mem::transmute::<__m512i, __m512bh>(xv[r]));
-        }
-    }
+    /// Values per depth chunk of [`dot4_bf16_rows`]: the chunk of the four weight
+    /// rows (4 KiB) and of up to 16 input rows (16 KiB) stay in L1 while
+    /// every group of four input rows meets the weights. Only the first
+    /// group reads the weights from memory.
+    const BF16_CHUNK: usize = 512;
 
-    /// Two bf16 weight rows by `R` input rows (bf16 pairs, `k / 2` words apart).
-    #[target_feature(enable = "avx512f,avx512bw,avx512bf16,f16c")]
-    unsafe fn dot2_dp<const R: usize>(
-        row0: *const u8,
-        row1: *const u8,
+    #[target_feature(enable = "avx512f,avx512bf16")]
+    unsafe fn dot4_bf16_chunks(
+        w: [*const u32; 4],
         xb: *const u32,
         k: usize,
-        acc: &mut [[f32; 8]; 2],
+        m: usize,
+        acc: &mut [[f32; 16]; 4],
     ) {
         let words = k / 2;
-        let mut s0 = [_mm512_setzero_ps(); R];
-        let mut s1 = [_mm512_setzero_ps(); R];
-        for g in 0..k / 32 {
-            _mm_prefetch::<_MM_HINT_T0>(row0.add(64 * g + PREFETCH) as *const i8);
-            _mm_prefetch::<_MM_HINT_T0>(row1.add(64 * g + PREFETCH) as *const i8);
-            let mut xv = [_mm512_setzero_si512(); R];
-            for (r, v) in xv.iter_mut().enumerate() {
-                *v = _mm512_loadu_si512(xb.add(r * words + 16 * g) as *const __m512i);
+        // Partial sums [input row][weight row], 16 lanes each.
+        let mut part = [[_mm512_setzero_ps(); 4]; 16];
+        for l0 in (0..k).step_by(BF16_CHUNK) {
+            let (p0, iters) = (l0 / 2, BF16_CHUNK.min(k - l0) / 32);
+            let wp = w.map(|r| r.add(p0));
+            for i0 in (0..m).step_by(4) {
+                let (x, s) = (xb.add(i0 * words + p0), &mut part[i0..]);
+                let first = i0 == 0;
+                match m - i0 {
+                    1 => dot4_group::<1>(wp, x, words, iters, s, first),
+                    2 => dot4_group::<2>(wp, x, words, iters, s, first),
+                    3 => dot4_group::<3>(wp, x, words, iters, s, first),
+                    _ => dot4_group::<4>(wp, x, words, iters, s, first),
+                }
             }
-            let w = |row: *const u8| {
-                std::mem::transmute::<__m512i, __m512bh>(_mm512_loadu_si512(
-                    row.add(64 * g) as *const __m512i
-                ))
-            };
-            dp_rows::<R>(&mut s0, w(row0), &xv);
-            dp_rows::<R>(&mut s1, w(row1), &xv);
         }
-        for r in 0..R {
-            acc[0][r] = _mm512_reduce_add_ps(s0[r]);
-            acc[1][r] = _mm512_reduce_add_ps(s1[r]);
+        for (c, out) in acc.iter_mut().enumerate() {
+            for (o, p) in out[..m].iter_mut().zip(&part) {
+                *o = _mm512_reduce_add_ps(p[c]);
+            }
         }
+    }
+
+    /// `iters` × 32 values of four weight rows against `R` input rows
+    /// (`words` apart), added to the sums `s[r][c]`; `prefetch` asks for the
+    /// weights ahead (the group that reads them first from memory).
+    #[inline(always)]
+    unsafe fn dot4_group<const R: usize>(
+        w: [*const u32; 4],
+        x: *const u32,
+        words: usize,
+        iters: usize,
+        s: &mut [[__m512; 4]],
+        prefetch: bool,
+    ) {
+        let mut a = [[_mm512_setzero_ps(); 4]; R];
+        a.copy_from_slice(&s[..R]);
+        for it in 0..iters {
+            if prefetch {
+                for r in w {
+                    _mm_prefetch::<_MM_HINT_T0>((r.add(16 * it) as *const i8).add(PREFETCH));
+                }
+            }
+            let wv = w.map(|r| {
+                let v = _mm512_loadu_si512(r.add(16 * it) as *const __m512i);
+                std::mem::transmute::<__m512i, __m512bh>(v)
+            });
+            for (r, ar) in a.iter_mut().enumerate() {
+                let xv = _mm512_loadu_si512(x.add(r * words + 16 * it) as *const __m512i);
+                let xv = std::mem::transmute::<__m512i, __m512bh>(xv);
+                for (acc, &wc) in ar.iter_mut().zip(&wv) {
+                    *acc = _mm512_dpbf16_ps(*acc, wc, xv);
+                }
+            }
+        }
+        s[..R].copy_from_slice(&a);
     }
 
     /// `acc[c][r] = <weight row c, x[i0 + r]>` for the consecutive q8_0
@@ -1427,7 +1462,11 @@ mod simd {
     pub fn dot4(_: Fmt, _: &[u8], _: usize, _: &[f32], _: usize, _: usize, _: &mut [[f32; 4]; 4]) {
         unreachable!("gated by available()")
     }
-    pub fn dot2_bf16(_: &[u8], _: &[u8], _: &[u32], _: usize, _: usize, _: &mut [[f32; 8]; 2]) {
+    pub fn bf16_pairs(_: &[f32]) -> Vec<u32> {
+        unreachable!("gated by bf16_gemm::available()")
+    }
+
+    pub fn dot4_bf16_rows(_: [&[u8]; 4], _: &[u32], _: usize, _: usize, _: &mut [[f32; 16]; 4]) {
         unreachable!("gated by bf16_gemm::available()")
     }
     pub fn vnni_available() -> bool {
@@ -1625,6 +1664,55 @@ mod tests {
 
     /// The q8_0 kernel rounds its inputs to 16 bits per 256 values, or per
     /// 32 where the rows are not a multiple of 256 long.
+    /// The bf16 few-row kernel (3 to 16 rows, one pass over the weights)
+    /// against f64 sums of the bf16-rounded inputs and weights: only the
+    /// f32 summation separates them. Depths that end inside a chunk, an odd
+    /// number of weight rows (the last group of four is filled with a copy).
+    #[test]
+    fn bf16_few_row_kernel_matches_the_rounded_sums() {
+        if !(simd::available() && bf16_gemm::available()) {
+            eprintln!("skipped: no AVX-512-BF16");
+            return;
+        }
+        let dev = Device::Cpu;
+        let n = 37;
+        for k in [64, 544, 1056] {
+            let w = Tensor::randn(0f32, 0.05, (n, k), &dev).unwrap();
+            let w = w.to_dtype(DType::BF16).unwrap();
+            let wv: Vec<half::bf16> = w.flatten_all().unwrap().to_vec1().unwrap();
+            let wb = as_bytes(&wv);
+            for m in 3..=SMALL_MAX_ROWS {
+                let x = Tensor::randn(0f32, 1.0, (m, k), &dev).unwrap();
+                let xv: Vec<f32> = x.flatten_all().unwrap().to_vec1().unwrap();
+                let mut out = vec![f32::NAN; m * n];
+                small_matmul(Fmt::Bf16, wb, &xv, m, k, n, &mut out);
+                let r = |v: f32| half::bf16::from_f32(v).to_f64();
+                for (e, &got) in out.iter().enumerate() {
+                    let (i, j) = (e / n, e % n);
+                    let want: f64 = (0..k)
+                        .map(|l| r(xv[i * k + l]) * wv[j * k + l].to_f64())
+                        .sum();
+                    let scale: f64 = (0..k)
+                        .map(|l| (r(xv[i * k + l]) * wv[j * k + l].to_f64()).abs())
+                        .sum();
+                    assert!(
+                        (got as f64 - want).abs() <= 1e-5 * scale,
+                        "k {k} m {m} ({i}, {j}): {got} vs {want}"
+                    );
+                }
+            }
+        }
+        // The rounding to bf16 pairs is half's, ties to even, tails included.
+        let x: Vec<f32> = (0..70)
+            .map(|i| 1.0 + i as f32 * 0.001953125 * 0.5)
+            .collect();
+        let pairs = simd::bf16_pairs(&x);
+        for (i, p) in pairs.iter().enumerate() {
+            let bits = |v: f32| half::bf16::from_f32(v).to_bits() as u32;
+            assert_eq!(*p, bits(x[2 * i]) | bits(x[2 * i + 1]) << 16, "pair {i}");
+        }
+    }
+
     #[test]
     fn q8_0_int16_kernel_matches_the_dequantised_weights() {
         if !simd::available() {
