@@ -151,9 +151,9 @@ pub(crate) enum Input {
     Padded,
 }
 
-/// 3x3 convolution, stride 1, padding 1, of `x` [b, c_in, h, w] (as
+/// 3x3 convolution, stride 1, padding 1, of `x` `[b, c_in, h, w]` (as
 /// `input` says: possibly upsampled or already padded) with `weight`
-/// [c_out, c_in, 3, 3] and `bias` [c_out], plus `residual` (same shape as
+/// `[c_out, c_in, 3, 3]` and `bias` `[c_out]`, plus `residual` (same shape as
 /// the output) when given, added with the bias in one pass. With `bf16`
 /// (and a CPU that has the bf16 GEMM) the GEMM reads the shifted planes
 /// directly and stores only the real columns, or from 64×64 pixels up
@@ -383,8 +383,8 @@ fn conv_f32_tiles<'a>(
     }
 }
 
-/// `GroupNorm(groups, eps)` with affine `weight`/`bias` [c], followed by
-/// swish when `swish`, over `x` [b, c, h, w]. With `padded` the result is
+/// `GroupNorm(groups, eps)` with affine `weight`/`bias` `[c]`, followed by
+/// swish when `swish`, over `x` `[b, c, h, w]`. With `padded` the result is
 /// written with a ring of zeros, `[b, c, h + 2, w + 2]`, ready for
 /// [`conv3x3`] with [`Input::Padded`]: the convolution then reads it in
 /// place instead of copying it into padded planes.
