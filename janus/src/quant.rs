@@ -597,32 +597,25 @@ fn small_matmul(fmt: Fmt, w: &[u8], x: &[f32], m: usize, k: usize, n: usize, out
 /// AVX-512-BF16. With several images generated at once the f32 kernels are
 /// bound by FMA throughput, not memory: here the bf16 weights are
 /// multiplied with `vdpbf16ps` (twice the multiply-adds per instruction)
-/// against the input rows rounded to bf16, as the many-row GEMM does; two
-/// weight rows meet up to eight input rows per pass. (A variant decoding
-/// q8_0 / q4_K blocks into bf16 pairs was slower than the f32 kernels.)
+/// against the input rows rounded to bf16, as the many-row GEMM does; four
+/// weight rows meet all (up to 16) input rows in one pass over the weights
+/// ([`simd::dot4_bf16_rows`]). (Variants decoding q8_0 / q4_K blocks into
+/// bf16 pairs were slower than the integer and f32 kernels.)
 fn small_matmul_bf16_dot(w: &[u8], x: &[f32], m: usize, k: usize, n: usize, out: &mut [f32]) {
-    use rayon::prelude::*;
     let rb = Fmt::Bf16.row_bytes(k);
     let xb = simd::bf16_pairs(&x[..m * k]);
-    const COLS: usize = 32;
-    let ptr = SendPtr(out.as_mut_ptr());
-    let ptr = &ptr;
-    (0..n.div_ceil(COLS)).into_par_iter().for_each(|b| {
-        let (j0, j1) = (b * COLS, ((b + 1) * COLS).min(n));
-        for j in (j0..j1).step_by(4) {
+    let words = k / 2;
+    column_runs::<16>(w, rb, m, n, out, |run, i0, rows, acc| {
+        let cols = acc.len();
+        for j in (0..cols).step_by(4) {
             // Past the last row, the last row again; those sums are dropped.
             let rows4 = [0, 1, 2, 3].map(|c| {
-                let jc = (j + c).min(j1 - 1);
-                &w[jc * rb..(jc + 1) * rb]
+                let jc = (j + c).min(cols - 1);
+                &run[jc * rb..(jc + 1) * rb]
             });
-            let mut acc = [[0f32; 16]; 4];
-            simd::dot4_bf16_rows(rows4, &xb, k, m, &mut acc);
-            for (c, a) in acc.iter().enumerate().take(j1 - j) {
-                for (i, v) in a[..m].iter().enumerate() {
-                    // SAFETY: column j + c of every row is written by this block only, in bounds.
-                    unsafe { *ptr.0.add(i * n + j + c) = *v };
-                }
-            }
+            let mut sums = [[0f32; 16]; 4];
+            simd::dot4_bf16_rows(rows4, &xb[i0 * words..], k, rows, &mut sums);
+            acc[j..].iter_mut().zip(sums).for_each(|(a, s)| *a = s);
         }
     });
 }
@@ -708,22 +701,22 @@ fn abs_max(xs: &[f32]) -> f32 {
 /// time it takes to read the weights.
 fn small_matmul_q4k_int8(w: &[u8], x: &[f32], m: usize, k: usize, n: usize, out: &mut [f32]) {
     let xq = Int8Rows::new(x, m, k);
-    column_runs(w, Fmt::Q4K.row_bytes(k), m, n, out, |wc, i0, rows, acc| {
+    column_runs::<8>(w, Fmt::Q4K.row_bytes(k), m, n, out, |wc, i0, rows, acc| {
         simd::dot_q4k_int8(wc, &xq, i0, rows, k, acc)
     });
 }
 
-/// `out [m, n]` of a few-row integer kernel: threads take runs of 32
-/// weight rows (`rb` bytes each) and `kernel(run, i0, rows, acc)` fills
-/// `acc[c][r]` with the dot product of the run's row c and input row
-/// `i0 + r`, for up to 8 rows at a time.
-fn column_runs(
+/// `out [m, n]` of a few-row kernel: threads take runs of 32 weight rows
+/// (`rb` bytes each) and `kernel(run, i0, rows, acc)` fills `acc[c][r]`
+/// with the dot product of the run's row c and input row `i0 + r`, for up
+/// to `G` input rows at a time.
+fn column_runs<const G: usize>(
     w: &[u8],
     rb: usize,
     m: usize,
     n: usize,
     out: &mut [f32],
-    kernel: impl Fn(&[u8], usize, usize, &mut [[f32; 8]]) + Sync,
+    kernel: impl Fn(&[u8], usize, usize, &mut [[f32; G]]) + Sync,
 ) {
     use rayon::prelude::*;
     const COLS: usize = 32;
@@ -732,10 +725,10 @@ fn column_runs(
     let ptr = &ptr;
     (0..n.div_ceil(COLS)).into_par_iter().for_each(|b| {
         let (j0, j1) = (b * COLS, ((b + 1) * COLS).min(n));
-        let mut acc = [[0f32; 8]; COLS];
+        let mut acc = [[0f32; G]; COLS];
         let acc = &mut acc[..j1 - j0];
-        for i0 in (0..m).step_by(8) {
-            let rows = (m - i0).min(8);
+        for i0 in (0..m).step_by(G) {
+            let rows = (m - i0).min(G);
             kernel(&w[j0 * rb..j1 * rb], i0, rows, acc);
             for (c, a) in acc.iter().enumerate() {
                 for (r, v) in a[..rows].iter().enumerate() {
@@ -791,7 +784,7 @@ impl Int16Rows {
 /// 0.067 s (2 threads).
 fn small_matmul_q8_0_i16(w: &[u8], x: &[f32], m: usize, k: usize, n: usize, out: &mut [f32]) {
     let xq = Int16Rows::new(x, m, k);
-    column_runs(w, Fmt::Q8_0.row_bytes(k), m, n, out, |wc, i0, rows, acc| {
+    column_runs::<8>(w, Fmt::Q8_0.row_bytes(k), m, n, out, |wc, i0, rows, acc| {
         simd::dot_q8_0_i16(wc, &xq, i0, rows, k, acc)
     });
 }

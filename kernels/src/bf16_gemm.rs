@@ -260,8 +260,8 @@ pub fn gemm_packed(
     let (m, k) = (lhs.m, lhs.k);
     let runs = Runs { run: n, skip: 0 };
     if m == 0 || n == 0 || k == 0 {
-        let a = vec![0f32; m * k];
-        return gemm_runs(m, n, k, &a, k, rhs, c, ldc, accumulate, parallel, runs);
+        // Nothing to multiply: gemm_runs checks `c` and zeroes it as asked.
+        return gemm_runs(m, n, k, &[], 0, rhs, c, ldc, accumulate, parallel, runs);
     }
     check_shapes(m, n, k, rhs, c, ldc, runs);
     match &lhs.data {

@@ -42,16 +42,7 @@ pub(crate) fn norm_conv(
 ) -> Result<Planes> {
     let wb = (&norm.weight, &norm.bias);
     let n = fast::group_norm_planes(xv, dims, GroupNorm::GROUPS, GroupNorm::EPS, wb, scratch)?;
-    let y = fast::conv3x3_planes(
-        &n.data,
-        n.dims,
-        &conv.weight,
-        Some(&conv.bias),
-        Input::Padded,
-        residual,
-        conv.bf16,
-        scratch,
-    );
+    let y = conv.forward_planes(&n.data, n.dims, Input::Padded, residual, scratch);
     scratch.give(n.data);
     y
 }
@@ -103,6 +94,20 @@ impl Conv3x3 {
     fn run(&self, x: &Tensor, input: Input, residual: Option<&Tensor>) -> Result<Tensor> {
         let bias = Some(&self.bias);
         fast::conv3x3(x, &self.weight, bias, input, residual, self.bf16)
+    }
+
+    /// [`Conv3x3::run`] of CPU f32 planes `xv` (laid out as `input` says),
+    /// into a buffer from `scratch`.
+    fn forward_planes(
+        &self,
+        xv: &[f32],
+        dims: [usize; 4],
+        input: Input,
+        residual: Option<&[f32]>,
+        scratch: &mut Scratch,
+    ) -> Result<Planes> {
+        let (weight, bias) = (&self.weight, Some(&self.bias));
+        fast::conv3x3_planes(xv, dims, weight, bias, input, residual, self.bf16, scratch)
     }
 }
 
@@ -328,8 +333,6 @@ impl Upsample {
         dims: [usize; 4],
         scratch: &mut Scratch,
     ) -> Result<Planes> {
-        let conv = &self.conv;
-        let (weight, bias, up) = (&conv.weight, Some(&conv.bias), Input::Upsampled);
-        fast::conv3x3_planes(xv, dims, weight, bias, up, None, conv.bf16, scratch)
+        (self.conv).forward_planes(xv, dims, Input::Upsampled, None, scratch)
     }
 }

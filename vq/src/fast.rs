@@ -261,11 +261,9 @@ pub(crate) fn conv3x3_planes(
         .transpose()?;
     let mut out = scratch.take(b * c_out * hw);
     // Winograd adds the bias and the residual itself.
-    let mut finished = false;
+    let by_winograd = bf16 && winograd::fits(h, w);
     with_f32(weight, |wv| {
-        let wino =
-            (bf16 && winograd::fits(h, w)).then(|| winograd::transform_weights(wv, c_out, c_in));
-        finished = wino.is_some();
+        let wino = by_winograd.then(|| winograd::transform_weights(wv, c_out, c_in));
         for bi in 0..b {
             let img = &xv[bi * c_in * h_in * w_in..(bi + 1) * c_in * h_in * w_in];
             // Winograd reads an upsampled input's planes before upsampling.
@@ -295,10 +293,10 @@ pub(crate) fn conv3x3_planes(
             }
         }
     })?;
-    let mut finish = |res: Option<&[f32]>| {
+    if !by_winograd {
         out.par_chunks_mut(hw).enumerate().for_each(|(i, o)| {
             let bv = bias_v.as_ref().map_or(0.0, |bv| bv[i % c_out]);
-            match res {
+            match residual {
                 Some(res) => {
                     for (o, &r) in o.iter_mut().zip(&res[i * hw..(i + 1) * hw]) {
                         *o += r + bv;
@@ -307,10 +305,7 @@ pub(crate) fn conv3x3_planes(
                 None if bv != 0.0 => o.iter_mut().for_each(|o| *o += bv),
                 None => {}
             }
-        })
-    };
-    if !finished {
-        finish(residual);
+        });
     }
     Ok(Planes {
         data: out,
