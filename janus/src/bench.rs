@@ -192,6 +192,11 @@ fn to_json(r: &BenchResult) -> String {
     serde_json::to_string(r).unwrap_or_default()
 }
 
+/// A relative error for the table, "-" where there is none (f32 itself).
+fn error_cell(e: Option<f64>) -> String {
+    e.map_or("-".into(), |e| format!("{e:.2e}"))
+}
+
 fn print_table(results: &[BenchResult]) {
     let mut out = std::io::stdout();
     let cols: [(&str, fn(&BenchResult) -> String); 13] = [
@@ -209,17 +214,9 @@ fn print_table(results: &[BenchResult]) {
         ("LLM weights GB", |r| {
             format!("{:.2}", r.llm_linear_bytes as f64 / 1e9)
         }),
-        ("und logits err", |r| {
-            r.und_logits_rel_l2
-                .map_or("-".into(), |e| format!("{e:.2e}"))
-        }),
-        ("t2i logits err", |r| {
-            r.t2i_logits_rel_l2
-                .map_or("-".into(), |e| format!("{e:.2e}"))
-        }),
-        ("VQ image err", |r| {
-            r.vq_image_rel_l2.map_or("-".into(), |e| format!("{e:.2e}"))
-        }),
+        ("und logits err", |r| error_cell(r.und_logits_rel_l2)),
+        ("t2i logits err", |r| error_cell(r.t2i_logits_rel_l2)),
+        ("VQ image err", |r| error_cell(r.vq_image_rel_l2)),
     ];
     let _ = write!(out, "| workload |");
     for r in results {
