@@ -325,8 +325,9 @@ impl Upsample {
         self.conv.forward_upsampled(x)
     }
 
-    /// [`Upsample::forward`] of CPU f32 planes `xv`: the upsampled planes
-    /// and the result in buffers from `scratch`.
+    /// [`Upsample::forward`] of CPU f32 planes `xv`: the padded (upsampled,
+    /// unless Winograd reads them before upsampling) planes and the result
+    /// in buffers from `scratch`.
     pub(crate) fn forward_planes(
         &self,
         xv: &[f32],
