@@ -83,14 +83,14 @@ impl Rhs<'_> {
     }
 }
 
-/// Whether the fast kernel runs on this CPU (AVX-512F + AVX-512-BF16).
+/// Whether the fast kernel runs on this CPU (AVX-512F + AVX-512-BF16, and
+/// not capped by `JANUS_CPU`).
 /// `JANUS_BF16_GEMM=0` turns it off, to compare against the f32 paths.
 pub fn available() -> bool {
     static AVAILABLE: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
     *AVAILABLE.get_or_init(|| {
         #[cfg(target_arch = "x86_64")]
-        let cpu = std::arch::is_x86_feature_detected!("avx512f")
-            && std::arch::is_x86_feature_detected!("avx512bf16");
+        let cpu = crate::cpu::avx512() && std::arch::is_x86_feature_detected!("avx512bf16");
         #[cfg(not(target_arch = "x86_64"))]
         let cpu = false;
         cpu && std::env::var("JANUS_BF16_GEMM").as_deref() != Ok("0")

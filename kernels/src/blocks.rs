@@ -205,8 +205,8 @@ pub fn dequant_row<T: candle_core::quantized::k_quants::GgmlType>(
         // tower read every weight this way; candle's loop is scalar).
         let bytes = &data[b0 * 34..(b0 + out.len() / 32) * 34];
         #[cfg(target_arch = "x86_64")]
-        if is_x86_feature_detected!("avx512f") {
-            // SAFETY: the CPU feature was just detected.
+        if crate::cpu::avx512() {
+            // SAFETY: the CPU features were just checked.
             return unsafe { q8_0_to_f32_avx512(bytes, out) };
         }
         return q8_0_to_f32(bytes, out);
@@ -215,8 +215,8 @@ pub fn dequant_row<T: candle_core::quantized::k_quants::GgmlType>(
         // The many-row passes read every q4_K weight this way too.
         let bytes = &data[b0 * 144..(b0 + out.len() / 256) * 144];
         #[cfg(target_arch = "x86_64")]
-        if is_x86_feature_detected!("avx512f") {
-            // SAFETY: the CPU feature was just detected.
+        if crate::cpu::avx512() {
+            // SAFETY: the CPU features were just checked.
             return unsafe { q4k_to_f32_avx512(bytes, out) };
         }
         return q4k_to_f32(bytes, out);

@@ -8,6 +8,7 @@
 pub mod attention;
 pub mod bf16_gemm;
 pub mod blocks;
+pub mod cpu;
 pub mod math;
 pub mod tensor;
 

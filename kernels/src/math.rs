@@ -31,8 +31,8 @@ pub fn fast_exp(x: f32) -> f32 {
 /// by [`fast_exp`]).
 pub fn softmax_scaled(x: &mut [f32], scale: f32) {
     #[cfg(target_arch = "x86_64")]
-    if is_x86_feature_detected!("avx512f") {
-        // SAFETY: the CPU feature was just detected.
+    if crate::cpu::avx512() {
+        // SAFETY: the CPU features were just checked.
         return unsafe { softmax_scaled_avx512(x, scale) };
     }
     softmax_lanes(x, scale)

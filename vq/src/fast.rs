@@ -507,13 +507,13 @@ fn group_norm_into(
                 swish,
             };
             #[cfg(target_arch = "x86_64")]
-            if std::is_x86_feature_detected!("avx512f") {
+            if janus_kernels::cpu::avx512() {
                 // SAFETY: feature checked just above.
                 unsafe { norm_group_avx512(&group, o, wg, bg) };
                 return;
             }
             #[cfg(target_arch = "x86_64")]
-            if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
+            if janus_kernels::cpu::avx2() {
                 // SAFETY: features checked just above.
                 unsafe { norm_group_avx2(&group, o, wg, bg) };
                 return;
