@@ -200,6 +200,28 @@ impl Geometry {
             })
         })
     }
+
+    /// What the transforms work on, one vector of tiles at a time: for
+    /// every channel `c < channels`, the runs of tiles `t0..t0 + n` cut
+    /// into groups of up to 16, `f(c, ty, tx, at, len)` with `tx` the
+    /// group's first tile column and `at` its offset in the band. (Plain
+    /// loops: an iterator of groups made the decoder ~3 % slower.)
+    #[inline(always)]
+    fn groups(
+        self,
+        channels: usize,
+        t0: usize,
+        n: usize,
+        mut f: impl FnMut(usize, usize, usize, usize, usize),
+    ) {
+        for c in 0..channels {
+            for (ty, tx0, tx1, off) in self.runs(t0, n) {
+                for tx in (tx0..tx1).step_by(16) {
+                    f(c, ty, tx, off + tx - tx0, 16.min(tx1 - tx));
+                }
+            }
+        }
+    }
 }
 
 /// `V = Bᵀ d B` of tiles `t0..t0 + nb` of every channel into `v`
@@ -215,58 +237,53 @@ unsafe fn input_tiles(xp: &[f32], c_in: usize, geo: Geometry, t0: usize, nb: usi
     let even = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
     let odd = _mm512_add_epi32(even, _mm512_set1_epi32(1));
     let mut tmp = [0f32; 4 * 34];
-    for c in 0..c_in {
-        for (ty, tx0, tx1, off) in geo.runs(t0, nb) {
-            let rows = &xp[c * plane + 2 * ty * wp..][..4 * wp];
-            for i0 in (0..tx1 - tx0).step_by(16) {
-                let m = 16.min(tx1 - tx0 - i0);
-                let col0 = 2 * (tx0 + i0);
-                // A short run at the end of a row: its values through a
-                // zero-filled copy, not past the row.
-                let (src, stride) = if m == 16 {
-                    (rows.as_ptr().add(col0), wp)
-                } else {
-                    tmp.fill(0.0);
-                    for k in 0..4 {
-                        let r = &rows[k * wp + col0..(k + 1) * wp];
-                        let r = &r[..r.len().min(34)];
-                        tmp[k * 34..k * 34 + r.len()].copy_from_slice(r);
-                    }
-                    (tmp.as_ptr(), 34)
-                };
-                // e[k][b]: row k transformed along x (Bᵀ on columns 0..4).
-                let mut e = [[_mm512_setzero_ps(); 4]; 4];
-                for (k, ek) in e.iter_mut().enumerate() {
-                    let s = src.add(k * stride);
-                    let (lo, hi) = (_mm512_loadu_ps(s), _mm512_loadu_ps(s.add(16)));
-                    let (lo2, hi2) = (_mm512_loadu_ps(s.add(2)), _mm512_loadu_ps(s.add(18)));
-                    let d0 = _mm512_permutex2var_ps(lo, even, hi);
-                    let d1 = _mm512_permutex2var_ps(lo, odd, hi);
-                    let d2 = _mm512_permutex2var_ps(lo2, even, hi2);
-                    let d3 = _mm512_permutex2var_ps(lo2, odd, hi2);
-                    *ek = [
-                        _mm512_sub_ps(d0, d2),
-                        _mm512_add_ps(d1, d2),
-                        _mm512_sub_ps(d2, d1),
-                        _mm512_sub_ps(d1, d3),
-                    ];
-                }
-                let mask: __mmask16 = if m == 16 { 0xffff } else { (1 << m) - 1 };
-                for b in 0..4 {
-                    let col = [
-                        _mm512_sub_ps(e[0][b], e[2][b]),
-                        _mm512_add_ps(e[1][b], e[2][b]),
-                        _mm512_sub_ps(e[2][b], e[1][b]),
-                        _mm512_sub_ps(e[1][b], e[3][b]),
-                    ];
-                    for (a, x) in col.into_iter().enumerate() {
-                        let at = (a * 4 + b) * spaced(c_in * nb) + c * nb + off + i0;
-                        _mm512_mask_storeu_ps(v.as_mut_ptr().add(at), mask, x);
-                    }
-                }
+    geo.groups(c_in, t0, nb, |c, ty, tx, at, m| {
+        let rows = &xp[c * plane + 2 * ty * wp..][..4 * wp];
+        let col0 = 2 * tx;
+        // A short run at the end of a row: its values through a
+        // zero-filled copy, not past the row.
+        let (src, stride) = if m == 16 {
+            (rows.as_ptr().add(col0), wp)
+        } else {
+            tmp.fill(0.0);
+            for k in 0..4 {
+                let r = &rows[k * wp + col0..(k + 1) * wp];
+                let r = &r[..r.len().min(34)];
+                tmp[k * 34..k * 34 + r.len()].copy_from_slice(r);
+            }
+            (tmp.as_ptr(), 34)
+        };
+        // e[k][b]: row k transformed along x (Bᵀ on columns 0..4).
+        let mut e = [[_mm512_setzero_ps(); 4]; 4];
+        for (k, ek) in e.iter_mut().enumerate() {
+            let s = src.add(k * stride);
+            let (lo, hi) = (_mm512_loadu_ps(s), _mm512_loadu_ps(s.add(16)));
+            let (lo2, hi2) = (_mm512_loadu_ps(s.add(2)), _mm512_loadu_ps(s.add(18)));
+            let d0 = _mm512_permutex2var_ps(lo, even, hi);
+            let d1 = _mm512_permutex2var_ps(lo, odd, hi);
+            let d2 = _mm512_permutex2var_ps(lo2, even, hi2);
+            let d3 = _mm512_permutex2var_ps(lo2, odd, hi2);
+            *ek = [
+                _mm512_sub_ps(d0, d2),
+                _mm512_add_ps(d1, d2),
+                _mm512_sub_ps(d2, d1),
+                _mm512_sub_ps(d1, d3),
+            ];
+        }
+        let mask: __mmask16 = if m == 16 { 0xffff } else { (1 << m) - 1 };
+        for b in 0..4 {
+            let col = [
+                _mm512_sub_ps(e[0][b], e[2][b]),
+                _mm512_add_ps(e[1][b], e[2][b]),
+                _mm512_sub_ps(e[2][b], e[1][b]),
+                _mm512_sub_ps(e[1][b], e[3][b]),
+            ];
+            for (a, x) in col.into_iter().enumerate() {
+                let to = (a * 4 + b) * spaced(c_in * nb) + c * nb + at;
+                _mm512_mask_storeu_ps(v.as_mut_ptr().add(to), mask, x);
             }
         }
-    }
+    });
 }
 
 /// [`input_tiles`] of the nearest-neighbour 2x upsampling of `xs`
@@ -290,38 +307,33 @@ unsafe fn input_tiles_upsampled(
     let ws = geo.tw + 2;
     let plane = (geo.h / 2 + 2) * ws;
     let vs = spaced(c_in * nb);
-    for c in 0..c_in {
-        for (ty, tx0, tx1, off) in geo.runs(t0, nb) {
-            let rows = &xs[c * plane + ty * ws..][..3 * ws];
-            for i0 in (0..tx1 - tx0).step_by(16) {
-                let m = 16.min(tx1 - tx0 - i0);
-                let mask: __mmask16 = if m == 16 { 0xffff } else { (1 << m) - 1 };
-                // e[r]: source row r transformed along x, components 0, 1, 3.
-                let e = [0, 1, 2].map(|r| {
-                    let s = rows.as_ptr().add(r * ws + tx0 + i0);
-                    let p = _mm512_maskz_loadu_ps(mask, s);
-                    let q = _mm512_maskz_loadu_ps(mask, s.add(1));
-                    let n = _mm512_maskz_loadu_ps(mask, s.add(2));
-                    [
-                        _mm512_sub_ps(p, q),
-                        _mm512_add_ps(q, q),
-                        _mm512_sub_ps(q, n),
-                    ]
-                });
-                for (j, b) in [0, 1, 3].into_iter().enumerate() {
-                    let col = [
-                        (0, _mm512_sub_ps(e[0][j], e[1][j])),
-                        (1, _mm512_add_ps(e[1][j], e[1][j])),
-                        (3, _mm512_sub_ps(e[1][j], e[2][j])),
-                    ];
-                    for (a, x) in col {
-                        let at = (a * 4 + b) * vs + c * nb + off + i0;
-                        _mm512_mask_storeu_ps(v.as_mut_ptr().add(at), mask, x);
-                    }
-                }
+    geo.groups(c_in, t0, nb, |c, ty, tx, at, m| {
+        let rows = &xs[c * plane + ty * ws..][..3 * ws];
+        let mask: __mmask16 = if m == 16 { 0xffff } else { (1 << m) - 1 };
+        // e[r]: source row r transformed along x, components 0, 1, 3.
+        let e = [0, 1, 2].map(|r| {
+            let s = rows.as_ptr().add(r * ws + tx);
+            let p = _mm512_maskz_loadu_ps(mask, s);
+            let q = _mm512_maskz_loadu_ps(mask, s.add(1));
+            let n = _mm512_maskz_loadu_ps(mask, s.add(2));
+            [
+                _mm512_sub_ps(p, q),
+                _mm512_add_ps(q, q),
+                _mm512_sub_ps(q, n),
+            ]
+        });
+        for (j, b) in [0, 1, 3].into_iter().enumerate() {
+            let col = [
+                (0, _mm512_sub_ps(e[0][j], e[1][j])),
+                (1, _mm512_add_ps(e[1][j], e[1][j])),
+                (3, _mm512_sub_ps(e[1][j], e[2][j])),
+            ];
+            for (a, x) in col {
+                let to = (a * 4 + b) * vs + c * nb + at;
+                _mm512_mask_storeu_ps(v.as_mut_ptr().add(to), mask, x);
             }
         }
-    }
+    });
 }
 
 /// `Y = Aᵀ M A` (+ bias, + residual) of tiles `t0..t0 + nb` from `m`
@@ -347,60 +359,53 @@ unsafe fn output_tiles<const UPSAMPLED: bool>(
     let (h, w) = (geo.h, geo.w);
     let lo_idx = _mm512_setr_epi32(0, 16, 1, 17, 2, 18, 3, 19, 4, 20, 5, 21, 6, 22, 7, 23);
     let hi_idx = _mm512_add_epi32(lo_idx, _mm512_set1_epi32(8));
-    for co in 0..c_out {
+    geo.groups(c_out, t0, nb, |co, ty, tx, at, n| {
         let bv = _mm512_set1_ps(bias.map_or(0.0, |b| b[co]));
-        for (ty, tx0, tx1, off) in geo.runs(t0, nb) {
-            for i0 in (0..tx1 - tx0).step_by(16) {
-                let n = 16.min(tx1 - tx0 - i0);
-                let load = |xi: usize| {
-                    if UPSAMPLED && zero_upsampled(xi) {
-                        _mm512_setzero_ps()
-                    } else {
-                        _mm512_loadu_ps(
-                            m.as_ptr().add(xi * spaced(c_out * nb) + co * nb + off + i0),
-                        )
-                    }
-                };
-                // Rows of M combined (Aᵀ), then columns (A).
-                let mut s = [_mm512_setzero_ps(); 4];
-                let mut t = [_mm512_setzero_ps(); 4];
-                for b in 0..4 {
-                    let (m0, m1, m2, m3) = (load(b), load(4 + b), load(8 + b), load(12 + b));
-                    s[b] = _mm512_add_ps(_mm512_add_ps(m0, m1), m2);
-                    t[b] = _mm512_sub_ps(_mm512_sub_ps(m1, m2), m3);
+        let load = |xi: usize| {
+            if UPSAMPLED && zero_upsampled(xi) {
+                _mm512_setzero_ps()
+            } else {
+                _mm512_loadu_ps(m.as_ptr().add(xi * spaced(c_out * nb) + co * nb + at))
+            }
+        };
+        // Rows of M combined (Aᵀ), then columns (A).
+        let mut s = [_mm512_setzero_ps(); 4];
+        let mut t = [_mm512_setzero_ps(); 4];
+        for b in 0..4 {
+            let (m0, m1, m2, m3) = (load(b), load(4 + b), load(8 + b), load(12 + b));
+            s[b] = _mm512_add_ps(_mm512_add_ps(m0, m1), m2);
+            t[b] = _mm512_sub_ps(_mm512_sub_ps(m1, m2), m3);
+        }
+        for (dy, r) in [s, t].into_iter().enumerate() {
+            let y0 = _mm512_add_ps(_mm512_add_ps(r[0], r[1]), r[2]);
+            let y1 = _mm512_sub_ps(_mm512_sub_ps(r[1], r[2]), r[3]);
+            let px = co * h * w + (2 * ty + dy) * w + 2 * tx;
+            let lanes = 2 * n;
+            let masks: [__mmask16; 2] = [
+                if lanes >= 16 {
+                    0xffff
+                } else {
+                    (1 << lanes) - 1
+                },
+                if lanes >= 32 {
+                    0xffff
+                } else if lanes > 16 {
+                    (1 << (lanes - 16)) - 1
+                } else {
+                    0
+                },
+            ];
+            for (half, idx) in [lo_idx, hi_idx].into_iter().enumerate() {
+                let mut y = _mm512_add_ps(_mm512_permutex2var_ps(y0, idx, y1), bv);
+                let p = px + 16 * half;
+                if let Some(r) = residual {
+                    let rv = _mm512_maskz_loadu_ps(masks[half], r.as_ptr().add(p));
+                    y = _mm512_add_ps(y, rv);
                 }
-                for (dy, r) in [s, t].into_iter().enumerate() {
-                    let y0 = _mm512_add_ps(_mm512_add_ps(r[0], r[1]), r[2]);
-                    let y1 = _mm512_sub_ps(_mm512_sub_ps(r[1], r[2]), r[3]);
-                    let at = co * h * w + (2 * ty + dy) * w + 2 * (tx0 + i0);
-                    let lanes = 2 * n;
-                    let masks: [__mmask16; 2] = [
-                        if lanes >= 16 {
-                            0xffff
-                        } else {
-                            (1 << lanes) - 1
-                        },
-                        if lanes >= 32 {
-                            0xffff
-                        } else if lanes > 16 {
-                            (1 << (lanes - 16)) - 1
-                        } else {
-                            0
-                        },
-                    ];
-                    for (half, idx) in [lo_idx, hi_idx].into_iter().enumerate() {
-                        let mut y = _mm512_add_ps(_mm512_permutex2var_ps(y0, idx, y1), bv);
-                        let p = at + 16 * half;
-                        if let Some(r) = residual {
-                            let rv = _mm512_maskz_loadu_ps(masks[half], r.as_ptr().add(p));
-                            y = _mm512_add_ps(y, rv);
-                        }
-                        _mm512_mask_storeu_ps(dst.add(p), masks[half], y);
-                    }
-                }
+                _mm512_mask_storeu_ps(dst.add(p), masks[half], y);
             }
         }
-    }
+    });
 }
 
 #[cfg(not(target_arch = "x86_64"))]
