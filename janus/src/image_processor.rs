@@ -24,11 +24,10 @@
 //!    then rounded to `f32`, like Hugging Face's `rescale`) and normalise with
 //!    `(x - mean) / std` in `f32` (like Hugging Face's `normalize`).
 //!
-//! Decoding is the `image` crate's. PNG (every colour type and bit depth) and
-//! lossy WebP were checked to decode to the same pixels as Pillow; its JPEG
-//! decoder differs from Pillow's libjpeg-turbo (by a few levels, more around
-//! chroma-subsampled edges), so JPEG inputs match the reference only
-//! approximately. 16-bit gray PNGs with a `tRNS` chunk (not checked) are
+//! JPEG files are decoded by libjpeg-turbo's code, as Pillow decodes them
+//! (same bytes; CMYK JPEGs excepted, see [`crate::jpeg`]). Other formats are
+//! the `image` crate's: PNG (every colour type and bit depth) and lossy
+//! WebP were checked to decode to the same pixels as Pillow. 16-bit gray PNGs with a `tRNS` chunk (not checked) are
 //! expected to differ: the crate yields gray+alpha, whose high byte is kept,
 //! where Pillow clips the `I;16` values.
 //!
@@ -323,6 +322,17 @@ impl ImageProcessor {
             return Err(image_err(
                 "not an image in a supported format (PNG, JPEG, WebP, BMP, GIF)".into(),
             ));
+        }
+        if reader.format() == Some(image::ImageFormat::Jpeg) {
+            let data = std::fs::read(path).map_err(|e| JanusError::BadFile {
+                path: path.to_path_buf(),
+                reason: e.to_string(),
+            })?;
+            if let crate::jpeg::Decoded::Image(img) =
+                crate::jpeg::decode(&data, MAX_IMAGE_PIXELS).map_err(image_err)?
+            {
+                return Ok(img);
+            }
         }
         let decoder = reader
             .into_decoder()

@@ -38,6 +38,7 @@ pub mod error;
 pub mod gguf;
 mod hub;
 pub mod image_processor;
+mod jpeg;
 pub mod models;
 pub mod pipeline;
 pub mod processor;
