@@ -70,3 +70,16 @@ def test_read_only_array(model, fixture_dir):
     want = model.vq_encode(arr).tolist()
     arr.setflags(write=False)
     assert model.vq_encode(arr).tolist() == want
+
+
+@pytest.mark.parametrize("name", ["ycc420", "progressive", "restart", "gray"])
+def test_jpeg_paths_read_as_the_installed_pillow_does(model, fixture_dir, name):
+    """A JPEG given by path is decoded as Pillow decodes it (libjpeg-turbo),
+    so its codes are those of the PIL image; the image crate's decoder gave
+    ycc420 a different code. Pillow here also agrees with the bytes stored
+    beside the fixture."""
+    path = fixture_dir.parent / "jpeg" / f"{name}.jpg"
+    pil = Image.open(path).convert("RGB")
+    stored = Image.open(path.with_name(f"{name}.pillow.png")).convert("RGB")
+    assert np.array_equal(np.asarray(pil), np.asarray(stored))
+    assert model.vq_encode(str(path)).tolist() == model.vq_encode(pil).tolist()
