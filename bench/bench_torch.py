@@ -81,7 +81,8 @@ def worker(args):
     lm = inner.language_model
     vocab = config.text_config.vocab_size
     steps, reps = args.steps, args.reps
-    res = {"dtype": args.worker, "quant": "torch", "threads": torch.get_num_threads(), "load_s": load_s}
+    res = {"dtype": args.worker, "quant": "torch", "threads": torch.get_num_threads(), "load_s": load_s,
+           "cpu": torch.backends.cpu.get_cpu_capability().lower()}
 
     def best(f):
         f()
@@ -319,6 +320,7 @@ def main():
     lines = ["| workload | " + " | ".join(c for c, _ in cols) + " |", "| --- |" + " ---: |" * len(cols)]
     for k, name in KEYS:
         lines.append(f"| {name} | " + " | ".join(fmt(k, r.get(k)) for _, r in cols) + " |")
+    lines.append("| CPU kernels | " + " | ".join(r.get("cpu", "-") for _, r in cols) + " |")
     lines.append("")
     # Ratio: PyTorch's better (lower) of f32/bf16 over ours; > 1 means janus is faster.
     lines.append("| speed-up vs PyTorch's better | " + " | ".join(c for c, _ in cols[len(torch_res):]) + " |")

@@ -498,6 +498,18 @@ fn bench_reports_its_json_contract_and_errors_against_f32() {
         assert!(v > 0.0 && v < 60.0, "{key}: {v}");
     }
     assert!(f32_run["peak_rss_bytes"].as_u64().unwrap_or(0) > 1 << 20);
+    // The kernels the run could use, capped by JANUS_CPU as the test-all
+    // runs do.
+    let cpu = f32_run["cpu"].as_str().unwrap_or_default();
+    let want = match std::env::var("JANUS_CPU").as_deref() {
+        Ok("avx2") => &["avx2", "baseline"][..],
+        Ok("baseline") => &["baseline"][..],
+        _ => &["avx512", "avx2", "baseline"][..],
+    };
+    assert!(
+        want.iter().any(|w| cpu.split('+').next() == Some(*w)),
+        "cpu: {cpu:?}"
+    );
     assert!(
         f32_run.get("und_logits_rel_l2").is_none(),
         "f32 has no error"

@@ -64,6 +64,11 @@ pub struct BenchResult {
     pub dtype: String,
     pub quant: String,
     pub threads: usize,
+    /// The CPU kernels this run could use: `avx512`, `avx2` or `baseline`
+    /// (see `JANUS_CPU`), `+bf16` with the bf16 GEMM, `+vnni` with the
+    /// VNNI q4_K kernel.
+    #[serde(default)]
+    pub cpu: String,
     pub vit_encode_s: f64,
     pub und_prefill_s: f64,
     pub und_prefill_tokens: usize,
@@ -188,6 +193,18 @@ pub fn run(args: BenchArgs) -> Result<()> {
     Ok(())
 }
 
+/// What [`BenchResult::cpu`] says.
+fn cpu_kernels() -> String {
+    let mut s = format!("{:?}", janus_kernels::cpu::level()).to_lowercase();
+    if janus_kernels::bf16_gemm::available() {
+        s += "+bf16";
+    }
+    if crate::quant::vnni_available() {
+        s += "+vnni";
+    }
+    s
+}
+
 fn to_json(r: &BenchResult) -> String {
     serde_json::to_string(r).unwrap_or_default()
 }
@@ -238,8 +255,8 @@ fn print_table(results: &[BenchResult]) {
     if let Some(r) = results.first() {
         let _ = writeln!(
             out,
-            "\n{} threads, {} timed steps, prefill of {} tokens",
-            r.threads, r.steps, r.und_prefill_tokens
+            "\n{} threads, {} timed steps, prefill of {} tokens, {} kernels",
+            r.threads, r.steps, r.und_prefill_tokens, r.cpu
         );
     }
 }
@@ -644,6 +661,7 @@ fn run_one(args: &BenchArgs, dtype: DType, quant: Quant) -> Result<BenchResult> 
         dtype: dtype_name(dtype).into(),
         quant: quant.name().into(),
         threads,
+        cpu: cpu_kernels(),
         vit_encode_s,
         und_prefill_s,
         und_prefill_tokens: prompt_len,

@@ -417,6 +417,11 @@ fn candle_has_int8_dot() -> bool {
     true
 }
 
+/// Whether the q4_K few-row kernel multiplies with AVX-512-VNNI.
+pub(crate) fn vnni_available() -> bool {
+    avx512::vnni_available()
+}
+
 /// Rows up to which the direct kernels are used (decoding: 1 row per
 /// sequence, CFG pairs); above, the matmul is compute bound and goes to gemm
 /// or candle's quantized matmul.
