@@ -569,6 +569,9 @@ fn small_matmul(fmt: Fmt, w: &[u8], x: &[f32], m: usize, k: usize, n: usize, out
     let rb = fmt.row_bytes(k);
     assert!(w.len() >= rb * n && x.len() >= m * k && out.len() >= m * n);
     if !avx512::available() {
+        if fmt == Fmt::Q4K && k % 256 == 0 && janus_kernels::cpu::avx2() {
+            return small_matmul_q4k_int8(w, x, m, k, n, out);
+        }
         return column_runs::<8>(w, rb, m, n, out, |run, i0, rows, acc| {
             portable::dot_rows(fmt, run, rb, &x[i0 * k..], k, rows, acc)
         });
@@ -729,16 +732,37 @@ fn abs_max(xs: &[f32]) -> f32 {
     xs.iter().fold(0f32, |a, v| a.max(v.abs())) + bad.iter().sum::<f32>() + rest
 }
 
-/// [`small_matmul`] for q4_K weights on CPUs with AVX-512-VNNI: the input
-/// rows are quantised to 8 bits per 256 values (as llama.cpp does; about
-/// 0.7 % error against 4-bit weights' ~8 %) and each block is one integer
-/// dot product per nibble half (`vpdpbusd`), instead of widening every
-/// weight to f32. The f32 kernel is bound by that widening, well above the
-/// time it takes to read the weights.
+/// [`small_matmul`] for q4_K weights on CPUs with AVX-512-VNNI or AVX2: the
+/// input rows are quantised to 8 bits per 256 values (as llama.cpp does;
+/// about 0.7 % error against 4-bit weights' ~8 %) and each block is integer
+/// dot products per nibble half (`vpdpbusd`; `vpmaddubsw` + `vpmaddwd` on
+/// AVX2), instead of widening every weight to f32. The f32 kernels are
+/// bound by that widening, well above the time it takes to read the
+/// weights.
 fn small_matmul_q4k_int8(w: &[u8], x: &[f32], m: usize, k: usize, n: usize, out: &mut [f32]) {
+    let kernel = if avx512::vnni_available() {
+        avx512::dot_q4k_int8
+    } else {
+        avx2::dot_q4k_int8
+    };
+    q4k_int8_with(kernel, w, x, m, k, n, out)
+}
+
+/// The q4_K int8 kernel on `x`'s rows through `kernel` (one of the builds).
+type Q4kInt8Kernel = fn(&[u8], &Int8Rows, usize, usize, usize, &mut [[f32; 8]]);
+
+fn q4k_int8_with(
+    kernel: Q4kInt8Kernel,
+    w: &[u8],
+    x: &[f32],
+    m: usize,
+    k: usize,
+    n: usize,
+    out: &mut [f32],
+) {
     let xq = Int8Rows::new(x, m, k);
     column_runs::<8>(w, Fmt::Q4K.row_bytes(k), m, n, out, |wc, i0, rows, acc| {
-        avx512::dot_q4k_int8(wc, &xq, i0, rows, k, acc)
+        kernel(wc, &xq, i0, rows, k, acc)
     });
 }
 
@@ -842,8 +866,24 @@ macro_rules! by_rows {
 }
 
 #[cfg(target_arch = "x86_64")]
+mod avx2;
+#[cfg(target_arch = "x86_64")]
 mod avx512;
 mod portable;
+
+#[cfg(not(target_arch = "x86_64"))]
+mod avx2 {
+    pub fn dot_q4k_int8(
+        _: &[u8],
+        _: &super::Int8Rows,
+        _: usize,
+        _: usize,
+        _: usize,
+        _: &mut [[f32; 8]],
+    ) {
+        unreachable!("gated by janus_kernels::cpu::avx2()")
+    }
+}
 
 #[cfg(not(target_arch = "x86_64"))]
 mod avx512 {
@@ -1013,11 +1053,18 @@ mod tests {
     /// other 255 values there are rounded ~30x more coarsely.
     #[test]
     fn q4k_int8_kernel_matches_the_dequantised_weights() {
-        if !avx512::vnni_available() {
-            eprintln!("no AVX-512-VNNI: the integer kernel is not used here");
-            return;
+        fn vnni(w: &[u8], x: &[f32], m: usize, k: usize, n: usize, out: &mut [f32]) {
+            q4k_int8_with(avx512::dot_q4k_int8, w, x, m, k, n, out)
         }
-        check_integer_kernel(GgmlDType::Q4K, 768, small_matmul_q4k_int8, 2e-2, 6e-2);
+        fn avx2(w: &[u8], x: &[f32], m: usize, k: usize, n: usize, out: &mut [f32]) {
+            q4k_int8_with(avx2::dot_q4k_int8, w, x, m, k, n, out)
+        }
+        if avx512::vnni_available() {
+            check_integer_kernel(GgmlDType::Q4K, 768, vnni, 2e-2, 6e-2);
+        }
+        if janus_kernels::cpu::detected_avx2() {
+            check_integer_kernel(GgmlDType::Q4K, 768, avx2, 2e-2, 6e-2);
+        }
     }
 
     /// A NaN or infinite input value makes its row's outputs NaN (as in
