@@ -25,7 +25,7 @@
 //!    `(x - mean) / std` in `f32` (like Hugging Face's `normalize`).
 //!
 //! JPEG files are decoded by libjpeg-turbo's code, as Pillow decodes them
-//! (same bytes; CMYK JPEGs excepted, see [`crate::jpeg`]). Other formats are
+//! (same bytes; CMYK JPEGs excepted, see `janus/src/jpeg.rs`). Other formats are
 //! the `image` crate's: PNG (every colour type and bit depth) and lossy
 //! WebP were checked to decode to the same pixels as Pillow. 16-bit gray PNGs with a `tRNS` chunk (not checked) are
 //! expected to differ: the crate yields gray+alpha, whose high byte is kept,

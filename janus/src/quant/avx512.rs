@@ -79,7 +79,7 @@ unsafe fn finish4<const R: usize>(s: &[[__m512; R]; 4], acc: &mut [[f32; 4]; 4])
     }
 }
 
-/// Loads x[r][l..l+16] for every input row.
+/// Loads `x[r][l..l + 16]` for every input row.
 #[inline]
 #[target_feature(enable = "avx512f,avx512bw,f16c")]
 unsafe fn load_x<const R: usize>(x: *const f32, k: usize, l: usize) -> [__m512; R] {
