@@ -26,9 +26,21 @@ fn with_f32<R>(t: &Tensor, f: impl FnOnce(&[f32]) -> R) -> Result<R> {
     janus_kernels::tensor::with_cpu_slice(t, f)
 }
 
-/// Output pixels per im2col tile of the f32 path: bounds its scratch to
-/// ~`c_in * 9 * TILE` floats.
+/// Output pixels per im2col tile of the f32 path, at most: bounds its
+/// scratch to ~`c_in * 9 * TILE` floats.
 const TILE: usize = 4096;
+
+/// The f32 path's im2col tile, in floats, at most (16 MB): with 512 input
+/// channels `TILE` pixels alone would make it 75 MB.
+const COL_MAX: usize = 1 << 22;
+
+thread_local! {
+    /// The f32 path's im2col and product tiles, kept between calls: fresh
+    /// ones were fresh pages at every convolution, and the kernel zeroing
+    /// them took ~20 % of an f32 decode.
+    static TILE_BUFFERS: std::cell::RefCell<(Vec<f32>, Vec<f32>)> =
+        const { std::cell::RefCell::new((Vec::new(), Vec::new())) };
+}
 
 /// Buffers that one run of the decoder hands back once read and takes
 /// again for its next temporaries. A fresh buffer of the full-resolution
@@ -333,9 +345,11 @@ fn conv_f32_tiles<'a>(
     } else {
         gemm::Parallelism::None
     };
-    let rows_per_tile = (TILE / wp).max(1);
-    let mut col = vec![0f32; kdim * rows_per_tile * wp];
-    let mut prod = vec![0f32; c_out * rows_per_tile * wp];
+    let rows_per_tile = (TILE.min(COL_MAX / kdim) / wp).max(1);
+    // Taken, not borrowed: a re-entrant call finds empty buffers.
+    let (mut col, mut prod) = TILE_BUFFERS.with(|b| std::mem::take(&mut *b.borrow_mut()));
+    col.resize(kdim * rows_per_tile * wp, 0.0);
+    prod.resize(c_out * rows_per_tile * wp, 0.0);
     for y0 in (0..h).step_by(rows_per_tile) {
         let rows = rows_per_tile.min(h - y0);
         let j0 = y0 * wp;
@@ -376,6 +390,7 @@ fn conv_f32_tiles<'a>(
             }
         }
     }
+    TILE_BUFFERS.with(|b| *b.borrow_mut() = (col, prod));
 }
 
 /// `GroupNorm(groups, eps)` with affine `weight`/`bias` `[c]`, followed by
@@ -684,6 +699,29 @@ mod tests {
             .pad_with_zeros(3, 1, 1)
             .unwrap();
         assert_eq!(rel(&padded, &ring), 0.0);
+    }
+
+    /// The f32 path with 160 input channels, whose im2col tile is capped by
+    /// `COL_MAX` (69 rows of 40 here, so two tiles), then a small
+    /// convolution on the same thread, which reuses the larger buffers
+    /// holding the first one's values: both as candle's convolution.
+    #[test]
+    fn f32_tiles_cover_many_channels_and_reuse_their_buffers() {
+        let dev = Device::Cpu;
+        let cfg = candle_nn::Conv2dConfig {
+            padding: 1,
+            ..Default::default()
+        };
+        for (c_in, h, w) in [(160, 80, 40), (16, 9, 7)] {
+            let x = Tensor::randn(0f32, 1.0, (1, c_in, h, w), &dev).unwrap();
+            let wt = Tensor::randn(0f32, 0.1, (8, c_in, 3, 3), &dev).unwrap();
+            let b = Tensor::randn(0f32, 0.1, 8, &dev).unwrap();
+            let want = candle_nn::Conv2d::new(wt.clone(), Some(b.clone()), cfg)
+                .forward(&x)
+                .unwrap();
+            let got = conv3x3(&x, &wt, Some(&b), Input::Plain, None, false).unwrap();
+            assert!(rel(&got, &want) < 1e-5, "{c_in} channels, {h}x{w}");
+        }
     }
 
     /// A batch gives each image what it gets alone, on every path (the
