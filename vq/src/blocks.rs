@@ -69,7 +69,9 @@ pub(crate) fn group_norm(channels: usize, vb: VarBuilder) -> Result<GroupNorm> {
 pub struct Conv3x3 {
     weight: Tensor,
     bias: Tensor,
-    /// The gemm rounds its inputs to bf16 (see [`crate::VqModel::load`]).
+    /// bf16 compute was asked for (see [`crate::VqModel::load`]): bf16
+    /// GEMMs where the CPU has them, and Winograd's products from 64×64
+    /// pixels up.
     bf16: bool,
 }
 
@@ -111,13 +113,16 @@ impl Conv3x3 {
     }
 }
 
-/// A bf16 `vb` (on a CPU with the bf16 GEMM) selects bf16 compute, and
-/// then the weight is also held in bf16: the GEMM rounds it to bf16 anyway,
-/// so the results are the same and the decoder takes half the memory.
+/// A bf16 `vb` on the CPU selects bf16 compute. With the bf16 GEMM the
+/// weight is then also held in bf16: the GEMM rounds it to bf16 anyway, so
+/// the results are the same and the decoder takes half the memory.
 pub(crate) fn conv3x3(in_channels: usize, out_channels: usize, vb: VarBuilder) -> Result<Conv3x3> {
-    let bf16 =
-        vb.dtype() == DType::BF16 && vb.device().is_cpu() && janus_kernels::bf16_gemm::available();
-    let weight_dtype = if bf16 { DType::BF16 } else { DType::F32 };
+    let bf16 = vb.dtype() == DType::BF16 && vb.device().is_cpu();
+    let weight_dtype = if bf16 && janus_kernels::bf16_gemm::available() {
+        DType::BF16
+    } else {
+        DType::F32
+    };
     let vb = vb.set_dtype(DType::F32);
     Ok(Conv3x3 {
         bf16,

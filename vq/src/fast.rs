@@ -267,12 +267,14 @@ pub(crate) fn conv3x3_planes(
     // Padded-width pixels per image (the last row's junk is not computed).
     let n = h * wp - 2;
     let kdim = c_in * 9;
-    let bf16 = bf16 && janus_kernels::bf16_gemm::available();
+    let bf16_gemm = bf16 && janus_kernels::bf16_gemm::available();
     let bias_v: Option<Vec<f32>> = bias
         .map(|t| t.to_dtype(DType::F32)?.flatten_all()?.to_vec1())
         .transpose()?;
     let mut out = scratch.take(b * c_out * hw);
-    // Winograd adds the bias and the residual itself.
+    // Winograd adds the bias and the residual itself. It serves the bf16
+    // compute on every CPU (in f32 without the bf16 GEMM); the exact f32
+    // path keeps the direct products.
     let by_winograd = bf16 && winograd::fits(h, w);
     with_f32(weight, |wv| {
         let wino = by_winograd.then(|| winograd::transform_weights(wv, c_out, c_in));
@@ -292,7 +294,7 @@ pub(crate) fn conv3x3_planes(
                 let res = residual.map(|r| &r[bi * c_out * hw..(bi + 1) * c_out * hw]);
                 let bias = bias_v.as_deref();
                 winograd::conv3x3(xp, (c_in, h, w), up, u, c_out, bias, res, dst);
-            } else if bf16 {
+            } else if bf16_gemm {
                 use janus_kernels::bf16_gemm::{gemm_runs, Rhs, Runs};
                 let runs = Runs { run: w, skip: 2 };
                 let rhs = Rhs::ColRows(&tap);

@@ -47,11 +47,12 @@ impl JanusModel {
             aligner: MlpProjector::load(vb.pp("aligner"), &cfg.aligner)?,
             // The VQ is convolutional and candle has no bf16/f16 conv2d on the
             // CPU. A bf16 builder asks for bf16 compute in its 3x3
-            // convolutions, which then also keep their weights in bf16 (see
-            // `VqModel::load`); everything else in it stays f32.
+            // convolutions (see `VqModel::load`: bf16 GEMMs where the CPU has
+            // them, Winograd's products on every CPU); everything else in it
+            // stays f32.
             gen_vision: VqModel::load(
                 vb.pp("gen_vision_model").set_dtype(
-                    if llama::bf16_compute(vb.device(), vb.dtype(), quant) {
+                    if vb.device().is_cpu() && (vb.dtype() == DType::BF16 || quant != Quant::None) {
                         DType::BF16
                     } else {
                         DType::F32
