@@ -751,24 +751,24 @@ fn small_matmul_q4k_int8(w: &[u8], x: &[f32], m: usize, k: usize, n: usize, out:
     } else {
         avx2::dot_q4k_int8
     };
-    q4k_int8_with(kernel, w, x, m, k, n, out)
+    let xq = Int8Rows::new(x, m, k);
+    integer_runs(kernel, &xq, w, Fmt::Q4K.row_bytes(k), (m, k, n), out)
 }
 
-/// The q4_K int8 kernel on `x`'s rows through `kernel` (one of the builds).
-type Q4kInt8Kernel = fn(&[u8], &Int8Rows, usize, usize, usize, &mut [[f32; 8]]);
+/// A few-row integer kernel (one of the builds) over runs of weight rows
+/// of `rb` bytes, with the input rows prepared once (`xq`).
+type IntegerKernel<X> = fn(&[u8], &X, usize, usize, usize, &mut [[f32; 8]]);
 
-fn q4k_int8_with(
-    kernel: Q4kInt8Kernel,
+fn integer_runs<X: Sync>(
+    kernel: IntegerKernel<X>,
+    xq: &X,
     w: &[u8],
-    x: &[f32],
-    m: usize,
-    k: usize,
-    n: usize,
+    rb: usize,
+    (m, k, n): (usize, usize, usize),
     out: &mut [f32],
 ) {
-    let xq = Int8Rows::new(x, m, k);
-    column_runs::<8>(w, Fmt::Q4K.row_bytes(k), m, n, out, |wc, i0, rows, acc| {
-        kernel(wc, &xq, i0, rows, k, acc)
+    column_runs::<8>(w, rb, m, n, out, |wc, i0, rows, acc| {
+        kernel(wc, xq, i0, rows, k, acc)
     });
 }
 
@@ -855,25 +855,8 @@ fn small_matmul_q8_0_i16(w: &[u8], x: &[f32], m: usize, k: usize, n: usize, out:
     } else {
         avx2::dot_q8_0_i16
     };
-    q8_0_i16_with(kernel, w, x, m, k, n, out)
-}
-
-/// The q8_0 int16 kernel on `x`'s rows through `kernel` (one of the builds).
-type Q8Int16Kernel = fn(&[u8], &Int16Rows, usize, usize, usize, &mut [[f32; 8]]);
-
-fn q8_0_i16_with(
-    kernel: Q8Int16Kernel,
-    w: &[u8],
-    x: &[f32],
-    m: usize,
-    k: usize,
-    n: usize,
-    out: &mut [f32],
-) {
     let xq = Int16Rows::new(x, m, k);
-    column_runs::<8>(w, Fmt::Q8_0.row_bytes(k), m, n, out, |wc, i0, rows, acc| {
-        kernel(wc, &xq, i0, rows, k, acc)
-    });
+    integer_runs(kernel, &xq, w, Fmt::Q8_0.row_bytes(k), (m, k, n), out)
 }
 
 /// `$f::<rows>(args)` for `rows` in 1..=8 (8 for anything above).
@@ -1029,7 +1012,7 @@ mod tests {
     fn check_integer_kernel(
         dtype: GgmlDType,
         k: usize,
-        run: fn(&[u8], &[f32], usize, usize, usize, &mut [f32]),
+        run: &dyn Fn(&[u8], &[f32], usize, usize, usize, &mut [f32]),
         tol: f64,
         outlier_tol: f64,
     ) {
@@ -1090,17 +1073,18 @@ mod tests {
     /// other 255 values there are rounded ~30x more coarsely.
     #[test]
     fn q4k_int8_kernel_matches_the_dequantised_weights() {
-        fn vnni(w: &[u8], x: &[f32], m: usize, k: usize, n: usize, out: &mut [f32]) {
-            q4k_int8_with(avx512::dot_q4k_int8, w, x, m, k, n, out)
-        }
-        fn avx2(w: &[u8], x: &[f32], m: usize, k: usize, n: usize, out: &mut [f32]) {
-            q4k_int8_with(avx2::dot_q4k_int8, w, x, m, k, n, out)
-        }
+        let run = |kernel: IntegerKernel<Int8Rows>| {
+            move |w: &[u8], x: &[f32], m: usize, k: usize, n: usize, out: &mut [f32]| {
+                let xq = Int8Rows::new(x, m, k);
+                integer_runs(kernel, &xq, w, Fmt::Q4K.row_bytes(k), (m, k, n), out)
+            }
+        };
+        let (vnni, avx2) = (run(avx512::dot_q4k_int8), run(avx2::dot_q4k_int8));
         if avx512::vnni_available() {
-            check_integer_kernel(GgmlDType::Q4K, 768, vnni, 2e-2, 6e-2);
+            check_integer_kernel(GgmlDType::Q4K, 768, &vnni, 2e-2, 6e-2);
         }
         if janus_kernels::cpu::detected_avx2() {
-            check_integer_kernel(GgmlDType::Q4K, 768, avx2, 2e-2, 6e-2);
+            check_integer_kernel(GgmlDType::Q4K, 768, &avx2, 2e-2, 6e-2);
         }
     }
 
@@ -1194,18 +1178,19 @@ mod tests {
 
     #[test]
     fn q8_0_int16_kernel_matches_the_dequantised_weights() {
-        fn wide(w: &[u8], x: &[f32], m: usize, k: usize, n: usize, out: &mut [f32]) {
-            q8_0_i16_with(avx512::dot_q8_0_i16, w, x, m, k, n, out)
-        }
-        fn avx2(w: &[u8], x: &[f32], m: usize, k: usize, n: usize, out: &mut [f32]) {
-            q8_0_i16_with(avx2::dot_q8_0_i16, w, x, m, k, n, out)
-        }
+        let run = |kernel: IntegerKernel<Int16Rows>| {
+            move |w: &[u8], x: &[f32], m: usize, k: usize, n: usize, out: &mut [f32]| {
+                let xq = Int16Rows::new(x, m, k);
+                integer_runs(kernel, &xq, w, Fmt::Q8_0.row_bytes(k), (m, k, n), out)
+            }
+        };
+        let (wide, avx2) = (run(avx512::dot_q8_0_i16), run(avx2::dot_q8_0_i16));
         for k in [768, 96] {
             if avx512::available() {
-                check_integer_kernel(GgmlDType::Q8_0, k, wide, 1e-4, 1e-3);
+                check_integer_kernel(GgmlDType::Q8_0, k, &wide, 1e-4, 1e-3);
             }
             if janus_kernels::cpu::detected_avx2() {
-                check_integer_kernel(GgmlDType::Q8_0, k, avx2, 1e-4, 1e-3);
+                check_integer_kernel(GgmlDType::Q8_0, k, &avx2, 1e-4, 1e-3);
             }
         }
     }
