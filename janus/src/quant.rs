@@ -676,7 +676,9 @@ pub(crate) struct Int8Rows {
     sums: Vec<f32>,
 }
 
-impl Int8Rows {
+impl InputRows for Int8Rows {
+    const FMT: Fmt = Fmt::Q4K;
+
     fn new(x: &[f32], m: usize, k: usize) -> Self {
         let blocks = m * k / 256;
         let mut this = Self {
@@ -751,24 +753,35 @@ fn small_matmul_q4k_int8(w: &[u8], x: &[f32], m: usize, k: usize, n: usize, out:
     } else {
         avx2::dot_q4k_int8
     };
-    let xq = Int8Rows::new(x, m, k);
-    integer_runs(kernel, &xq, w, Fmt::Q4K.row_bytes(k), (m, k, n), out)
+    integer_runs(kernel, w, x, m, k, n, out)
 }
 
-/// A few-row integer kernel (one of the builds) over runs of weight rows
-/// of `rb` bytes, with the input rows prepared once (`xq`).
+/// Input rows rounded for an integer kernel of one weight format.
+trait InputRows: Sync + Sized {
+    /// The weight format whose kernels take these rows.
+    const FMT: Fmt;
+    /// `x`'s `m` rows of `k` values, rounded.
+    fn new(x: &[f32], m: usize, k: usize) -> Self;
+}
+
+/// A few-row integer kernel (one of the builds): `acc[c][r]` for the run's
+/// weight rows `c` and the prepared input rows `i0 + r`.
 type IntegerKernel<X> = fn(&[u8], &X, usize, usize, usize, &mut [[f32; 8]]);
 
-fn integer_runs<X: Sync>(
+/// [`small_matmul`] through an integer `kernel`: the input rows are
+/// prepared once, then threads take runs of weight rows.
+fn integer_runs<X: InputRows>(
     kernel: IntegerKernel<X>,
-    xq: &X,
     w: &[u8],
-    rb: usize,
-    (m, k, n): (usize, usize, usize),
+    x: &[f32],
+    m: usize,
+    k: usize,
+    n: usize,
     out: &mut [f32],
 ) {
-    column_runs::<8>(w, rb, m, n, out, |wc, i0, rows, acc| {
-        kernel(wc, xq, i0, rows, k, acc)
+    let xq = X::new(x, m, k);
+    column_runs::<8>(w, X::FMT.row_bytes(k), m, n, out, |wc, i0, rows, acc| {
+        kernel(wc, &xq, i0, rows, k, acc)
     });
 }
 
@@ -818,7 +831,9 @@ pub(crate) struct Int16Rows {
     chunk: usize,
 }
 
-impl Int16Rows {
+impl InputRows for Int16Rows {
+    const FMT: Fmt = Fmt::Q8_0;
+
     fn new(x: &[f32], m: usize, k: usize) -> Self {
         let chunk = if k % 256 == 0 { 256 } else { 32 };
         let mut this = Self {
@@ -855,8 +870,7 @@ fn small_matmul_q8_0_i16(w: &[u8], x: &[f32], m: usize, k: usize, n: usize, out:
     } else {
         avx2::dot_q8_0_i16
     };
-    let xq = Int16Rows::new(x, m, k);
-    integer_runs(kernel, &xq, w, Fmt::Q8_0.row_bytes(k), (m, k, n), out)
+    integer_runs(kernel, w, x, m, k, n, out)
 }
 
 /// `$f::<rows>(args)` for `rows` in 1..=8 (8 for anything above).
@@ -1004,15 +1018,15 @@ mod tests {
         }
     }
 
-    /// A few-row integer kernel (`run(blocks, x, m, k, n, out)`) against
+    /// A few-row integer kernel (one build, through [`integer_runs`]) against
     /// f64 sums over the dequantised blocks: only the inputs' rounding
     /// separates them (`tol` per row), for every row count up to 9 (a second
     /// group of 8), an odd number of columns, an all-zero row and a row with
     /// one outlier (`outlier_tol`).
-    fn check_integer_kernel(
+    fn check_integer_kernel<X: InputRows>(
         dtype: GgmlDType,
         k: usize,
-        run: &dyn Fn(&[u8], &[f32], usize, usize, usize, &mut [f32]),
+        kernel: IntegerKernel<X>,
         tol: f64,
         outlier_tol: f64,
     ) {
@@ -1040,7 +1054,7 @@ mod tests {
                 x[2 * k + 5] = 40.0;
             }
             let mut out = vec![f32::NAN; m * n];
-            run(&blocks, &x, m, k, n, &mut out);
+            integer_runs(kernel, &blocks, &x, m, k, n, &mut out);
             let want: Vec<f32> = (0..m * n)
                 .map(|e| {
                     let (i, j) = (e / n, e % n);
@@ -1073,18 +1087,11 @@ mod tests {
     /// other 255 values there are rounded ~30x more coarsely.
     #[test]
     fn q4k_int8_kernel_matches_the_dequantised_weights() {
-        let run = |kernel: IntegerKernel<Int8Rows>| {
-            move |w: &[u8], x: &[f32], m: usize, k: usize, n: usize, out: &mut [f32]| {
-                let xq = Int8Rows::new(x, m, k);
-                integer_runs(kernel, &xq, w, Fmt::Q4K.row_bytes(k), (m, k, n), out)
-            }
-        };
-        let (vnni, avx2) = (run(avx512::dot_q4k_int8), run(avx2::dot_q4k_int8));
         if avx512::vnni_available() {
-            check_integer_kernel(GgmlDType::Q4K, 768, &vnni, 2e-2, 6e-2);
+            check_integer_kernel(GgmlDType::Q4K, 768, avx512::dot_q4k_int8, 2e-2, 6e-2);
         }
         if janus_kernels::cpu::detected_avx2() {
-            check_integer_kernel(GgmlDType::Q4K, 768, &avx2, 2e-2, 6e-2);
+            check_integer_kernel(GgmlDType::Q4K, 768, avx2::dot_q4k_int8, 2e-2, 6e-2);
         }
     }
 
@@ -1178,19 +1185,12 @@ mod tests {
 
     #[test]
     fn q8_0_int16_kernel_matches_the_dequantised_weights() {
-        let run = |kernel: IntegerKernel<Int16Rows>| {
-            move |w: &[u8], x: &[f32], m: usize, k: usize, n: usize, out: &mut [f32]| {
-                let xq = Int16Rows::new(x, m, k);
-                integer_runs(kernel, &xq, w, Fmt::Q8_0.row_bytes(k), (m, k, n), out)
-            }
-        };
-        let (wide, avx2) = (run(avx512::dot_q8_0_i16), run(avx2::dot_q8_0_i16));
         for k in [768, 96] {
             if avx512::available() {
-                check_integer_kernel(GgmlDType::Q8_0, k, &wide, 1e-4, 1e-3);
+                check_integer_kernel(GgmlDType::Q8_0, k, avx512::dot_q8_0_i16, 1e-4, 1e-3);
             }
             if janus_kernels::cpu::detected_avx2() {
-                check_integer_kernel(GgmlDType::Q8_0, k, &avx2, 1e-4, 1e-3);
+                check_integer_kernel(GgmlDType::Q8_0, k, avx2::dot_q8_0_i16, 1e-4, 1e-3);
             }
         }
     }
