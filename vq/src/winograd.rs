@@ -19,10 +19,6 @@
 //! The tiles go in bands, each transformed, multiplied and transformed
 //! back by one thread while its buffers stay in the cache.
 
-// Off x86-64 the path is never taken (`fits` is false): the transforms'
-// helpers are then unused.
-#![cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
-
 use janus_kernels::bf16_gemm::{self, PackedLhs, Rhs};
 use rayon::prelude::*;
 
@@ -226,10 +222,9 @@ pub(crate) fn conv3x3(
                         )
                     };
                 }
-                let tiles = Band { geo, t0, nb };
                 // SAFETY: this band's tiles are its own pixels of dst.
                 unsafe {
-                    output_tiles_plain(&m, c_out, tiles, upsampled, bias, residual, out.get())
+                    output_tiles_plain(&m, c_out, geo, t0, nb, upsampled, bias, residual, out.get())
                 };
             }
         }
@@ -289,14 +284,6 @@ impl Geometry {
             }
         }
     }
-}
-
-/// Tiles `t0..t0 + nb` of an output of geometry `geo`.
-#[derive(Clone, Copy)]
-struct Band {
-    geo: Geometry,
-    t0: usize,
-    nb: usize,
 }
 
 /// Tiles per group of the plain transforms: their lanes.
@@ -369,10 +356,13 @@ fn input_tiles_plain(
 /// # Safety
 /// `dst` holds `c_out * h * w` values of which no other thread writes
 /// these tiles' pixels.
+#[allow(clippy::too_many_arguments)]
 unsafe fn output_tiles_plain(
     m: &[f32],
     c_out: usize,
-    Band { geo, t0, nb }: Band,
+    geo: Geometry,
+    t0: usize,
+    nb: usize,
     upsampled: bool,
     bias: Option<&[f32]>,
     residual: Option<&[f32]>,
@@ -602,7 +592,7 @@ unsafe fn output_tiles<const UPSAMPLED: bool>(
 
 #[cfg(not(target_arch = "x86_64"))]
 unsafe fn input_tiles(_: &[f32], _: usize, _: Geometry, _: usize, _: usize, _: &mut [f32]) {
-    unreachable!("winograd::fits is false off x86-64")
+    unreachable!("bf16 kernels need the bf16 GEMM: AVX-512-BF16")
 }
 
 #[cfg(not(target_arch = "x86_64"))]
@@ -614,7 +604,7 @@ unsafe fn input_tiles_upsampled(
     _: usize,
     _: &mut [f32],
 ) {
-    unreachable!("winograd::fits is false off x86-64")
+    unreachable!("bf16 kernels need the bf16 GEMM: AVX-512-BF16")
 }
 
 #[cfg(not(target_arch = "x86_64"))]
@@ -629,7 +619,7 @@ unsafe fn output_tiles<const UPSAMPLED: bool>(
     _: Option<&[f32]>,
     _: *mut f32,
 ) {
-    unreachable!("winograd::fits is false off x86-64")
+    unreachable!("bf16 kernels need the bf16 GEMM: AVX-512-BF16")
 }
 
 #[cfg(test)]
