@@ -392,13 +392,17 @@ impl Module for QLinear {
 /// kernel of its own there), dequantised 7.0 s. q4_K has candle's AVX2
 /// kernel (6.2 s against 6.7 s).
 fn large_matmul_weight_only(dtype: GgmlDType) -> bool {
-    static F: std::sync::OnceLock<Option<bool>> = std::sync::OnceLock::new();
-    let forced = *F.get_or_init(|| match std::env::var("JANUS_QUANT_PREFILL").as_deref() {
-        Ok("dequant") => Some(true),
-        Ok("int8") => Some(false),
-        _ => None,
+    // (forced choice, candle's q8_0 dot product), read once.
+    static F: std::sync::OnceLock<(Option<bool>, bool)> = std::sync::OnceLock::new();
+    let (forced, int8_dot) = *F.get_or_init(|| {
+        let forced = match std::env::var("JANUS_QUANT_PREFILL").as_deref() {
+            Ok("dequant") => Some(true),
+            Ok("int8") => Some(false),
+            _ => None,
+        };
+        (forced, candle_has_int8_dot())
     });
-    forced.unwrap_or(dtype == GgmlDType::Q8_0 && !candle_has_int8_dot())
+    forced.unwrap_or(dtype == GgmlDType::Q8_0 && !int8_dot)
 }
 
 /// Whether candle's CPU kernels multiply q8_0 blocks with VNNI (AVX-512 or
