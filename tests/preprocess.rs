@@ -411,8 +411,8 @@ fn jpeg_files_decode_to_pillows_pixels() {
 
 /// Broken JPEG files are errors that name the file and the problem, not
 /// panics or gray-filled images: cut short (Pillow refuses those too; the
-/// `image` crate decoded them), or with garbage where the frame header
-/// should be.
+/// `image` crate decoded them), over the pixel limit, or with garbage where
+/// the frame header should be.
 #[test]
 fn broken_jpeg_files_are_errors() {
     let dir = scratch("bad-jpeg");
@@ -423,6 +423,18 @@ fn broken_jpeg_files_are_errors() {
     let err = ImageProcessor::open(&truncated).unwrap_err().to_string();
     assert!(
         err.contains("cut.jpg") && err.contains("truncated"),
+        "{err}"
+    );
+
+    // Its frame header patched to 20000 x 20000: refused from the header.
+    let huge = dir.join("huge.jpg");
+    let mut big = bytes.clone();
+    let sof = big.windows(2).position(|m| m == [0xFF, 0xC0]).unwrap();
+    big[sof + 5..sof + 9].copy_from_slice(&[0x4E, 0x20, 0x4E, 0x20]);
+    std::fs::write(&huge, &big).unwrap();
+    let err = ImageProcessor::open(&huge).unwrap_err().to_string();
+    assert!(
+        err.contains("huge.jpg") && err.contains("megapixels"),
         "{err}"
     );
 

@@ -43,6 +43,20 @@ use serde::Deserialize;
 
 use crate::{JanusError, Result};
 
+/// `Err(message)` when an image of `w` x `h` is over [`MAX_IMAGE_PIXELS`],
+/// checked before decoding it.
+pub(crate) fn within_pixel_limit(w: usize, h: usize) -> std::result::Result<(), String> {
+    let pixels = w as u64 * h as u64;
+    if pixels > MAX_IMAGE_PIXELS {
+        return Err(format!(
+            "{w}x{h} is {:.1} megapixels, over the limit of {} megapixels",
+            pixels as f64 / 1e6,
+            MAX_IMAGE_PIXELS / 1_000_000
+        ));
+    }
+    Ok(())
+}
+
 /// The largest image, in pixels, that [`ImageProcessor::open`] will decode
 /// (100 megapixels). Larger files are refused before their pixels are
 /// decoded, as a guard against decompression bombs.
@@ -323,30 +337,30 @@ impl ImageProcessor {
                 "not an image in a supported format (PNG, JPEG, WebP, BMP, GIF)".into(),
             ));
         }
+        let cannot = |e: image::ImageError| image_err(format!("cannot decode: {e}"));
         if reader.format() == Some(image::ImageFormat::Jpeg) {
-            let data = std::fs::read(path).map_err(|e| JanusError::BadFile {
-                path: path.to_path_buf(),
-                reason: e.to_string(),
+            // The whole file, from the reader that guessed the format (it
+            // is back at the start).
+            let mut data = Vec::new();
+            std::io::Read::read_to_end(&mut reader.into_inner(), &mut data).map_err(|e| {
+                JanusError::BadFile {
+                    path: path.to_path_buf(),
+                    reason: e.to_string(),
+                }
             })?;
-            if let crate::jpeg::Decoded::Image(img) =
-                crate::jpeg::decode(&data, MAX_IMAGE_PIXELS).map_err(image_err)?
-            {
-                return Ok(img);
-            }
+            return match crate::jpeg::decode(&data).map_err(image_err)? {
+                crate::jpeg::Decoded::Image(img) => Ok(img),
+                // Within the pixel limit: the JPEG decoder checked it.
+                crate::jpeg::Decoded::Unsupported => {
+                    image::load_from_memory_with_format(&data, image::ImageFormat::Jpeg)
+                        .map_err(cannot)
+                }
+            };
         }
-        let decoder = reader
-            .into_decoder()
-            .map_err(|e| image_err(format!("cannot decode: {e}")))?;
+        let decoder = reader.into_decoder().map_err(cannot)?;
         let (w, h) = decoder.dimensions();
-        let pixels = u64::from(w) * u64::from(h);
-        if pixels > MAX_IMAGE_PIXELS {
-            return Err(image_err(format!(
-                "{w}x{h} is {:.1} megapixels, over the limit of {} megapixels",
-                pixels as f64 / 1e6,
-                MAX_IMAGE_PIXELS / 1_000_000
-            )));
-        }
-        DynamicImage::from_decoder(decoder).map_err(|e| image_err(format!("cannot decode: {e}")))
+        within_pixel_limit(w as usize, h as usize).map_err(image_err)?;
+        DynamicImage::from_decoder(decoder).map_err(cannot)
     }
 
     /// The height and width (in that order, like the reference's `size`) that

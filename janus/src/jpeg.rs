@@ -24,10 +24,10 @@ pub(crate) enum Decoded {
     Unsupported,
 }
 
-/// Decodes `data`, a JPEG file, refusing images over `max_pixels` before
-/// decoding them. Errors are messages for the user.
-pub(crate) fn decode(data: &[u8], max_pixels: u64) -> Result<Decoded, String> {
-    match catch_unwind(AssertUnwindSafe(|| decode_unwinding(data, max_pixels))) {
+/// Decodes `data`, a JPEG file, refusing images over the pixel limit
+/// before decoding them. Errors are messages for the user.
+pub(crate) fn decode(data: &[u8]) -> Result<Decoded, String> {
+    match catch_unwind(AssertUnwindSafe(|| decode_unwinding(data))) {
         Ok(result) => result,
         Err(payload) => Err(match payload.downcast::<String>() {
             Ok(msg) => format!("cannot decode: {msg}"),
@@ -36,21 +36,14 @@ pub(crate) fn decode(data: &[u8], max_pixels: u64) -> Result<Decoded, String> {
     }
 }
 
-fn decode_unwinding(data: &[u8], max_pixels: u64) -> Result<Decoded, String> {
+fn decode_unwinding(data: &[u8]) -> Result<Decoded, String> {
     let err = |e: std::io::Error| format!("cannot decode: {e}");
     let jpeg = mozjpeg::Decompress::builder()
         .with_err(error_manager())
         .from_mem(data)
         .map_err(err)?;
     let (w, h) = jpeg.size();
-    let pixels = w as u64 * h as u64;
-    if pixels > max_pixels {
-        return Err(format!(
-            "{w}x{h} is {:.1} megapixels, over the limit of {} megapixels",
-            pixels as f64 / 1e6,
-            max_pixels / 1_000_000
-        ));
-    }
+    crate::image_processor::within_pixel_limit(w, h)?;
     let (w32, h32) = (w as u32, h as u32);
     let image = match jpeg.color_space() {
         J_COLOR_SPACE::JCS_GRAYSCALE => {
