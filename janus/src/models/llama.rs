@@ -82,9 +82,13 @@ struct Attention {
 /// many-row passes with bf16 GEMMs: on CPUs that have them, whenever the
 /// weights are not f32 (the f32 path stays exact against the reference).
 pub(crate) fn bf16_compute(dev: &Device, dtype: DType, quant: Quant) -> bool {
-    dev.is_cpu()
-        && (dtype == DType::BF16 || quant != Quant::None)
-        && janus_kernels::bf16_gemm::available()
+    reduced_precision_cpu(dev, dtype, quant) && janus_kernels::bf16_gemm::available()
+}
+
+/// A CPU model whose weights are not f32 (`dtype` bf16 or quantised): it
+/// may trade exactness for speed, where the f32 one stays exact.
+pub(crate) fn reduced_precision_cpu(dev: &Device, dtype: DType, quant: Quant) -> bool {
+    dev.is_cpu() && (dtype == DType::BF16 || quant != Quant::None)
 }
 
 /// Runs `f` on the contiguous f32 CPU data of `t`.

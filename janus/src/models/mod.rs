@@ -52,7 +52,7 @@ impl JanusModel {
             // stays f32.
             gen_vision: VqModel::load(
                 vb.pp("gen_vision_model").set_dtype(
-                    if vb.device().is_cpu() && (vb.dtype() == DType::BF16 || quant != Quant::None) {
+                    if llama::reduced_precision_cpu(vb.device(), vb.dtype(), quant) {
                         DType::BF16
                     } else {
                         DType::F32
