@@ -331,6 +331,41 @@ pub(crate) fn conv3x3_planes(
 /// im2col tiles of whole padded-width rows copied from `tap(l)`, each
 /// multiplied by the weight `[c_out, kdim]` with the `gemm` crate, then
 /// stored without their junk columns into `dst` `[c_out, h * w]`.
+/// `c [m, n] = a [m, k] · b [k, n]`, all dense row-major f32, by `gemm`.
+pub(crate) fn gemm_f32(
+    (m, n, k): (usize, usize, usize),
+    a: &[f32],
+    b: &[f32],
+    c: &mut [f32],
+    par: gemm::Parallelism,
+) {
+    assert!(a.len() >= m * k && b.len() >= k * n && c.len() >= m * n);
+    // SAFETY: the slices cover the dense shapes, as just checked.
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            c.as_mut_ptr(),
+            1,
+            n as isize,
+            false,
+            a.as_ptr(),
+            1,
+            k as isize,
+            b.as_ptr(),
+            1,
+            n as isize,
+            0f32,
+            1f32,
+            false,
+            false,
+            false,
+            par,
+        )
+    }
+}
+
 fn conv_f32_tiles<'a>(
     tap: &(dyn Fn(usize) -> &'a [f32] + Sync),
     (h, w): (usize, usize),
@@ -360,31 +395,7 @@ fn conv_f32_tiles<'a>(
         col.par_chunks_mut(p)
             .enumerate()
             .for_each(|(l, row)| row.copy_from_slice(&tap(l)[j0..j0 + p]));
-        // SAFETY: prod is [c_out, p]; lhs [c_out, kdim] and rhs [kdim, p]
-        // are dense row-major.
-        unsafe {
-            gemm::gemm(
-                c_out,
-                p,
-                kdim,
-                prod.as_mut_ptr(),
-                1,
-                p as isize,
-                false,
-                wv.as_ptr(),
-                1,
-                kdim as isize,
-                col.as_ptr(),
-                1,
-                p as isize,
-                0f32,
-                1f32,
-                false,
-                false,
-                false,
-                par,
-            )
-        };
+        gemm_f32((c_out, p, kdim), wv, col, &mut prod[..c_out * p], par);
         for co in 0..c_out {
             for r in 0..rows {
                 let src = &prod[co * p + r * wp..co * p + r * wp + w];

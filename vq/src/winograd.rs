@@ -197,30 +197,8 @@ pub(crate) fn conv3x3(
                     let ui = &uf[xi * c_out * c_in..][..c_out * c_in];
                     let vi = &v[xi * vs..][..c_in * nb];
                     let mi = &mut m[xi * ms..][..c_out * nb];
-                    // SAFETY: dense row-major [c_out, c_in] x [c_in, nb] -> [c_out, nb].
-                    unsafe {
-                        gemm::gemm(
-                            c_out,
-                            nb,
-                            c_in,
-                            mi.as_mut_ptr(),
-                            1,
-                            nb as isize,
-                            false,
-                            ui.as_ptr(),
-                            1,
-                            c_in as isize,
-                            vi.as_ptr(),
-                            1,
-                            nb as isize,
-                            0f32,
-                            1f32,
-                            false,
-                            false,
-                            false,
-                            gemm::Parallelism::None,
-                        )
-                    };
+                    let shape = (c_out, nb, c_in);
+                    crate::fast::gemm_f32(shape, ui, vi, mi, gemm::Parallelism::None);
                 }
                 // SAFETY: this band's tiles are its own pixels of dst.
                 unsafe {
