@@ -8,7 +8,7 @@
 use std::io::Write;
 use std::path::Path;
 
-use janus::processor::{question_conversation, TextStreamer};
+use janus::{question_conversation, TextStreamer};
 use janus::{ImageProcessor, JanusPro, LoadOptions, UnderstandOptions};
 
 fn main() -> janus::Result<()> {
@@ -37,7 +37,7 @@ fn main() -> janus::Result<()> {
         ..Default::default()
     };
 
-    let mut streamer = TextStreamer::new(&model.processor);
+    let mut streamer = TextStreamer::new(model.text_processor());
     let mut stdout = std::io::stdout();
     let answer = model.understand_with(&conversation, &[image], &opts, &mut |id, _| {
         if let Some(piece) = streamer.push(id)? {

@@ -527,3 +527,45 @@ fn bench_reports_its_json_contract_and_errors_against_f32() {
     // q8_0 weights always differ from f32 ones.
     assert!(q8["und_logits_rel_l2"].as_f64().unwrap() > 0.0);
 }
+
+/// `janus bench` without `--dtype`/`--quant` runs every configuration in
+/// its own process; `--from-gguf` must reach them, so each quantised one
+/// loads a `model.gguf` written beside the random weights.
+#[test]
+fn bench_all_configurations_load_from_gguf() {
+    let weights = tempfile::tempdir().unwrap();
+    let config = fixture_dir().join("config.json");
+    let out = janus(&[
+        "bench",
+        "--config",
+        s(&config),
+        "--weights-dir",
+        s(weights.path()),
+        "--steps",
+        "1",
+        "--reps",
+        "1",
+        "--from-gguf",
+    ]);
+    assert!(
+        out.status.success(),
+        "bench failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let table = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        table.starts_with("| workload | f32 none | bf16 none | bf16 q8_0 | bf16 q4k |"),
+        "{table}"
+    );
+    let models: Vec<_> = std::fs::read_dir(weights.path()).unwrap().collect();
+    assert_eq!(models.len(), 1, "one folder of random weights");
+    let dir = models[0].as_ref().unwrap().path();
+    for quant in ["q8_0", "q4k"] {
+        let gguf = dir.join(quant).join("model.gguf");
+        assert!(gguf.is_file(), "{} was not written", gguf.display());
+    }
+    assert!(
+        !dir.join("none").exists(),
+        "unquantised runs load the safetensors"
+    );
+}

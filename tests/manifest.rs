@@ -7,8 +7,8 @@ use std::path::PathBuf;
 
 use candle_core::{DType, Device};
 use candle_nn::VarBuilder;
+use janus::checkpoint::ShapeRecorder;
 use janus::models::JanusModel;
-use janus::weights::ShapeRecorder;
 use janus::JanusConfig;
 
 fn reference(size: &str) -> PathBuf {

@@ -5,7 +5,7 @@ mod common;
 
 use candle_core::{DType, Device, IndexOp, Tensor};
 use common::*;
-use janus::processor::Message;
+use janus::Message;
 use janus::{GenerateOptions, ImageProcessor, JanusPro, SamplingParams, UnderstandOptions};
 
 const TOL: f64 = 1e-4;
@@ -21,9 +21,9 @@ fn vision_features_and_aligner_match() {
     for dir in model_dirs() {
         let model = load(&dir);
         let pixels = &exp["vision.pixel_values"];
-        let features = model.model.vision.forward(pixels).unwrap();
+        let features = model.modules().vision.forward(pixels).unwrap();
         assert_close("vision.features", &features, &exp["vision.features"], TOL);
-        let aligned = model.model.encode_images(pixels).unwrap();
+        let aligned = model.modules().encode_images(pixels).unwrap();
         assert_close("vision.aligned", &aligned, &exp["vision.aligned"], TOL);
     }
 }
@@ -52,8 +52,8 @@ fn understanding_matches_every_stage() {
             let (conv, images) = case_conversation(case);
             assert_eq!(
                 model
-                    .processor
-                    .sft_prompt(&conv, janus::processor::DEFAULT_SYSTEM_PROMPT),
+                    .text_processor()
+                    .sft_prompt(&conv, janus::DEFAULT_SYSTEM_PROMPT),
                 case["sft_format"].as_str().unwrap(),
                 "{name}: sft prompt"
             );
@@ -70,7 +70,7 @@ fn understanding_matches_every_stage() {
                 TOL,
             );
 
-            let lm = &model.model.language;
+            let lm = &model.modules().language;
             let mut cache = lm.new_cache();
             let hidden = lm.forward_embeds(&embeds, &mut cache).unwrap();
             let last_hidden = hidden.i((.., hidden.dim(1).unwrap() - 1)).unwrap();
@@ -107,7 +107,7 @@ fn text_to_image_matches_every_stage() {
             let key = |s: &str| format!("t2i.{name}.{s}");
             let prompt = case["prompt"].as_str().unwrap();
             assert_eq!(
-                model.processor.generation_prompt(prompt),
+                model.text_processor().generation_prompt(prompt),
                 case["prompt_text"].as_str().unwrap()
             );
             let ids = model.generation_ids(prompt).unwrap();
@@ -120,7 +120,7 @@ fn text_to_image_matches_every_stage() {
             let cfg_weight = case["cfg_weight"].as_f64().unwrap();
 
             let embeds = model.cfg_prompt_embeds(&ids, parallel).unwrap();
-            let lm = &model.model.language;
+            let lm = &model.modules().language;
             let hidden = lm.forward_embeds(&embeds, &mut lm.new_cache()).unwrap();
             let first = model.cfg_logits(&hidden, cfg_weight).unwrap();
             assert_close(
@@ -163,7 +163,7 @@ fn text_to_image_matches_every_stage() {
             let codes =
                 Tensor::from_vec(tokens.concat(), (parallel, grid * grid), &Device::Cpu).unwrap();
             let decoded = model
-                .model
+                .modules()
                 .gen_vision
                 .decode_code(&codes, (grid, grid))
                 .unwrap();

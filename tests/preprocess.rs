@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 
 use candle_core::{DType, Device, Tensor};
 use image::DynamicImage;
-use janus::image_processor::{ImageProcessor, ImageProcessorConfig};
+use janus::{ImageProcessor, ImageProcessorConfig};
 
 const FIXTURE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../tests/fixtures/tiny");
 const NAMES: [&str; 6] = ["wide", "tall", "square", "small", "gray", "rgba"];

@@ -10,7 +10,7 @@ mod common;
 
 use candle_core::{DType, Device, IndexOp};
 use common::*;
-use janus::processor::Message;
+use janus::Message;
 use janus::{GenerateOptions, JanusPro, Quant, SamplingParams, UnderstandOptions};
 
 /// Relative L2 error of the logits allowed against f32. bf16 weights are
@@ -27,7 +27,7 @@ fn last_logits(model: &JanusPro) -> candle_core::Tensor {
         Message::assistant(""),
     ];
     let (_, embeds) = model.understanding_inputs(&conv, &[]).unwrap();
-    let lm = &model.model.language;
+    let lm = &model.modules().language;
     let mut cache = lm.new_cache();
     let hidden = lm.forward_embeds(&embeds, &mut cache).unwrap();
     let last = hidden.i((.., hidden.dim(1).unwrap() - 1)).unwrap();
@@ -37,7 +37,7 @@ fn last_logits(model: &JanusPro) -> candle_core::Tensor {
 fn cfg_logits(model: &JanusPro) -> candle_core::Tensor {
     let ids = model.generation_ids("a red apple").unwrap();
     let embeds = model.cfg_prompt_embeds(&ids, 1).unwrap();
-    let lm = &model.model.language;
+    let lm = &model.modules().language;
     let mut cache = lm.new_cache();
     let hidden = lm.forward_embeds(&embeds, &mut cache).unwrap();
     model.cfg_logits(&hidden, 5.0).unwrap().mixed
@@ -49,12 +49,12 @@ fn reduced_precision_tracks_f32_and_runs() {
     let exact = JanusPro::load(&dir, &Device::Cpu, DType::F32).unwrap();
     let (und, t2i) = (last_logits(&exact), cfg_logits(&exact));
     // Image features: with quantisation the vision tower's linears are q8_0.
-    let s = exact.model.config.vision.image_size;
+    let s = exact.modules().config.vision.image_size;
     let pixels: Vec<f32> = (0..3 * s * s)
         .map(|i| (i * 7919 % 2000) as f32 / 1000.0 - 1.0)
         .collect();
     let pixels = candle_core::Tensor::from_vec(pixels, (1, 3, s, s), &Device::Cpu).unwrap();
-    let features = exact.model.encode_images(&pixels).unwrap();
+    let features = exact.modules().encode_images(&pixels).unwrap();
     for (dtype, quant, tol) in [
         (DType::BF16, Quant::None, TOL_BF16),
         (DType::F32, Quant::Q8_0, TOL_Q8),
@@ -64,7 +64,7 @@ fn reduced_precision_tracks_f32_and_runs() {
         let model = JanusPro::load_quantized(&dir, &Device::Cpu, dtype, quant).unwrap();
         assert_close(
             &format!("{what} image features"),
-            &model.model.encode_images(&pixels).unwrap(),
+            &model.modules().encode_images(&pixels).unwrap(),
             &features,
             tol,
         );
@@ -108,7 +108,7 @@ fn reduced_precision_tracks_f32_and_runs() {
                 &mut |_| Ok(()),
             )
             .unwrap();
-        let n = model.processor.config.num_image_tokens;
+        let n = model.text_processor().config.num_image_tokens;
         assert!(
             two.iter().all(|p| p.len() == 1 && p[0].len() == n),
             "{what}: two prompts"
@@ -119,7 +119,7 @@ fn reduced_precision_tracks_f32_and_runs() {
 }
 
 fn pixels(model: &JanusPro) -> candle_core::Tensor {
-    let s = model.model.config.vision.image_size;
+    let s = model.modules().config.vision.image_size;
     let v: Vec<f32> = (0..3 * s * s)
         .map(|i| (i * 7919 % 2000) as f32 / 1000.0 - 1.0)
         .collect();
@@ -142,7 +142,7 @@ fn saved_quantised_folder_loads_as_the_quantising_load() {
     ] {
         let out = tempfile::tempdir().unwrap();
         let mut steps = vec![];
-        let path = janus::gguf::save_quantized(&src, quant, out.path(), &mut |p| {
+        let path = janus::save_quantized(&src, quant, out.path(), &mut |p| {
             steps.push((p.step, p.total));
             Ok(())
         })
@@ -170,8 +170,8 @@ fn saved_quantised_folder_loads_as_the_quantising_load() {
         let px = pixels(&direct);
         assert_same(
             &format!("{what}: image features"),
-            &saved.model.encode_images(&px).unwrap(),
-            &direct.model.encode_images(&px).unwrap(),
+            &saved.modules().encode_images(&px).unwrap(),
+            &direct.modules().encode_images(&px).unwrap(),
         );
         assert_same(
             &format!("{what}: understanding logits"),
@@ -183,7 +183,7 @@ fn saved_quantised_folder_loads_as_the_quantising_load() {
             &cfg_logits(&saved),
             &cfg_logits(&direct),
         );
-        let n = saved.processor.config.num_image_tokens;
+        let n = saved.text_processor().config.num_image_tokens;
         let codes: Vec<u32> = (0..n as u32).map(|i| i * 37 % 97).collect();
         let decoded =
             |m: &JanusPro| m.decode_images(std::slice::from_ref(&codes)).unwrap()[0].clone();
@@ -210,7 +210,7 @@ fn saved_quantised_folder_loads_as_the_quantising_load() {
 fn saving_a_quantised_folder_refuses_bad_requests_and_leaves_nothing_behind() {
     let src = fixture_dir();
     let save = |out: &std::path::Path, quant| {
-        janus::gguf::save_quantized(&src, quant, out, &mut |_| Ok(())).err()
+        janus::save_quantized(&src, quant, out, &mut |_| Ok(())).err()
     };
     let tmp = tempfile::tempdir().unwrap();
     let msg = |e: Option<janus::JanusError>| e.expect("refused").to_string();
@@ -223,7 +223,7 @@ fn saving_a_quantised_folder_refuses_bad_requests_and_leaves_nothing_behind() {
 
     // Cancelled half way: no model.gguf, no partial file, nothing copied.
     let out = tmp.path().join("cancelled");
-    let err = janus::gguf::save_quantized(&src, Quant::Q8_0, &out, &mut |p| {
+    let err = janus::save_quantized(&src, Quant::Q8_0, &out, &mut |p| {
         if p.step == 5 {
             Err(janus::JanusError::Cancelled)
         } else {
@@ -237,9 +237,9 @@ fn saving_a_quantised_folder_refuses_bad_requests_and_leaves_nothing_behind() {
 
     // A saved folder is not quantised again, and a damaged file is named.
     let saved = tmp.path().join("saved");
-    janus::gguf::save_quantized(&src, Quant::Q8_0, &saved, &mut |_| Ok(())).unwrap();
+    janus::save_quantized(&src, Quant::Q8_0, &saved, &mut |_| Ok(())).unwrap();
     // Saving again into the same folder replaces its model.gguf.
-    janus::gguf::save_quantized(&src, Quant::Q8_0, &saved, &mut |_| Ok(())).unwrap();
+    janus::save_quantized(&src, Quant::Q8_0, &saved, &mut |_| Ok(())).unwrap();
     assert_eq!(
         std::fs::read_dir(&saved)
             .unwrap()
@@ -261,10 +261,9 @@ fn saving_a_quantised_folder_refuses_bad_requests_and_leaves_nothing_behind() {
         err.to_string().contains("is a file; pass the model folder"),
         "{err}"
     );
-    let err =
-        janus::gguf::save_quantized(&saved, Quant::Q8_0, &tmp.path().join("x"), &mut |_| Ok(()))
-            .err()
-            .expect("refused");
+    let err = janus::save_quantized(&saved, Quant::Q8_0, &tmp.path().join("x"), &mut |_| Ok(()))
+        .err()
+        .expect("refused");
     assert!(
         err.to_string().contains("already quantised (q8_0)"),
         "{err}"

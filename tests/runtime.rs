@@ -7,7 +7,7 @@ use std::path::Path;
 
 use candle_core::{DType, Device};
 use common::*;
-use janus::processor::{question_conversation, Message, TextStreamer};
+use janus::{question_conversation, Message, TextStreamer};
 use janus::{
     CancelToken, ChatSession, GenerateOptions, ImageProcessor, JanusError, JanusPro, LoadOptions,
     SamplingParams, UnderstandOptions,
@@ -151,7 +151,7 @@ fn streamed_pieces_join_to_the_answer() {
         },
         sampled(3),
     ] {
-        let mut streamer = TextStreamer::new(&model.processor);
+        let mut streamer = TextStreamer::new(model.text_processor());
         let mut pieces = String::new();
         let answer = model
             .understand_with(&conv, &[], &opts, &mut |id, _| {

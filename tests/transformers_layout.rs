@@ -11,7 +11,7 @@ use std::path::Path;
 
 use candle_core::{DType, Device, Tensor};
 use common::*;
-use janus::processor::question_conversation;
+use janus::question_conversation;
 use janus::{GenerateOptions, ImageProcessor, JanusPro, SamplingParams, UnderstandOptions};
 
 /// Released name -> transformers name(s), written independently of the loader.
@@ -201,7 +201,7 @@ fn transformers_layout_saves_a_quantised_folder() {
     std::fs::create_dir(&src).unwrap();
     write_transformers_copy(&src);
     let out = tmp.path().join("hf-q8_0");
-    janus::gguf::save_quantized(&src, janus::Quant::Q8_0, &out, &mut |_| Ok(())).unwrap();
+    janus::save_quantized(&src, janus::Quant::Q8_0, &out, &mut |_| Ok(())).unwrap();
     let saved = JanusPro::load(&out, &Device::Cpu, DType::F32).unwrap();
     let direct =
         JanusPro::load_quantized(&fixture_dir(), &Device::Cpu, DType::F32, janus::Quant::Q8_0)

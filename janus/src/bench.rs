@@ -4,8 +4,8 @@
 //! The weights are written once (bf16, as released) to a safetensors file in
 //! a cache folder next to a copy of the config, and loaded from there through
 //! the same code path as a released checkpoint, so load time and peak memory
-//! are those of a real load. Each dtype/quantisation runs in its own process
-//! (peak RSS is per configuration); `--json` runs one and prints one object.
+//! are those of a real load. One call measures one dtype/quantisation; the
+//! `janus bench` command runs each in its own process (peak RSS is per process).
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -13,84 +13,84 @@ use std::time::Instant;
 
 use candle_core::{DType, Device, IndexOp, Module, Tensor};
 
-use crate::config::JanusConfig;
+use crate::checkpoint::files::GGUF_FILE;
+use crate::checkpoint::Checkpoint;
+use crate::config::{CheckpointLayout, JanusConfig};
 use crate::error::{JanusError, Result};
-use crate::models::JanusModel;
-use crate::quant::Quant;
-use crate::sampling::{Sampler, SamplingParams};
-use crate::weights::Checkpoint;
+use crate::models::{JanusModel, KvCache};
+use crate::quantize::{plan, write_gguf};
+use crate::sampling::{argmax, Sampler, SamplingParams};
+use janus_nn::Quant;
 
-/// Arguments of `janus bench`.
-#[derive(clap::Args, Debug, Clone)]
-pub struct BenchArgs {
-    /// A Janus-Pro `config.json` (e.g. tests/fixtures/reference/Janus-Pro-1B/config.json).
-    #[arg(long)]
+/// What one benchmark run measures: a config, a dtype/quantisation and
+/// how long to time each workload.
+#[derive(Debug, Clone)]
+pub struct BenchSettings {
+    /// A Janus-Pro `config.json`; its random weights are cached by content.
     pub config: PathBuf,
-    /// Weight dtype: f32 or bf16 (default: f32, or bf16 with --quant). Without
-    /// --dtype and --quant (and without --json) every configuration is run.
-    #[arg(long)]
-    pub dtype: Option<String>,
-    /// Quantisation of the language model and image head: none, q8_0 or q4k.
-    #[arg(long)]
-    pub quant: Option<String>,
-    /// Decoding / image-token steps timed per workload (default 8; 576 with --full).
-    #[arg(long)]
-    pub steps: Option<usize>,
-    /// Full size: a whole image's 576 steps and 3 repetitions of the heavy stages.
-    #[arg(long)]
-    pub full: bool,
+    /// Weight dtype: f32 or bf16.
+    pub dtype: DType,
+    /// Quantisation of the language model and image head.
+    pub quant: Quant,
+    /// Decoding / image-token steps timed per workload.
+    pub steps: usize,
     /// Repetitions of the heavy stages (ViT, prefill, VQ); the best is kept.
-    #[arg(long)]
-    pub reps: Option<usize>,
-    /// Threads (default: all cores); sets RAYON_NUM_THREADS for this process.
-    #[arg(long)]
-    pub threads: Option<usize>,
+    pub reps: usize,
     /// Where the random weights are cached (default: the system temp folder).
-    #[arg(long)]
     pub weights_dir: Option<PathBuf>,
     /// Quantised configurations load a saved `model.gguf` (written once
-    /// beside the random weights, as `janus quantize` does) instead of
-    /// quantising while loading.
-    #[arg(long)]
+    /// beside the random weights, as `janus quantize` does).
     pub from_gguf: bool,
-    /// Print one JSON object instead of a table.
-    #[arg(long)]
-    pub json: bool,
 }
 
 /// Timings of one configuration, seconds unless named otherwise.
 #[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
 pub struct BenchResult {
+    /// Weight dtype (`f32`, `bf16`).
     pub dtype: String,
+    /// Quantisation (`none`, `q8_0`, `q4k`).
     pub quant: String,
+    /// Threads of the run.
     pub threads: usize,
     /// The CPU kernels this run could use: `avx512`, `avx2` or `baseline`
     /// (see `JANUS_CPU`), `+bf16` with the bf16 GEMM, `+vnni` with the
     /// VNNI q4_K kernel.
     #[serde(default)]
     pub cpu: String,
+    /// SigLIP encoding of one image.
     pub vit_encode_s: f64,
+    /// Prefill of an understanding prompt (one image and a question).
     pub und_prefill_s: f64,
+    /// Tokens of that prompt.
     pub und_prefill_tokens: usize,
+    /// One answer token.
     pub und_decode_token_s: f64,
+    /// Prefill of a text-to-image prompt (CFG pair).
     pub t2i_prefill_s: f64,
+    /// One image-token step for one image (CFG pair).
     pub t2i_step_s: f64,
+    /// One image-token step for four images at once.
     pub t2i_step_p4_s: f64,
+    /// VQ decoding of one image.
     pub vq_decode_s: f64,
     /// Prompt prefill + 576 steps + VQ decode, for one image.
     pub full_image_s: f64,
+    /// Loading the model (quantising where asked).
     pub load_s: f64,
+    /// Peak resident memory of the process.
     pub peak_rss_bytes: u64,
     /// Resident memory right after loading (weights in their final form).
     #[serde(default)]
     pub load_rss_bytes: u64,
     /// Bytes of the language model's linear weights (shows the quantisation).
     pub llm_linear_bytes: u64,
+    /// Steps timed per workload.
     pub steps: usize,
     /// Relative L2 error against the f32 run of the same weights and inputs
     /// (absent for f32 itself, or when no f32 run left its reference).
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub und_logits_rel_l2: Option<f64>,
+    /// The first image step's mixed logits, likewise.
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub t2i_logits_rel_l2: Option<f64>,
     /// The decoded image's, likewise (bf16 compute in the VQ decoder).
@@ -102,16 +102,6 @@ fn input_err(msg: impl Into<String>) -> JanusError {
     JanusError::Input(msg.into())
 }
 
-fn parse_dtype(name: &str) -> Result<DType> {
-    match name.trim().to_ascii_lowercase().as_str() {
-        "f32" | "float32" => Ok(DType::F32),
-        "bf16" | "bfloat16" => Ok(DType::BF16),
-        other => Err(input_err(format!(
-            "bench dtype {other:?}: expected f32 or bf16"
-        ))),
-    }
-}
-
 fn dtype_name(d: DType) -> &'static str {
     match d {
         DType::BF16 => "bf16",
@@ -120,145 +110,16 @@ fn dtype_name(d: DType) -> &'static str {
     }
 }
 
-/// Entry point of the subcommand.
-pub fn run(args: BenchArgs) -> Result<()> {
-    if let Some(t) = args.threads {
-        if t == 0 {
-            return Err(input_err("--threads must be at least 1"));
-        }
-        // Must precede the first use of rayon's / candle's pools in this process.
-        std::env::set_var("RAYON_NUM_THREADS", t.to_string());
-    }
-    let quant = args
-        .quant
-        .as_deref()
-        .map(Quant::parse)
-        .transpose()
-        .map_err(input_err)?;
-    let dtype = args.dtype.as_deref().map(parse_dtype).transpose()?;
-    if args.json || dtype.is_some() || quant.is_some() {
-        let quant = quant.unwrap_or_default();
-        let dtype = dtype.unwrap_or(if quant == Quant::None {
-            DType::F32
-        } else {
-            DType::BF16
-        });
-        let result = run_one(&args, dtype, quant)?;
-        if args.json {
-            println!("{}", to_json(&result));
-        } else {
-            print_table(&[result]);
-        }
-        return Ok(());
-    }
-    // Every configuration, each in its own process; f32 first, as the reference.
-    let exe = std::env::current_exe()?;
-    let mut results = vec![];
-    for (d, q) in [
-        ("f32", "none"),
-        ("bf16", "none"),
-        ("bf16", "q8_0"),
-        ("bf16", "q4k"),
-    ] {
-        eprintln!("bench: {d} / {q} ...");
-        let mut cmd = std::process::Command::new(&exe);
-        cmd.arg("bench").arg("--config").arg(&args.config);
-        cmd.args(["--dtype", d, "--quant", q, "--json"]);
-        if let Some(s) = args.steps {
-            cmd.args(["--steps", &s.to_string()]);
-        }
-        if let Some(r) = args.reps {
-            cmd.args(["--reps", &r.to_string()]);
-        }
-        if args.full {
-            cmd.arg("--full");
-        }
-        if let Some(t) = args.threads {
-            cmd.args(["--threads", &t.to_string()]);
-        }
-        if let Some(w) = &args.weights_dir {
-            cmd.arg("--weights-dir").arg(w);
-        }
-        let out = cmd.stderr(std::process::Stdio::inherit()).output()?;
-        if !out.status.success() {
-            return Err(input_err(format!("bench {d}/{q} failed ({})", out.status)));
-        }
-        let text = String::from_utf8_lossy(&out.stdout);
-        let line = text.lines().last().unwrap_or("");
-        let r: BenchResult = serde_json::from_str(line)
-            .map_err(|e| input_err(format!("bench {d}/{q}: bad output {line:?}: {e}")))?;
-        results.push(r);
-    }
-    print_table(&results);
-    Ok(())
-}
-
 /// What [`BenchResult::cpu`] says.
 fn cpu_kernels() -> String {
     let mut s = format!("{:?}", janus_kernels::cpu::level()).to_lowercase();
     if janus_kernels::bf16_gemm::available() {
         s += "+bf16";
     }
-    if crate::quant::vnni_available() {
+    if janus_kernels::cpu::dispatch().vnni {
         s += "+vnni";
     }
     s
-}
-
-fn to_json(r: &BenchResult) -> String {
-    serde_json::to_string(r).unwrap_or_default()
-}
-
-/// A relative error for the table, "-" where there is none (f32 itself).
-fn error_cell(e: Option<f64>) -> String {
-    e.map_or("-".into(), |e| format!("{e:.2e}"))
-}
-
-fn print_table(results: &[BenchResult]) {
-    let mut out = std::io::stdout();
-    let cols: [(&str, fn(&BenchResult) -> String); 13] = [
-        ("ViT encode s", |r| format!("{:.3}", r.vit_encode_s)),
-        ("prefill s", |r| format!("{:.3}", r.und_prefill_s)),
-        ("decode s/tok", |r| format!("{:.4}", r.und_decode_token_s)),
-        ("t2i step s", |r| format!("{:.4}", r.t2i_step_s)),
-        ("t2i step p4 s", |r| format!("{:.4}", r.t2i_step_p4_s)),
-        ("VQ decode s", |r| format!("{:.3}", r.vq_decode_s)),
-        ("image s", |r| format!("{:.1}", r.full_image_s)),
-        ("load s", |r| format!("{:.1}", r.load_s)),
-        ("peak RSS GB", |r| {
-            format!("{:.2}", r.peak_rss_bytes as f64 / 1e9)
-        }),
-        ("LLM weights GB", |r| {
-            format!("{:.2}", r.llm_linear_bytes as f64 / 1e9)
-        }),
-        ("und logits err", |r| error_cell(r.und_logits_rel_l2)),
-        ("t2i logits err", |r| error_cell(r.t2i_logits_rel_l2)),
-        ("VQ image err", |r| error_cell(r.vq_image_rel_l2)),
-    ];
-    let _ = write!(out, "| workload |");
-    for r in results {
-        let _ = write!(out, " {} {} |", r.dtype, r.quant);
-    }
-    let _ = writeln!(out);
-    let _ = write!(out, "| --- |");
-    for _ in results {
-        let _ = write!(out, " ---: |");
-    }
-    let _ = writeln!(out);
-    for (name, f) in cols {
-        let _ = write!(out, "| {name} |");
-        for r in results {
-            let _ = write!(out, " {} |", f(r));
-        }
-        let _ = writeln!(out);
-    }
-    if let Some(r) = results.first() {
-        let _ = writeln!(
-            out,
-            "\n{} threads, {} timed steps, prefill of {} tokens, {} kernels",
-            r.threads, r.steps, r.und_prefill_tokens, r.cpu
-        );
-    }
 }
 
 // ---------------------------------------------------------------- random weights
@@ -318,7 +179,7 @@ fn fill_param(name: &str, out: &mut [half::bf16]) {
 
 /// Every parameter the model loads, in load order.
 fn parameter_list(cfg: &JanusConfig) -> Result<Vec<(String, Vec<usize>)>> {
-    Ok(crate::gguf::plan(cfg, Quant::None)?.0)
+    Ok(plan(cfg, Quant::None)?.0)
 }
 
 /// Writes a bf16 safetensors file of random weights, streaming tensor by tensor.
@@ -358,7 +219,7 @@ fn write_random_safetensors(path: &Path, params: &[(String, Vec<usize>)]) -> Res
 }
 
 /// The cache folder of random weights for `cfg`, created on first use.
-fn random_model_dir(args: &BenchArgs, config_text: &str, cfg: &JanusConfig) -> Result<PathBuf> {
+fn random_model_dir(args: &BenchSettings, config_text: &str, cfg: &JanusConfig) -> Result<PathBuf> {
     let base = args
         .weights_dir
         .clone()
@@ -487,15 +348,19 @@ fn t2i(
     Ok((prefill_s, per_step, first))
 }
 
-fn run_one(args: &BenchArgs, dtype: DType, quant: Quant) -> Result<BenchResult> {
+/// Loads `settings.config` with random weights (written once) and times
+/// every workload of both pipelines in this process.
+pub fn run_configuration(settings: &BenchSettings) -> Result<BenchResult> {
+    let args = settings;
+    let (dtype, quant) = (args.dtype, args.quant);
     let config_text = std::fs::read_to_string(&args.config).map_err(|e| JanusError::BadFile {
         path: args.config.clone(),
         reason: e.to_string(),
     })?;
     let cfg = JanusConfig::from_json_str(&config_text)?;
     let dir = random_model_dir(args, &config_text, &cfg)?;
-    let steps = args.steps.unwrap_or(if args.full { 576 } else { 8 }).max(1);
-    let reps = args.reps.unwrap_or(if args.full { 3 } else { 1 }).max(1);
+    let steps = args.steps.max(1);
+    let reps = args.reps.max(1);
     let dev = Device::Cpu;
     let threads = rayon::current_num_threads();
     let label = format!("{}/{}", dtype_name(dtype), quant);
@@ -507,11 +372,11 @@ fn run_one(args: &BenchArgs, dtype: DType, quant: Quant) -> Result<BenchResult> 
     };
     let weights_dir = if args.from_gguf && quant != Quant::None {
         let gguf_dir = dir.join(quant.name());
-        if !gguf_dir.join(crate::gguf::GGUF_FILE).exists() {
+        if !gguf_dir.join(GGUF_FILE).exists() {
             stage("writing model.gguf (once)");
             std::fs::create_dir_all(&gguf_dir)?;
             let tmp = gguf_dir.join("model.gguf.partial");
-            crate::gguf::write_gguf(
+            write_gguf(
                 &cfg,
                 Checkpoint::open(&dir)?,
                 quant,
@@ -519,7 +384,7 @@ fn run_one(args: &BenchArgs, dtype: DType, quant: Quant) -> Result<BenchResult> 
                 &tmp,
                 &mut |_| Ok(()),
             )?;
-            std::fs::rename(&tmp, gguf_dir.join(crate::gguf::GGUF_FILE))?;
+            std::fs::rename(&tmp, gguf_dir.join(GGUF_FILE))?;
             // Only what follows counts towards the peak.
             let _ = std::fs::write("/proc/self/clear_refs", "5");
         }
@@ -531,7 +396,7 @@ fn run_one(args: &BenchArgs, dtype: DType, quant: Quant) -> Result<BenchResult> 
 
     let (model, load_s) = time(|| {
         let vb = Checkpoint::open(&weights_dir)?.into_var_builder(
-            crate::config::CheckpointLayout::Released,
+            CheckpointLayout::Released,
             dtype,
             &dev,
         );
@@ -591,15 +456,15 @@ fn run_one(args: &BenchArgs, dtype: DType, quant: Quant) -> Result<BenchResult> 
     let und_logits = und_logits.expect("prefill ran");
 
     stage("understanding decode");
-    let mut next = crate::sampling::argmax(&und_logits.to_vec1::<f32>()?);
-    let mut decode = |cache: &mut crate::models::KvCache| -> Result<()> {
+    let mut next = argmax(&und_logits.to_vec1::<f32>()?);
+    let mut decode = |cache: &mut KvCache| -> Result<()> {
         let e = lm.embed(&Tensor::new(&[[next]], &dev)?)?;
         let h = lm.forward_embeds(&e, cache)?;
         let logits = lm
             .lm_logits(&h.i((.., 0, ..))?)?
             .squeeze(0)?
             .to_dtype(DType::F32)?;
-        next = crate::sampling::argmax(&logits.to_vec1::<f32>()?);
+        next = argmax(&logits.to_vec1::<f32>()?);
         Ok(())
     };
     decode(&mut cache)?;

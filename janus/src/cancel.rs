@@ -11,10 +11,12 @@ use crate::error::{JanusError, Result};
 pub struct CancelToken(Arc<AtomicBool>);
 
 impl CancelToken {
+    /// A token not cancelled yet.
     pub fn new() -> Self {
         Self::default()
     }
 
+    /// Cancels every run that checks this token (and its clones).
     pub fn cancel(&self) {
         self.0.store(true, Ordering::SeqCst);
     }
@@ -24,6 +26,7 @@ impl CancelToken {
         self.0.store(false, Ordering::SeqCst);
     }
 
+    /// Whether [`CancelToken::cancel`] was called (since the last reset).
     pub fn is_cancelled(&self) -> bool {
         self.0.load(Ordering::SeqCst)
     }

@@ -7,10 +7,20 @@ use std::path::PathBuf;
 pub enum JanusError {
     /// A file the model needs is not there.
     #[error("{what} not found: {}", path.display())]
-    MissingFile { what: String, path: PathBuf },
+    MissingFile {
+        /// What the file is for.
+        what: String,
+        /// Where it was looked for.
+        path: PathBuf,
+    },
     /// A file exists but cannot be read or parsed.
     #[error("cannot read {}: {reason}", path.display())]
-    BadFile { path: PathBuf, reason: String },
+    BadFile {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong with it.
+        reason: String,
+    },
     /// A config field holds a value this runtime does not know.
     #[error("config: {0}")]
     Config(String),
@@ -19,7 +29,12 @@ pub enum JanusError {
     Weights(String),
     /// An image could not be decoded or has an unusable size.
     #[error("image {source_name}: {reason}")]
-    Image { source_name: String, reason: String },
+    Image {
+        /// The file or source of the image.
+        source_name: String,
+        /// What is wrong with it.
+        reason: String,
+    },
     /// The caller's input is unusable (prompt too long, too many images, ...).
     #[error("{0}")]
     Input(String),
@@ -34,7 +49,23 @@ pub enum JanusError {
     Io(#[from] std::io::Error),
 }
 
+/// The result of every fallible call of this crate.
 pub type Result<T> = std::result::Result<T, JanusError>;
+
+impl JanusError {
+    /// [`JanusError::BadFile`] for `path`.
+    pub(crate) fn bad_file(path: &std::path::Path, reason: impl std::fmt::Display) -> Self {
+        JanusError::BadFile {
+            path: path.into(),
+            reason: reason.to_string(),
+        }
+    }
+
+    /// [`JanusError::Weights`] from a loader's error, on one line.
+    pub(crate) fn weights(e: candle_core::Error) -> Self {
+        JanusError::Weights(without_backtrace(e).to_string())
+    }
+}
 
 /// Drops captured backtraces (candle records one when `RUST_BACKTRACE` is
 /// set), so messages stay one readable line.

@@ -7,26 +7,8 @@ use std::path::PathBuf;
 use hf_hub::api::sync::ApiBuilder;
 use hf_hub::{Cache, Repo};
 
+use crate::checkpoint::files::{index_shard_names, SIDE_FILES, WEIGHT_ENTRIES};
 use crate::error::{JanusError, Result};
-use crate::source::LoadOptions;
-
-/// Files a model folder may hold besides weights; absent ones are skipped.
-pub(crate) const SIDE_FILES: [&str; 5] = [
-    "tokenizer.json",
-    "processor_config.json",
-    "preprocessor_config.json",
-    "special_tokens_map.json",
-    "tokenizer_config.json",
-];
-
-/// Weight layouts in order of preference, each named by its first file.
-pub(crate) const WEIGHT_ENTRIES: [&str; 5] = [
-    crate::gguf::GGUF_FILE,
-    "model.safetensors.index.json",
-    "model.safetensors",
-    "pytorch_model.bin.index.json",
-    "pytorch_model.bin",
-];
 
 fn cache() -> Cache {
     match std::env::var_os("HF_HUB_CACHE") {
@@ -45,9 +27,9 @@ fn offline_from_env() -> bool {
 }
 
 /// The local snapshot folder of `model_id`, downloading what is missing
-/// unless offline.
-pub fn fetch(model_id: &str, opts: &LoadOptions) -> Result<PathBuf> {
-    let offline = opts.offline || offline_from_env();
+/// unless `offline` (or `HF_HUB_OFFLINE`); `progress` shows download bars.
+pub(crate) fn fetch(model_id: &str, offline: bool, progress: bool) -> Result<PathBuf> {
+    let offline = offline || offline_from_env();
     let cache = cache();
     if offline {
         return from_cache(model_id, &cache);
@@ -60,7 +42,7 @@ pub fn fetch(model_id: &str, opts: &LoadOptions) -> Result<PathBuf> {
         ))
     };
     let api = ApiBuilder::from_cache(cache.clone())
-        .with_progress(opts.progress)
+        .with_progress(progress)
         .build()
         .map_err(unreachable)?;
     let repo = api.model(model_id.to_owned());
@@ -88,7 +70,7 @@ pub fn fetch(model_id: &str, opts: &LoadOptions) -> Result<PathBuf> {
     })?;
     let first = repo.get(entry).map_err(unreachable)?;
     if entry.ends_with(".index.json") {
-        for shard in crate::weights::index_shard_names(&first)? {
+        for shard in index_shard_names(&first)? {
             repo.get(&shard).map_err(unreachable)?;
         }
     }
@@ -110,8 +92,9 @@ fn from_cache(model_id: &str, cache: &Cache) -> Result<PathBuf> {
         .map(|p| p.to_path_buf())
         .ok_or_else(missing)?;
     let weights_cached = WEIGHT_ENTRIES.iter().any(|f| match repo.get(f) {
-        Some(p) if f.ends_with(".index.json") => crate::weights::index_shard_names(&p)
-            .is_ok_and(|shards| shards.iter().all(|s| repo.get(s).is_some())),
+        Some(p) if f.ends_with(".index.json") => {
+            index_shard_names(&p).is_ok_and(|shards| shards.iter().all(|s| repo.get(s).is_some()))
+        }
         Some(_) => true,
         None => false,
     });

@@ -13,6 +13,7 @@
 use std::os::raw::c_int;
 use std::panic::{catch_unwind, resume_unwind, AssertUnwindSafe};
 
+use crate::pixel_limit::within_pixel_limit;
 use image::{DynamicImage, GrayImage, RgbImage};
 use mozjpeg_sys::{jpeg_common_struct, jpeg_error_mgr, JWRN_JPEG_EOF, J_COLOR_SPACE};
 
@@ -43,7 +44,7 @@ fn decode_unwinding(data: &[u8]) -> Result<Decoded, String> {
         .from_mem(data)
         .map_err(err)?;
     let (w, h) = jpeg.size();
-    crate::image_processor::within_pixel_limit(w, h)?;
+    within_pixel_limit(w, h)?;
     let (w32, h32) = (w as u32, h as u32);
     let image = match jpeg.color_space() {
         J_COLOR_SPACE::JCS_GRAYSCALE => {

@@ -9,8 +9,7 @@
 //! run with a [`CancelToken`]; every error is a [`JanusError`].
 //!
 //! ```
-//! use janus::processor::question_conversation;
-//! use janus::{GenerateOptions, ImageProcessor, JanusPro, LoadOptions, SamplingParams, UnderstandOptions};
+//! use janus::{question_conversation, GenerateOptions, ImageProcessor, JanusPro, LoadOptions, SamplingParams, UnderstandOptions};
 //!
 //! # fn main() -> janus::Result<()> {
 //! // A local folder (here the tiny test model) or a hub id such as "deepseek-ai/Janus-Pro-1B".
@@ -29,34 +28,46 @@
 //! assert_eq!(generated.images[0].dimensions(), (16, 16)); // 384 x 384 for the real models
 //! # Ok(()) }
 //! ```
+//!
+//! The modules below the pipelines are public for stage-by-stage use
+//! ([`models`], [`checkpoint`], [`config`]); [`bench`] is the benchmark
+//! behind `janus bench`. ARCHITECTURE.md in the repository shows the layers.
 
+#![warn(missing_docs)]
+
+// Layers, bottom up: each imports only those above it in this list.
 pub mod bench;
-pub mod cancel;
-pub mod chat;
+mod cancel;
+pub mod checkpoint;
 pub mod config;
-pub mod error;
-pub mod gguf;
+mod error;
 mod hub;
-pub mod image_processor;
+mod image_processor;
 mod jpeg;
+mod loading;
 pub mod models;
-pub mod pipeline;
-pub mod processor;
-pub mod quant;
-pub mod sampling;
-pub mod source;
-mod transformers_layout;
-pub mod weights;
+mod pillow_resize;
+mod pipeline;
+mod pixel_limit;
+mod progress;
+mod quantize;
+mod sampling;
+mod text_processor;
 
 pub use cancel::CancelToken;
-pub use chat::{ChatReply, ChatSession};
 pub use config::JanusConfig;
 pub use error::{JanusError, Result};
-pub use image_processor::ImageProcessor;
+pub use image_processor::{ImageProcessor, ImageProcessorConfig, MAX_IMAGE_PIXELS};
+pub use janus_nn::Quant;
+pub use loading::{parse_device, parse_dtype, resolve_model, LoadOptions, DEFAULT_MODEL};
 pub use pipeline::{
-    Answer, GenerateOptions, GeneratedImages, JanusPro, Progress, UnderstandOptions,
+    Answer, CfgLogits, ChatReply, ChatSession, GenerateOptions, GeneratedImages, JanusPro,
+    UnderstandOptions,
 };
-pub use processor::Message;
-pub use quant::Quant;
-pub use sampling::SamplingParams;
-pub use source::{parse_device, parse_dtype, LoadOptions, DEFAULT_MODEL};
+pub use progress::Progress;
+pub use quantize::save_quantized;
+pub use sampling::{image_seed, SamplingParams};
+pub use text_processor::{
+    load_conversation, question_conversation, Message, SpecialTokens, TextProcessor, TextStreamer,
+    ASSISTANT_ROLE, DEFAULT_SYSTEM_PROMPT, USER_ROLE,
+};

@@ -5,8 +5,9 @@
 use candle_core::{DType, Tensor};
 use rand::{rngs::StdRng, Rng, SeedableRng};
 
-use crate::error::Result;
+use crate::error::{JanusError, Result};
 
+/// How a token is chosen from logits.
 #[derive(Debug, Clone, PartialEq)]
 pub struct SamplingParams {
     /// 0 means greedy (argmax).
@@ -33,6 +34,7 @@ impl Default for SamplingParams {
 }
 
 impl SamplingParams {
+    /// Argmax decoding (temperature 0).
     pub fn greedy() -> Self {
         Self {
             temperature: 0.0,
@@ -50,8 +52,8 @@ impl SamplingParams {
     }
 
     /// Rejects values that would make sampling meaningless.
-    pub fn validate(&self) -> crate::Result<()> {
-        let bad = |m: String| Err(crate::JanusError::Input(m));
+    pub fn validate(&self) -> Result<()> {
+        let bad = |m: String| Err(JanusError::Input(m));
         if !(self.temperature >= 0.0 && self.temperature.is_finite()) {
             return bad(format!(
                 "temperature must be >= 0, got {}",

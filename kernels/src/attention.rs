@@ -13,8 +13,11 @@ use rayon::prelude::*;
 /// also be bf16 (a bf16 cache: the GEMM rounds them to bf16 anyway).
 #[derive(Clone, Copy)]
 pub struct Heads<'a, T = f32> {
+    /// The values, from the first row's first head on.
     pub data: &'a [T],
+    /// Distance between rows (positions).
     pub row: usize,
+    /// Distance between heads.
     pub head: usize,
 }
 
@@ -59,19 +62,22 @@ impl KvElement for half::bf16 {
 pub struct AttentionShape {
     /// Query heads; key/value head `h / (heads / kv_heads)` serves query head `h`.
     pub heads: usize,
+    /// Key/value heads.
     pub kv_heads: usize,
+    /// Values per head.
     pub head_dim: usize,
+    /// Query positions.
     pub queries: usize,
+    /// Key positions.
     pub keys: usize,
+    /// Factor on the scores before the softmax.
     pub scale: f32,
     /// `Some(offset)`: query `i` sees keys `0..=offset + i` (causal, after
     /// `offset` cached positions); `None`: every key.
     pub causal: Option<usize>,
 }
 
-struct SendPtr(*mut f32);
-unsafe impl Send for SendPtr {}
-unsafe impl Sync for SendPtr {}
+use crate::SendPtr;
 
 /// Queries per task: bounds the score block to `BLOCK × keys` floats.
 const BLOCK: usize = 64;
@@ -143,6 +149,92 @@ pub fn attention<T: KvElement>(
             };
             bf16_gemm::gemm(rows, hd, keys, sc, keys, &vc, dst, out_row, false, false);
         });
+}
+
+/// Where decoding attention ([`DecodeCache::attend`]) finds a head's keys
+/// and values: `[b, kv_heads, len, d]` views of `[b, kv_heads, capacity, d]`
+/// cache buffers.
+pub struct DecodeCache<'a> {
+    /// Cached positions.
+    pub len: usize,
+    /// Per sequence, the first position it attends to (empty: all from 0).
+    pub starts: &'a [usize],
+    /// Values per head.
+    pub d: usize,
+    /// Query heads.
+    pub h: usize,
+    /// Query heads per key/value head.
+    pub n_rep: usize,
+    /// Distance between sequences in the buffers.
+    pub batch_stride: usize,
+    /// Distance between key/value heads in the buffers.
+    pub head_stride: usize,
+}
+
+impl DecodeCache<'_> {
+    /// One query position per sequence: scores, softmax and the weighted
+    /// sum of values for every (sequence, head) in one parallel pass over
+    /// the cache buffers (f32 or bf16), instead of two batched matmuls of
+    /// `b * heads` tiny products. `qv` `[b, h, d]`; returns `[b, h * d]`.
+    pub fn attend<T: KvElement>(&self, qv: &[f32], kv: &[T], vv: &[T], b: usize) -> Vec<f32> {
+        use rayon::prelude::*;
+        let (d, h) = (self.d, self.h);
+        let scale = 1.0 / (d as f32).sqrt();
+        let mut out = vec![0f32; b * h * d];
+        out.par_chunks_mut(d).enumerate().for_each_init(
+            || vec![0f32; self.len],
+            |scores, (i, o)| {
+                let (bi, hi) = (i / h, i % h);
+                let start = self.starts.get(bi).copied().unwrap_or(0);
+                let scores = &mut scores[..self.len - start];
+                let base =
+                    bi * self.batch_stride + (hi / self.n_rep) * self.head_stride + start * d;
+                let qrow = &qv[i * d..(i + 1) * d];
+                for (j, s) in scores.iter_mut().enumerate() {
+                    *s = dot(qrow, &kv[base + j * d..base + (j + 1) * d]);
+                }
+                softmax_scaled(scores, scale);
+                for (j, &p) in scores.iter().enumerate() {
+                    let vrow = &vv[base + j * d..base + (j + 1) * d];
+                    for (o, &x) in o.iter_mut().zip(vrow) {
+                        *o += p * x.to_f32();
+                    }
+                }
+            },
+        );
+        out
+    }
+}
+
+/// Dot product in 8 independent lanes, so it vectorises.
+#[inline]
+fn dot<T: KvElement>(a: &[f32], b: &[T]) -> f32 {
+    let mut lanes = [0f32; 8];
+    let mut ca = a.chunks_exact(8);
+    let mut cb = b.chunks_exact(8);
+    for (x, y) in (&mut ca).zip(&mut cb) {
+        for l in 0..8 {
+            lanes[l] += x[l] * y[l].to_f32();
+        }
+    }
+    let mut s: f32 = lanes.iter().sum();
+    for (x, y) in ca.remainder().iter().zip(cb.remainder()) {
+        s += x * y.to_f32();
+    }
+    s
+}
+
+/// Rotates one head (`src` -> `dst`, `head_dim` values) by the angles of
+/// one position, as candle's `rope` (halves, not interleaved pairs).
+#[inline]
+pub fn rope_head(src: &[f32], cos: &[f32], sin: &[f32], dst: &mut [f32]) {
+    let half = cos.len();
+    let (x1, x2) = src.split_at(half);
+    let (y1, y2) = dst.split_at_mut(half);
+    for d in 0..half {
+        y1[d] = x1[d] * cos[d] - x2[d] * sin[d];
+        y2[d] = x1[d] * sin[d] + x2[d] * cos[d];
+    }
 }
 
 #[cfg(test)]

@@ -1,16 +1,41 @@
-//! CPU matrix kernels shared by the LLM (`janus`), the SigLIP encoder
-//! (`janus-vision`) and the VQ decoder (`janus-vq`).
+//! Every CPU kernel of janus-rs, on slices: the LLM (`janus`), the SigLIP
+//! encoder (`janus-vision`) and the VQ decoder (`janus-vq`) call them
+//! through the layers of `janus-nn` or directly.
 //!
-//! [`bf16_gemm`] is the compute-bound path of the bf16 and quantised
-//! configurations (prefill, ViT, VQ convolutions): inputs are rounded to
-//! bf16, products are summed in f32, as PyTorch's bf16 matmuls do.
+//! - [`bf16_gemm`]: the compute-bound path of the bf16 and quantised
+//!   configurations (prefill, ViT, VQ convolutions): inputs rounded to bf16,
+//!   products summed in f32, as PyTorch's bf16 matmuls do;
+//! - [`f32_gemm`]: f32 products through the `gemm` crate;
+//! - [`quant`]: few-row matmuls over f32 / bf16 / q8_0 / q4_K weight rows,
+//!   and the GGUF block formats;
+//! - [`attention`]: fused attention for prefill and decoding;
+//! - [`cpu`]: which kernels this CPU may run, and every switch that changes it.
+
+#![warn(missing_docs)]
 
 pub mod attention;
 pub mod bf16_gemm;
-pub mod blocks;
 pub mod cpu;
+pub mod f32_gemm;
 pub mod math;
+pub mod quant;
 pub mod tensor;
+
+/// A raw pointer into one output buffer, shared by parallel tasks that each
+/// write a disjoint part of it (which the borrow checker cannot see).
+#[derive(Clone, Copy)]
+pub struct SendPtr(pub *mut f32);
+// SAFETY: the tasks sharing it write disjoint elements (each user says why).
+unsafe impl Send for SendPtr {}
+// SAFETY: as above.
+unsafe impl Sync for SendPtr {}
+
+impl SendPtr {
+    /// The pointer (a method, so that closures capture the whole wrapper).
+    pub fn get(&self) -> *mut f32 {
+        self.0
+    }
+}
 
 /// Runs `f` on a thread of rayon's global pool, or directly when already on
 /// one. A decoding step starts dozens of short parallel loops; started from

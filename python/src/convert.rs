@@ -4,8 +4,8 @@
 use std::path::PathBuf;
 
 use image::{DynamicImage, GrayAlphaImage, GrayImage, RgbImage, RgbaImage};
-use janus::processor::{ASSISTANT_ROLE, USER_ROLE};
 use janus::{ImageProcessor, Message};
+use janus::{ASSISTANT_ROLE, USER_ROLE};
 use numpy::ndarray::{Array1, Array2, Array4};
 use numpy::{
     IntoPyArray, PyArrayDescrMethods, PyArrayDyn, PyArrayMethods, PyUntypedArray,

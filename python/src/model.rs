@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use candle_core::DType;
 use image::DynamicImage;
-use janus::processor::{question_conversation, TextStreamer};
+use janus::{question_conversation, TextStreamer};
 use janus::{GenerateOptions, JanusError, JanusPro, Message, SamplingParams, UnderstandOptions};
 use pyo3::exceptions::PyImportError;
 use pyo3::prelude::*;
@@ -50,20 +50,8 @@ fn understand_options(
             format!("max_new_tokens must be >= 0, got {max_new_tokens}"),
         )
     })?;
-    if !(temperature.is_finite() && temperature >= 0.0) {
-        return Err(input_error(
-            py,
-            format!("temperature must be >= 0 (0 is greedy), got {temperature}"),
-        ));
-    }
-    if !(top_p > 0.0 && top_p <= 1.0) {
-        return Err(input_error(
-            py,
-            format!("top_p must be in (0, 1], got {top_p}"),
-        ));
-    }
     let defaults = UnderstandOptions::default();
-    Ok(UnderstandOptions {
+    let opts = UnderstandOptions {
         max_new_tokens,
         sampling: SamplingParams {
             temperature,
@@ -72,7 +60,9 @@ fn understand_options(
         },
         seed: seed_arg(py, seed)?,
         ..defaults
-    })
+    };
+    opts.sampling.validate().map_err(|e| to_py(py, e))?;
+    Ok(opts)
 }
 
 #[allow(clippy::needless_update)]
@@ -108,29 +98,10 @@ fn generate_options(
     temperature: f64,
     seed: Option<i128>,
 ) -> PyResult<GenerateOptions> {
-    let parallel_size = usize::try_from(parallel_size)
-        .ok()
-        .filter(|&n| n >= 1)
-        .ok_or_else(|| {
-            input_error(
-                py,
-                format!("parallel_size must be >= 1, got {parallel_size}"),
-            )
-        })?;
-    if !cfg_weight.is_finite() {
-        return Err(input_error(
-            py,
-            format!("cfg_weight must be a finite number, got {cfg_weight}"),
-        ));
-    }
-    if !(temperature.is_finite() && temperature >= 0.0) {
-        return Err(input_error(
-            py,
-            format!("temperature must be >= 0 (0 is argmax), got {temperature}"),
-        ));
-    }
+    // Negative sizes map to 0, which validate() refuses.
+    let parallel_size = usize::try_from(parallel_size).unwrap_or(0);
     let defaults = GenerateOptions::default();
-    Ok(GenerateOptions {
+    let opts = GenerateOptions {
         parallel_size,
         cfg_weight,
         sampling: SamplingParams {
@@ -139,7 +110,9 @@ fn generate_options(
         },
         seed: seed_arg(py, seed)?,
         ..defaults
-    })
+    };
+    opts.validate().map_err(|e| to_py(py, e))?;
+    Ok(opts)
 }
 
 /// A Janus-Pro model loaded by the Rust runtime (janus-rs).
@@ -227,7 +200,7 @@ impl PyJanusPro {
     ) -> PyResult<TextStream> {
         // Prompt problems (placeholder count, ...) raise here, not at the first next().
         self.model
-            .processor
+            .text_processor()
             .understanding_ids(&conversation, images.len())
             .map_err(|e| to_py(py, e))?;
         let guard = self.runs.start();
@@ -243,7 +216,7 @@ impl PyJanusPro {
                 std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| -> janus::Result<()> {
                     token.check()?;
                     let send = |ev: Event| tx.send(ev).map_err(|_| JanusError::Cancelled);
-                    let mut streamer = TextStreamer::new(&model.processor);
+                    let mut streamer = TextStreamer::new(model.text_processor());
                     model.understand_with(&conversation, &images, &opts, &mut |id, p| {
                         token.check()?;
                         if let Some(piece) = streamer.push(id)? {

@@ -43,8 +43,8 @@ pub fn quantize(
     hooks.before(py)?;
     let result = py.detach(|| {
         hooks.token.check()?;
-        let dir = janus::source::resolve_model(&model.0, &opts)?;
-        janus::gguf::save_quantized(&dir, quant, out.0.as_ref(), &mut |p| {
+        let dir = janus::resolve_model(&model.0, &opts)?;
+        janus::save_quantized(&dir, quant, out.0.as_ref(), &mut |p| {
             hooks.step(p.step, p.total)
         })
     });

@@ -1,8 +1,9 @@
 use candle_core::quantized::{GgmlDType, QTensor};
 use candle_core::{DType, Device, Module, Result, Tensor};
 use candle_nn::{layer_norm, Conv2d, Conv2dConfig, LayerNorm, LayerNormConfig, VarBuilder};
-use janus_kernels::blocks::{dequant_row, load_weight, Loaded};
+use janus_kernels::quant::dequant_row;
 use janus_kernels::tensor::{map_rows, with_cpu_slice};
+use janus_nn::{load_weight, Loaded};
 
 /// Sizes of a SigLIP ViT. `layers` is the number of blocks actually built,
 /// i.e. after the reference's `select_layer` truncation.

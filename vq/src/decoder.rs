@@ -7,8 +7,8 @@ use crate::blocks::{
     conv3x3, group_norm, norm_conv, planes_ok, AttnBlock, Conv3x3, GroupNorm, MidBlock,
     ResnetBlock, Upsample,
 };
+use crate::config::VqConfig;
 use crate::fast::{Planes, Scratch};
-use crate::VqConfig;
 
 /// One resolution level, `decoder.conv_blocks.{i}`. Levels are stored in
 /// processing order, i.e. `decoder_ch_mult` reversed.

@@ -6,7 +6,7 @@ use candle_nn::VarBuilder;
 use crate::blocks::{
     conv3x3, group_norm, AttnBlock, Conv3x3, Downsample, GroupNorm, MidBlock, ResnetBlock,
 };
-use crate::VqConfig;
+use crate::config::VqConfig;
 
 /// One resolution level, `encoder.conv_blocks.{i}`.
 #[derive(Debug, Clone)]

@@ -10,6 +10,7 @@
 //! the same values.
 
 use candle_core::{DType, Device, Result, Tensor};
+use janus_kernels::f32_gemm::{gemm_f32, parallelism};
 use janus_kernels::math::fast_exp;
 use janus_kernels::tensor::zeroed;
 
@@ -331,41 +332,6 @@ pub(crate) fn conv3x3_planes(
 /// im2col tiles of whole padded-width rows copied from `tap(l)`, each
 /// multiplied by the weight `[c_out, kdim]` with the `gemm` crate, then
 /// stored without their junk columns into `dst` `[c_out, h * w]`.
-/// `c [m, n] = a [m, k] · b [k, n]`, all dense row-major f32, by `gemm`.
-pub(crate) fn gemm_f32(
-    (m, n, k): (usize, usize, usize),
-    a: &[f32],
-    b: &[f32],
-    c: &mut [f32],
-    par: gemm::Parallelism,
-) {
-    assert!(a.len() >= m * k && b.len() >= k * n && c.len() >= m * n);
-    // SAFETY: the slices cover the dense shapes, as just checked.
-    unsafe {
-        gemm::gemm(
-            m,
-            n,
-            k,
-            c.as_mut_ptr(),
-            1,
-            n as isize,
-            false,
-            a.as_ptr(),
-            1,
-            k as isize,
-            b.as_ptr(),
-            1,
-            n as isize,
-            0f32,
-            1f32,
-            false,
-            false,
-            false,
-            par,
-        )
-    }
-}
-
 fn conv_f32_tiles<'a>(
     tap: &(dyn Fn(usize) -> &'a [f32] + Sync),
     (h, w): (usize, usize),
@@ -376,12 +342,7 @@ fn conv_f32_tiles<'a>(
 ) {
     let (wp, hw) = (w + 2, h * w);
     let n = h * wp - 2;
-    let threads = rayon::current_num_threads();
-    let par = if threads > 1 {
-        gemm::Parallelism::Rayon(threads)
-    } else {
-        gemm::Parallelism::None
-    };
+    let par = parallelism();
     let rows_per_tile = (TILE.min(COL_MAX / kdim) / wp).max(1);
     // Taken, not borrowed: a re-entrant call finds empty buffers.
     let (mut col, mut prod) = TILE_BUFFERS.with(|b| std::mem::take(&mut *b.borrow_mut()));

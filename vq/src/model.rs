@@ -4,7 +4,10 @@ use candle_core::{Module, Result, Tensor};
 use candle_nn::{Conv2d, VarBuilder};
 
 use crate::blocks::conv1x1;
-use crate::{VectorQuantizer, VqConfig, VqDecoder, VqEncoder, VqEncoding};
+use crate::config::VqConfig;
+use crate::decoder::VqDecoder;
+use crate::encoder::VqEncoder;
+use crate::quantizer::{VectorQuantizer, VqEncoding};
 
 /// VQ-16 image tokenizer: images <-> grids of codebook ids.
 #[derive(Debug, Clone)]

@@ -4,7 +4,7 @@
 use candle_core::{DType, Error, Result, Tensor, D};
 use candle_nn::VarBuilder;
 
-use crate::VqConfig;
+use crate::config::VqConfig;
 
 /// `F.normalize(x, p=2, dim=-1)`: rows scaled to unit L2 norm, with the
 /// norm clamped at 1e-12 so zero rows stay zero instead of becoming NaN.

@@ -20,6 +20,8 @@
 //! back by one thread while its buffers stay in the cache.
 
 use janus_kernels::bf16_gemm::{self, PackedLhs, Rhs};
+use janus_kernels::f32_gemm::{gemm_f32, Parallelism};
+use janus_kernels::SendPtr;
 use rayon::prelude::*;
 
 /// Whether an output of `h × w` pixels takes this path: whole 2×2 tiles,
@@ -93,17 +95,6 @@ fn spaced(len: usize) -> usize {
 /// the transform of an upsampled tile: its third row or column.
 fn zero_upsampled(xi: usize) -> bool {
     xi / 4 == 2 || xi % 4 == 2
-}
-
-struct SendPtr(*mut f32);
-unsafe impl Send for SendPtr {}
-unsafe impl Sync for SendPtr {}
-
-impl SendPtr {
-    /// The pointer (a method, so that closures capture the whole wrapper).
-    fn get(&self) -> *mut f32 {
-        self.0
-    }
 }
 
 /// 3x3 convolution (stride 1, padding 1) of one image given as zero-padded
@@ -198,7 +189,7 @@ pub(crate) fn conv3x3(
                     let vi = &v[xi * vs..][..c_in * nb];
                     let mi = &mut m[xi * ms..][..c_out * nb];
                     let shape = (c_out, nb, c_in);
-                    crate::fast::gemm_f32(shape, ui, vi, mi, gemm::Parallelism::None);
+                    gemm_f32(shape, ui, vi, mi, Parallelism::None);
                 }
                 // SAFETY: this band's tiles are its own pixels of dst.
                 unsafe {

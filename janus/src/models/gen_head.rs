@@ -4,8 +4,9 @@ use candle_core::{Module, Result, Tensor};
 use candle_nn::VarBuilder;
 
 use crate::config::GenHeadConfig;
-use crate::quant::{QLinear, Quant};
+use janus_nn::{QLinear, Quant};
 
+/// The image-token head: hidden states to VQ code logits.
 pub struct GenHead {
     output_mlp_projector: QLinear,
     vision_head: QLinear,

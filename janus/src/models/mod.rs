@@ -1,8 +1,11 @@
 //! The modules of Janus-Pro, assembled as the official `MultiModalityCausalLM`.
 
-pub mod gen_head;
-pub mod llama;
-pub mod projector;
+mod attention;
+mod gen_head;
+mod kv_cache;
+mod llama;
+mod projector;
+mod rotary;
 
 use candle_core::{DType, Module, Result, Tensor};
 use candle_nn::{embedding, Embedding, VarBuilder};
@@ -10,24 +13,34 @@ use janus_vision::SiglipVit;
 use janus_vq::VqModel;
 
 use crate::config::JanusConfig;
-use crate::quant::Quant;
 pub use gen_head::GenHead;
-pub use llama::{KvCache, Llama};
+use janus_nn::{reduced_precision_cpu, Quant};
+pub use kv_cache::KvCache;
+pub use llama::Llama;
 pub use projector::MlpProjector;
 
 /// Every module of a Janus-Pro checkpoint, under the official weight names.
 pub struct JanusModel {
+    /// SigLIP tower (understanding).
     pub vision: SiglipVit,
+    /// SigLIP features to LLM embeddings.
     pub aligner: MlpProjector,
+    /// VQ tokenizer (generation).
     pub gen_vision: VqModel,
+    /// VQ code embeddings to LLM embeddings.
     pub gen_aligner: MlpProjector,
+    /// LLM hidden states to VQ code logits.
     pub gen_head: GenHead,
+    /// VQ code embeddings.
     pub gen_embed: Embedding,
+    /// The language model.
     pub language: Llama,
+    /// The sizes it was built with.
     pub config: JanusConfig,
 }
 
 impl JanusModel {
+    /// Loads every module from `vb` (released names) with `cfg`'s sizes.
     pub fn load(vb: VarBuilder, cfg: &JanusConfig) -> Result<Self> {
         Self::load_quantized(vb, cfg, Quant::None)
     }
@@ -52,7 +65,7 @@ impl JanusModel {
             // stays f32.
             gen_vision: VqModel::load(
                 vb.pp("gen_vision_model").set_dtype(
-                    if llama::reduced_precision_cpu(vb.device(), vb.dtype(), quant) {
+                    if reduced_precision_cpu(vb.device(), vb.dtype(), quant) {
                         DType::BF16
                     } else {
                         DType::F32

@@ -5,8 +5,9 @@ use candle_core::{Module, Result, Tensor};
 use candle_nn::VarBuilder;
 
 use crate::config::{ProjectorConfig, ProjectorKind};
-use crate::quant::{activation_dtype, QLinear, Quant};
+use janus_nn::{activation_dtype, QLinear, Quant};
 
+/// The reference `MlpProjector`: linears with GELU between them.
 pub struct MlpProjector {
     /// Linears in order; GELU (exact erf, `nn.GELU()`) sits between them.
     linears: Vec<QLinear>,

@@ -1,0 +1,381 @@
+//! The text-to-image pipeline: classifier-free guidance over the LLM, one
+//! VQ code per step from the image head, then the VQ decoder.
+
+use candle_core::{DType, IndexOp, Module, Tensor};
+use image::{DynamicImage, RgbImage};
+
+use super::model::JanusPro;
+use crate::error::{JanusError, Result};
+use crate::models::KvCache;
+use crate::progress::Progress;
+use crate::sampling::{CfgSampler, SamplingParams};
+
+/// Options of a text-to-image run.
+#[derive(Debug, Clone, PartialEq)]
+pub struct GenerateOptions {
+    /// Images generated in one batch for the prompt.
+    pub parallel_size: usize,
+    /// Classifier-free guidance: `uncond + w * (cond - uncond)`.
+    pub cfg_weight: f64,
+    /// The official code samples the full distribution at temperature 1.
+    pub sampling: SamplingParams,
+    /// Seed of the first image (image `i` uses [`crate::image_seed`]); random when unset.
+    pub seed: Option<u64>,
+}
+
+impl Default for GenerateOptions {
+    fn default() -> Self {
+        Self {
+            parallel_size: 1,
+            cfg_weight: 5.0,
+            sampling: SamplingParams::default(),
+            seed: None,
+        }
+    }
+}
+
+/// Generated images and the VQ codes they were decoded from.
+#[derive(Debug, Clone)]
+pub struct GeneratedImages {
+    /// One row of `image_token_count()` codes per image.
+    pub tokens: Vec<Vec<u32>>,
+    /// The decoded images, one per code row.
+    pub images: Vec<RgbImage>,
+}
+
+/// Conditional and unconditional image-head logits of one step, and their CFG mix.
+pub struct CfgLogits {
+    /// Logits of the conditional rows.
+    pub cond: Tensor,
+    /// Logits of the unconditional rows.
+    pub uncond: Tensor,
+    /// `uncond + w * (cond - uncond)`.
+    pub mixed: Tensor,
+}
+
+impl GenerateOptions {
+    /// Rejects options no run can use (no image, a non-finite CFG weight,
+    /// meaningless sampling): what every front end checks before a run.
+    pub fn validate(&self) -> Result<()> {
+        if self.parallel_size == 0 {
+            return Err(JanusError::Input("parallel size must be at least 1".into()));
+        }
+        if !self.cfg_weight.is_finite() {
+            return Err(JanusError::Input(format!(
+                "cfg weight must be finite, got {}",
+                self.cfg_weight
+            )));
+        }
+        self.sampling.validate()
+    }
+}
+
+impl JanusPro {
+    /// Codes per generated image and the side of their square grid.
+    pub fn image_grid(&self) -> Result<(usize, usize)> {
+        let n = self.processor.config.num_image_tokens;
+        let side = (n as f64).sqrt().round() as usize;
+        if side * side != n || n == 0 {
+            return Err(JanusError::Config(format!(
+                "processor_config num_image_tokens {n} is not a square grid"
+            )));
+        }
+        Ok((n, side))
+    }
+
+    /// Prompt ids of a text-to-image prompt.
+    pub fn generation_ids(&self, prompt: &str) -> Result<Vec<u32>> {
+        if prompt.trim().is_empty() {
+            return Err(JanusError::Input("the prompt is empty".into()));
+        }
+        let ids = self
+            .processor
+            .encode(&self.processor.generation_prompt(prompt))?;
+        let (tokens, _) = self.image_grid()?;
+        let max_pos = self.model.config.language.max_position_embeddings;
+        if ids.len() + tokens > max_pos {
+            return Err(JanusError::Input(format!(
+                "the prompt has {} tokens; with {tokens} image tokens that exceeds the model's context of {max_pos}",
+                ids.len()
+            )));
+        }
+        Ok(ids)
+    }
+
+    /// Input embeddings [2 * parallel, T, hidden] of the CFG batch: even rows
+    /// conditional, odd rows unconditional (first and last prompt token kept,
+    /// the rest padded), as `generation_inference.py`.
+    pub fn cfg_prompt_embeds(&self, ids: &[u32], parallel_size: usize) -> Result<Tensor> {
+        let mut uncond = ids.to_vec();
+        let len = uncond.len();
+        if len > 2 {
+            uncond[1..len - 1].fill(self.processor.special.pad);
+        }
+        let rows: Vec<u32> = (0..parallel_size)
+            .flat_map(|_| ids.iter().copied().chain(uncond.iter().copied()))
+            .collect();
+        let tokens = Tensor::from_vec(rows, (2 * parallel_size, len), &self.device)?;
+        Ok(self.model.language.embed(&tokens)?)
+    }
+
+    /// Image-head logits of the last position of `hidden` [2p, t, hidden], split and mixed.
+    pub fn cfg_logits(&self, hidden: &Tensor, cfg_weight: f64) -> Result<CfgLogits> {
+        let last = hidden.i((.., hidden.dim(1)? - 1, ..))?.contiguous()?;
+        let logits = self.model.gen_head.forward(&last)?.to_dtype(DType::F32)?;
+        let (rows, vocab) = logits.dims2()?;
+        let pairs = logits.reshape((rows / 2, 2, vocab))?;
+        let cond = pairs.i((.., 0, ..))?;
+        let uncond = pairs.i((.., 1, ..))?;
+        let mixed = (&uncond + ((&cond - &uncond)? * cfg_weight)?)?;
+        Ok(CfgLogits {
+            cond,
+            uncond,
+            mixed,
+        })
+    }
+
+    /// Text-to-image: `parallel_size` images for one prompt.
+    pub fn generate(&self, prompt: &str, opts: &GenerateOptions) -> Result<GeneratedImages> {
+        self.generate_with(prompt, opts, &mut |_| Ok(()))
+    }
+
+    /// As `generate`, calling `on_step` after every image-token step; an
+    /// error returned by the callback (e.g. `Cancelled`) stops the run.
+    pub fn generate_with(
+        &self,
+        prompt: &str,
+        opts: &GenerateOptions,
+        on_step: &mut dyn FnMut(Progress) -> Result<()>,
+    ) -> Result<GeneratedImages> {
+        let tokens = self.generate_tokens(prompt, opts, on_step)?;
+        let images = self.decode_images(&tokens)?;
+        Ok(GeneratedImages { tokens, images })
+    }
+
+    /// The CFG sampling loop alone: VQ codes of `parallel_size` images.
+    pub fn generate_tokens(
+        &self,
+        prompt: &str,
+        opts: &GenerateOptions,
+        on_step: &mut dyn FnMut(Progress) -> Result<()>,
+    ) -> Result<Vec<Vec<u32>>> {
+        let mut per_prompt = self.generate_tokens_many(&[prompt], opts, usize::MAX, on_step)?;
+        Ok(per_prompt.remove(0))
+    }
+
+    /// Several prompts, `parallel_size` images each, run in batches of at
+    /// most `batch_size` images; on the CPU a batch may hold images of
+    /// several prompts (prefilled one by one, decoded together). Image k of
+    /// the whole call is seeded `image_seed(seed, k)`, so in f32 results do
+    /// not depend on the batching (with bf16 or quantised weights, several
+    /// rows round activations unlike one). Progress counts steps over all
+    /// batches.
+    pub fn generate_many(
+        &self,
+        prompts: &[&str],
+        opts: &GenerateOptions,
+        batch_size: usize,
+        on_step: &mut dyn FnMut(Progress) -> Result<()>,
+    ) -> Result<Vec<GeneratedImages>> {
+        let tokens = self.generate_tokens_many(prompts, opts, batch_size, on_step)?;
+        tokens
+            .into_iter()
+            .map(|t| {
+                Ok(GeneratedImages {
+                    images: self.decode_images(&t)?,
+                    tokens: t,
+                })
+            })
+            .collect()
+    }
+
+    /// The codes of [`JanusPro::generate_many`], one list of rows per prompt.
+    pub fn generate_tokens_many(
+        &self,
+        prompts: &[&str],
+        opts: &GenerateOptions,
+        batch_size: usize,
+        on_step: &mut dyn FnMut(Progress) -> Result<()>,
+    ) -> Result<Vec<Vec<Vec<u32>>>> {
+        opts.validate()?;
+        if batch_size == 0 {
+            return Err(JanusError::Input("batch size must be at least 1".into()));
+        }
+        let ids = prompts
+            .iter()
+            .map(|p| self.generation_ids(p))
+            .collect::<Result<Vec<_>>>()?;
+        if ids.is_empty() {
+            return Err(JanusError::Input("no prompt given".into()));
+        }
+        let seed = opts.seed.unwrap_or_else(rand::random);
+        let (n_tokens, _) = self.image_grid()?;
+        // Batches of at most `batch_size` images in call order, each a list
+        // of (prompt, images) groups. On the CPU a batch also spans prompts:
+        // each prompt's rows are prefilled on their own, then all are decoded
+        // together (see `KvCache::stack`); elsewhere batches end with their prompt.
+        let span_prompts = self.device.is_cpu();
+        let mut batches: Vec<Vec<(usize, usize)>> = vec![];
+        let (mut current, mut filled) = (vec![], 0);
+        for p in 0..ids.len() {
+            let mut left = opts.parallel_size;
+            while left > 0 {
+                let n = left.min(batch_size - filled);
+                current.push((p, n));
+                (filled, left) = (filled + n, left - n);
+                if filled == batch_size {
+                    batches.push(std::mem::take(&mut current));
+                    filled = 0;
+                }
+            }
+            if !span_prompts && filled > 0 {
+                batches.push(std::mem::take(&mut current));
+                filled = 0;
+            }
+        }
+        if filled > 0 {
+            batches.push(current);
+        }
+        let total = batches.len() * n_tokens;
+        let mut out: Vec<Vec<Vec<u32>>> = vec![vec![]; ids.len()];
+        let mut first_index = 0;
+        for (b, groups) in batches.iter().enumerate() {
+            let images = groups.iter().map(|g| g.1).sum();
+            let mut sampler = CfgSampler::new(&opts.sampling, seed, first_index, images);
+            first_index += images;
+            let done = b * n_tokens;
+            let prompts: Vec<(&[u32], usize)> = groups
+                .iter()
+                .map(|&(p, n)| (ids[p].as_slice(), n))
+                .collect();
+            let mut rows = self
+                .generate_rows(&prompts, opts.cfg_weight, &mut sampler, &mut |pr| {
+                    on_step(Progress {
+                        step: done + pr.step,
+                        total,
+                    })
+                })?
+                .into_iter();
+            for &(p, n) in groups {
+                out[p].extend(rows.by_ref().take(n));
+            }
+        }
+        Ok(out)
+    }
+
+    /// The CFG loop for `images` rows of each of `prompts` (prompt ids,
+    /// images), decoded as one batch; the rows come back in that order.
+    fn generate_rows(
+        &self,
+        prompts: &[(&[u32], usize)],
+        cfg_weight: f64,
+        sampler: &mut CfgSampler,
+        on_step: &mut dyn FnMut(Progress) -> Result<()>,
+    ) -> Result<Vec<Vec<u32>>> {
+        let (n_tokens, _) = self.image_grid()?;
+        let lm = &self.model.language;
+        let images: usize = prompts.iter().map(|p| p.1).sum();
+        let longest = prompts.iter().map(|p| p.0.len()).max().unwrap_or(0);
+        // Each prompt's rows are prefilled on their own; the caches then
+        // become one, sized once for the prompt and every image token, so
+        // decoding never reallocates.
+        let mut caches = Vec::with_capacity(prompts.len());
+        let mut last = Vec::with_capacity(prompts.len());
+        for &(ids, n) in prompts {
+            let reserve = if prompts.len() == 1 {
+                ids.len() + n_tokens
+            } else {
+                ids.len()
+            };
+            let mut cache: KvCache = lm.new_cache_with_capacity(reserve);
+            let hidden = lm.forward_embeds(&self.cfg_prompt_embeds(ids, n)?, &mut cache)?;
+            last.push(hidden.i((.., hidden.dim(1)? - 1.., ..))?);
+            caches.push(cache);
+        }
+        let mut cache = if caches.len() == 1 {
+            caches.pop().expect("one cache")
+        } else {
+            KvCache::stack(&caches, longest + n_tokens)?
+        };
+        drop(caches);
+        let mut hidden = Tensor::cat(&last, 0)?;
+        let mut out = vec![Vec::with_capacity(n_tokens); images];
+        for step in 0..n_tokens {
+            let logits = self.cfg_logits(&hidden, cfg_weight)?;
+            let next = sampler.sample(&logits.mixed)?;
+            for (row, &code) in out.iter_mut().zip(&next) {
+                row.push(code);
+            }
+            on_step(Progress {
+                step: step + 1,
+                total: n_tokens,
+            })?;
+            if step + 1 < n_tokens {
+                // Both CFG rows of an image continue with the same code.
+                let pairs: Vec<u32> = next.iter().flat_map(|&c| [c, c]).collect();
+                let codes = Tensor::from_vec(pairs, (2 * images, 1), &self.device)?;
+                let embeds = self.model.gen_image_embeds(&codes)?;
+                hidden = lm.forward_embeds(&embeds, &mut cache)?;
+            }
+        }
+        Ok(out)
+    }
+
+    /// Side in pixels of generated images: the code grid times the VQ downsampling.
+    pub fn generated_image_size(&self) -> Result<usize> {
+        Ok(self.image_grid()?.1 * self.model.config.gen_vision.downsample_factor())
+    }
+
+    /// VQ-encodes an image into `image_token_count` codes: the centred
+    /// square crop, resized (Catmull-Rom) to the generation size, scaled to [-1, 1].
+    pub fn vq_encode_image(&self, image: &DynamicImage) -> Result<Vec<u32>> {
+        let size = self.generated_image_size()? as u32;
+        let rgb = image.to_rgb8();
+        let (w, h) = rgb.dimensions();
+        if w == 0 || h == 0 {
+            return Err(JanusError::Input("the image is empty".into()));
+        }
+        let side = w.min(h);
+        let square =
+            image::imageops::crop_imm(&rgb, (w - side) / 2, (h - side) / 2, side, side).to_image();
+        let resized =
+            image::imageops::resize(&square, size, size, image::imageops::FilterType::CatmullRom);
+        let pixels = Tensor::from_vec(
+            resized.into_raw(),
+            (1, size as usize, size as usize, 3),
+            &self.device,
+        )?
+        .permute((0, 3, 1, 2))?
+        .to_dtype(DType::F32)?;
+        let pixels = ((pixels / 127.5)? - 1.0)?;
+        let encoded = self.model.gen_vision.encode(&pixels)?;
+        Ok(encoded.indices.flatten_all()?.to_vec1::<u32>()?)
+    }
+
+    /// VQ-decodes code rows into RGB images (`floor(clip((x+1)/2*255))`).
+    pub fn decode_images(&self, tokens: &[Vec<u32>]) -> Result<Vec<RgbImage>> {
+        let (n_tokens, side) = self.image_grid()?;
+        if tokens.is_empty() {
+            return Ok(vec![]);
+        }
+        if let Some(bad) = tokens.iter().find(|r| r.len() != n_tokens) {
+            return Err(JanusError::Input(format!(
+                "expected {n_tokens} codes per image, got {}",
+                bad.len()
+            )));
+        }
+        let flat: Vec<u32> = tokens.iter().flatten().copied().collect();
+        let codes = Tensor::from_vec(flat, (tokens.len(), n_tokens), &self.device)?;
+        let decoded = self.model.gen_vision.decode_code(&codes, (side, side))?;
+        let pixels = janus_vq::to_u8_pixels(&decoded)?;
+        let (b, h, w, _) = pixels.dims4()?;
+        let data = pixels.flatten_all()?.to_vec1::<u8>()?;
+        let per = h * w * 3;
+        (0..b)
+            .map(|i| {
+                RgbImage::from_raw(w as u32, h as u32, data[i * per..(i + 1) * per].to_vec())
+                    .ok_or_else(|| JanusError::Input("decoded image has an unexpected size".into()))
+            })
+            .collect()
+    }
+}

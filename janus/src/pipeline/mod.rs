@@ -1,0 +1,13 @@
+//! The pipelines on top of the modules: a loaded [`JanusPro`] answers
+//! questions about images ([`understand`]), keeps a conversation going
+//! ([`chat`]) and generates images ([`generate`]).
+
+pub mod chat;
+pub mod generate;
+pub mod model;
+pub mod understand;
+
+pub use chat::{ChatReply, ChatSession};
+pub use generate::{CfgLogits, GenerateOptions, GeneratedImages};
+pub use model::JanusPro;
+pub use understand::{Answer, UnderstandOptions};

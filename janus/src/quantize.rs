@@ -1,0 +1,428 @@
+//! Quantised model folders: the released folder's config and tokenizer
+//! files beside one `model.gguf` holding every tensor the model reads, the
+//! quantised ones as GGUF blocks (q8_0 / q4_K, exactly what a load with
+//! `--quant` would make) and the rest as stored (bf16, f16 or f32). Loading
+//! one skips the quantisation (most of a quantised load) and reads a
+//! quarter to a half of the bytes.
+//!
+//! The file is standard GGUF (version 3, 32-byte alignment) under the
+//! released tensor names, with `janus.quant` naming the quantisation and
+//! `janus.format_version` the layout; [`save_quantized`] writes it.
+//!
+//! ```
+//! use janus::{save_quantized, JanusPro, Quant};
+//! use candle_core::{DType, Device};
+//! # fn main() -> janus::Result<()> {
+//! // A released model folder (here the tiny test model).
+//! let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../tests/fixtures/tiny");
+//! let out = std::env::temp_dir().join(format!("janus-doc-q8_0-{}", std::process::id()));
+//! let path = save_quantized(dir.as_ref(), Quant::Q8_0, &out, &mut |_| Ok(()))?;
+//! assert!(path.ends_with("model.gguf"));
+//! let model = JanusPro::load(&out, &Device::Cpu, DType::F32)?;
+//! assert_eq!(model.quant(), Quant::Q8_0);
+//! # std::fs::remove_dir_all(&out).ok();
+//! # Ok(()) }
+//! ```
+
+use std::collections::{HashMap, HashSet};
+use std::fs::File;
+use std::io::{BufWriter, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+
+use candle_core::quantized::GgmlDType;
+use candle_core::{DType, Device};
+use candle_nn::VarBuilder;
+
+use crate::checkpoint::files::{GGUF_FILE, SIDE_FILES, WEIGHT_ENTRIES};
+use crate::checkpoint::gguf::{GgufFile, ALIGN, FORMAT_VERSION, QUANT_KEY, VERSION_KEY};
+use crate::checkpoint::reader::TensorReader;
+use crate::checkpoint::shape_recorder::ShapeRecorder;
+use crate::checkpoint::Checkpoint;
+use crate::config::JanusConfig;
+use crate::error::{JanusError, Result};
+use crate::models::JanusModel;
+use crate::progress::Progress;
+use janus_kernels::quant::quantize_rows;
+use janus_kernels::tensor::with_cpu_slice;
+use janus_nn::Quant;
+
+/// GGML's type ids of the formats this writer stores.
+fn ggml_type_id(dtype: GgmlDType) -> u32 {
+    match dtype {
+        GgmlDType::F32 => 0,
+        GgmlDType::F16 => 1,
+        GgmlDType::Q8_0 => 8,
+        GgmlDType::Q4K => 12,
+        GgmlDType::BF16 => 30,
+        other => unreachable!("the writer never stores {other:?}"),
+    }
+}
+
+/// Removes a file when dropped, unless disarmed (a partial output).
+struct RemoveOnDrop(Option<PathBuf>);
+
+impl Drop for RemoveOnDrop {
+    fn drop(&mut self) {
+        if let Some(p) = self.0.take() {
+            let _ = std::fs::remove_file(p);
+        }
+    }
+}
+
+/// Copies `from` to `to` through a temporary file in `to`'s folder, so
+/// `to` is either absent, as before, or complete.
+fn copy_atomic(from: &Path, to: &Path) -> Result<()> {
+    let tmp = to.with_extension("partial");
+    let mut guard = RemoveOnDrop(Some(tmp.clone()));
+    std::fs::copy(from, &tmp).map_err(|e| JanusError::bad_file(to, e))?;
+    std::fs::rename(&tmp, to).map_err(|e| JanusError::bad_file(to, e))?;
+    guard.0 = None;
+    Ok(())
+}
+
+/// Writes a quantised model folder `out_dir` (created if needed) from the
+/// model folder `model_dir`: its config and tokenizer files, and a
+/// `model.gguf` with every tensor the model reads, those that a load with
+/// `quant` quantises already quantised. Tensors are read, quantised and
+/// written one at a time, so memory stays at about one tensor; `on_tensor`
+/// is told after each one (an error from it, such as
+/// [`JanusError::Cancelled`], stops the work). Returns the file's path.
+/// Nothing is left behind on failure: the file appears only once complete
+/// (an earlier `model.gguf` there is replaced).
+pub fn save_quantized(
+    model_dir: &Path,
+    quant: Quant,
+    out_dir: &Path,
+    on_tensor: &mut dyn FnMut(Progress) -> Result<()>,
+) -> Result<PathBuf> {
+    if quant == Quant::None {
+        return Err(JanusError::Input(
+            "choose a quantisation to save (q8_0 or q4k)".into(),
+        ));
+    }
+    let config = JanusConfig::from_model_dir(model_dir)?;
+    let tokenizer = model_dir.join("tokenizer.json");
+    if !tokenizer.exists() {
+        return Err(JanusError::MissingFile {
+            what: "tokenizer".into(),
+            path: tokenizer,
+        });
+    }
+    let checkpoint = Checkpoint::open(model_dir)?;
+    if let Some(q) = checkpoint.stored_quant() {
+        return Err(JanusError::Input(format!(
+            "{} is already quantised ({q}); quantise the original model folder",
+            model_dir.display()
+        )));
+    }
+    if out_dir.exists() {
+        if same_dir(out_dir, model_dir) {
+            return Err(JanusError::Input(format!(
+                "the output folder {} is the model folder; choose another",
+                out_dir.display()
+            )));
+        }
+        if let Some(f) = WEIGHT_ENTRIES
+            .iter()
+            .find(|&&f| f != GGUF_FILE && out_dir.join(f).exists())
+        {
+            return Err(JanusError::Input(format!(
+                "the output folder {} already holds model weights ({f}); choose another",
+                out_dir.display()
+            )));
+        }
+    }
+    std::fs::create_dir_all(out_dir).map_err(|e| JanusError::bad_file(out_dir, e))?;
+
+    let path = out_dir.join(GGUF_FILE);
+    let tmp = out_dir.join(format!(".{GGUF_FILE}.partial"));
+    let mut guard = RemoveOnDrop(Some(tmp.clone()));
+    write_gguf(
+        &config,
+        checkpoint,
+        quant,
+        &dir_name(model_dir),
+        &tmp,
+        on_tensor,
+    )?;
+    for f in std::iter::once("config.json").chain(SIDE_FILES) {
+        let from = model_dir.join(f);
+        if from.exists() {
+            copy_atomic(&from, &out_dir.join(f))?;
+        }
+    }
+    std::fs::rename(&tmp, &path).map_err(|e| JanusError::bad_file(&path, e))?;
+    guard.0 = None;
+    Ok(path)
+}
+
+/// Writes the `model.gguf` of `checkpoint` (a model with `config`) quantised
+/// to `quant` at `path`, then reads it back to check it. `name` goes into
+/// `general.name`.
+pub(crate) fn write_gguf(
+    config: &JanusConfig,
+    checkpoint: Checkpoint,
+    quant: Quant,
+    name: &str,
+    path: &Path,
+    on_tensor: &mut dyn FnMut(Progress) -> Result<()>,
+) -> Result<()> {
+    let (tensors, blocks) = plan(config, quant)?;
+    let source = checkpoint.into_reader(config.layout);
+    let meta = [
+        ("general.architecture", Meta::Str("janus")),
+        ("general.name", Meta::Str(name)),
+        (QUANT_KEY, Meta::Str(quant.name())),
+        (VERSION_KEY, Meta::U32(FORMAT_VERSION)),
+    ];
+    let total = tensors.len();
+    let mut writer = GgufWriter::create(path, &meta, &tensors)?;
+    for (i, (name, shape)) in tensors.iter().enumerate() {
+        let t = source
+            .load_checked(name, shape, &Device::Cpu)
+            .map_err(JanusError::weights)?;
+        let t = match t.dtype() {
+            DType::F32 | DType::F16 | DType::BF16 => t,
+            _ => t.to_dtype(DType::F32)?,
+        };
+        match (blocks.get(name.as_str()), t.dtype()) {
+            (Some(&fmt), dtype) => {
+                let t = if dtype == DType::F16 {
+                    t.to_dtype(DType::F32)?
+                } else {
+                    t
+                };
+                let q = quantize_rows(&t, fmt).map_err(JanusError::weights)?;
+                drop(t);
+                writer.tensor(fmt, &q.data()?)?;
+            }
+            (None, DType::F16) => {
+                with_cpu_slice::<half::f16, _>(&t, |v| writer.tensor(GgmlDType::F16, as_bytes(v)))??
+            }
+            (None, DType::BF16) => with_cpu_slice::<half::bf16, _>(&t, |v| {
+                writer.tensor(GgmlDType::BF16, as_bytes(v))
+            })??,
+            (None, _) => {
+                with_cpu_slice::<f32, _>(&t, |v| writer.tensor(GgmlDType::F32, as_bytes(v)))??
+            }
+        }
+        on_tensor(Progress { step: i + 1, total })?;
+    }
+    writer.finish()?;
+    // Read back what was written before it is used.
+    let written = GgufFile::open(path)?;
+    if written.len() != total {
+        return Err(JanusError::bad_file(
+            path,
+            "tensor count differs from what was written",
+        ));
+    }
+    Ok(())
+}
+
+fn same_dir(a: &Path, b: &Path) -> bool {
+    match (a.canonicalize(), b.canonicalize()) {
+        (Ok(a), Ok(b)) => a == b,
+        _ => false,
+    }
+}
+
+fn dir_name(dir: &Path) -> String {
+    dir.canonicalize()
+        .ok()
+        .and_then(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()))
+        .unwrap_or_else(|| "janus-pro".into())
+}
+
+fn as_bytes<T: Copy>(v: &[T]) -> &[u8] {
+    // SAFETY: plain-old-data values (f32, f16, bf16) viewed as their bytes.
+    unsafe { std::slice::from_raw_parts(v.as_ptr() as *const u8, std::mem::size_of_val(v)) }
+}
+
+/// What a load with `quant` reads: every tensor (released name, shape), in
+/// request order, and the block format of those it asks for quantised.
+/// Learnt by building the model over a [`ShapeRecorder`], so it is exactly
+/// what the loaders do.
+#[allow(clippy::type_complexity)]
+pub(crate) fn plan(
+    config: &JanusConfig,
+    quant: Quant,
+) -> Result<(Vec<(String, Vec<usize>)>, HashMap<String, GgmlDType>)> {
+    let recorder = ShapeRecorder::default();
+    let vb = VarBuilder::from_backend(Box::new(recorder.clone()), DType::F32, Device::Cpu);
+    JanusModel::load_quantized(vb, config, quant).map_err(JanusError::weights)?;
+    let mut seen = HashSet::new();
+    let tensors = recorder
+        .requested()
+        .into_iter()
+        .filter(|(n, _)| seen.insert(n.clone()))
+        .collect();
+    Ok((tensors, recorder.requested_blocks().into_iter().collect()))
+}
+
+enum Meta<'a> {
+    Str(&'a str),
+    U32(u32),
+}
+
+/// A streaming GGUF writer: the header is written first with every tensor's
+/// name and shape, each tensor's type and offset are filled in once its
+/// data is written, so no more than one tensor is ever held.
+struct GgufWriter {
+    out: BufWriter<File>,
+    path: PathBuf,
+    /// File positions of each tensor's (type, offset) fields.
+    slots: Vec<u64>,
+    /// End of the data written so far, relative to the data section.
+    end: u64,
+    written: Vec<(u32, u64)>,
+}
+
+impl GgufWriter {
+    fn create(
+        path: &Path,
+        meta: &[(&str, Meta)],
+        tensors: &[(String, Vec<usize>)],
+    ) -> Result<Self> {
+        let mut head = Vec::new();
+        let string = |head: &mut Vec<u8>, s: &str| {
+            head.extend((s.len() as u64).to_le_bytes());
+            head.extend(s.as_bytes());
+        };
+        head.extend(b"GGUF");
+        head.extend(3u32.to_le_bytes());
+        head.extend((tensors.len() as u64).to_le_bytes());
+        head.extend((meta.len() as u64).to_le_bytes());
+        for (key, value) in meta {
+            string(&mut head, key);
+            match value {
+                Meta::Str(s) => {
+                    head.extend(8u32.to_le_bytes());
+                    string(&mut head, s);
+                }
+                Meta::U32(v) => {
+                    head.extend(4u32.to_le_bytes());
+                    head.extend(v.to_le_bytes());
+                }
+            }
+        }
+        let mut slots = Vec::with_capacity(tensors.len());
+        for (name, shape) in tensors {
+            string(&mut head, name);
+            head.extend((shape.len() as u32).to_le_bytes());
+            for &d in shape.iter().rev() {
+                head.extend((d as u64).to_le_bytes());
+            }
+            slots.push(head.len() as u64);
+            head.extend([0u8; 12]);
+        }
+        let data_start = (head.len() as u64).div_ceil(ALIGN) * ALIGN;
+        head.resize(data_start as usize, 0);
+        // (The data section starts here, so offsets below are relative to it.)
+        let io = |e: std::io::Error| JanusError::bad_file(path, e);
+        let mut out = BufWriter::with_capacity(8 << 20, File::create(path).map_err(io)?);
+        out.write_all(&head).map_err(io)?;
+        Ok(Self {
+            out,
+            path: path.into(),
+            slots,
+            end: 0,
+            written: vec![],
+        })
+    }
+
+    /// The data of the next tensor, in header order, at the next aligned
+    /// offset.
+    fn tensor(&mut self, dtype: GgmlDType, data: &[u8]) -> Result<()> {
+        let io = |e: std::io::Error| JanusError::bad_file(&self.path, e);
+        let offset = self.end.div_ceil(ALIGN) * ALIGN;
+        self.out
+            .write_all(&vec![0u8; (offset - self.end) as usize])
+            .map_err(io)?;
+        self.out.write_all(data).map_err(io)?;
+        self.end = offset + data.len() as u64;
+        self.written.push((ggml_type_id(dtype), offset));
+        Ok(())
+    }
+
+    fn finish(mut self) -> Result<()> {
+        let io = |e: std::io::Error| JanusError::bad_file(&self.path, e);
+        if self.written.len() != self.slots.len() {
+            return Err(JanusError::bad_file(
+                &self.path,
+                "not every tensor was written",
+            ));
+        }
+        self.out.flush().map_err(io)?;
+        let mut file = self
+            .out
+            .into_inner()
+            .map_err(|e| JanusError::bad_file(&self.path, e.error()))?;
+        for (&slot, &(id, offset)) in self.slots.iter().zip(&self.written) {
+            file.seek(SeekFrom::Start(slot)).map_err(io)?;
+            file.write_all(&id.to_le_bytes()).map_err(io)?;
+            file.write_all(&offset.to_le_bytes()).map_err(io)?;
+        }
+        file.sync_all().map_err(io)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::checkpoint::reader::Checked;
+    use candle_core::{Module, Tensor};
+    use janus_nn::QLinear;
+
+    /// q4_K blocks (the fixture is too narrow for them) go through the
+    /// writer and the reader unchanged, and a read in another form is refused.
+    #[test]
+    fn q4k_blocks_round_trip_through_a_file() {
+        let (n, k) = (8, 512);
+        let v: Vec<f32> = (0..n * k)
+            .map(|i| ((i * 7919 % 1999) as f32 / 999.5 - 1.0) * 0.02)
+            .collect();
+        let w = Tensor::from_vec(v, (n, k), &Device::Cpu).unwrap();
+        let blocks = quantize_rows(&w, GgmlDType::Q4K).unwrap();
+        let bias = Tensor::arange(0f32, n as f32, &Device::Cpu).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(GGUF_FILE);
+        let meta = [
+            (QUANT_KEY, Meta::Str("q4k")),
+            (VERSION_KEY, Meta::U32(FORMAT_VERSION)),
+        ];
+        let tensors = [
+            ("lin.weight".to_string(), vec![n, k]),
+            ("lin.bias".to_string(), vec![n]),
+        ];
+        let mut writer = GgufWriter::create(&path, &meta, &tensors).unwrap();
+        writer
+            .tensor(GgmlDType::Q4K, &blocks.data().unwrap())
+            .unwrap();
+        writer
+            .tensor(GgmlDType::F32, as_bytes(&bias.to_vec1::<f32>().unwrap()))
+            .unwrap();
+        writer.finish().unwrap();
+
+        let file = GgufFile::open(&path).unwrap();
+        assert_eq!(file.quant(), Quant::Q4K);
+        let vb = VarBuilder::from_backend(Box::new(Checked(file)), DType::F32, Device::Cpu);
+        let loaded = QLinear::load(k, n, true, vb.pp("lin"), Quant::Q4K).unwrap();
+        assert_eq!(loaded.quant(), Quant::Q4K);
+        let direct = QLinear::from_weight(w, Some(bias), Quant::Q4K).unwrap();
+        for rows in [1, 3, 40] {
+            let x: Vec<f32> = (0..rows * k).map(|i| (i % 13) as f32 / 6.0 - 1.0).collect();
+            let x = Tensor::from_vec(x, (rows, k), &Device::Cpu).unwrap();
+            let (a, b) = (loaded.forward(&x).unwrap(), direct.forward(&x).unwrap());
+            assert_eq!(
+                janus_kernels::tensor::rel_l2(&a, &b).unwrap(),
+                0.0,
+                "{rows} rows"
+            );
+        }
+        let err = QLinear::load(k, n, true, vb.pp("lin"), Quant::Q8_0)
+            .err()
+            .unwrap();
+        assert!(err.to_string().contains("stored as Q4K blocks"), "{err}");
+    }
+}
