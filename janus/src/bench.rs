@@ -102,14 +102,6 @@ fn input_err(msg: impl Into<String>) -> JanusError {
     JanusError::Input(msg.into())
 }
 
-fn dtype_name(d: DType) -> &'static str {
-    match d {
-        DType::BF16 => "bf16",
-        DType::F16 => "f16",
-        _ => "f32",
-    }
-}
-
 /// What [`BenchResult::cpu`] says.
 fn cpu_kernels() -> String {
     let mut s = format!("{:?}", janus_kernels::cpu::level()).to_lowercase();
@@ -363,7 +355,7 @@ pub fn run_configuration(settings: &BenchSettings) -> Result<BenchResult> {
     let reps = args.reps.max(1);
     let dev = Device::Cpu;
     let threads = rayon::current_num_threads();
-    let label = format!("{}/{}", dtype_name(dtype), quant);
+    let label = format!("{}/{}", dtype.as_str(), quant);
     let stage = |what: &str| {
         eprintln!(
             "bench {label}: {what} (peak RSS so far {:.2} GB)",
@@ -523,7 +515,7 @@ pub fn run_configuration(settings: &BenchSettings) -> Result<BenchResult> {
     }
 
     Ok(BenchResult {
-        dtype: dtype_name(dtype).into(),
+        dtype: dtype.as_str().into(),
         quant: quant.name().into(),
         threads,
         cpu: cpu_kernels(),

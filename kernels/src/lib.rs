@@ -40,8 +40,9 @@ impl SendPtr {
 /// Runs `f` on a thread of rayon's global pool, or directly when already on
 /// one. A decoding step starts dozens of short parallel loops; started from
 /// a thread outside the pool, each of them hands its work to the pool and
-/// puts the caller to sleep until it is done, and the wake-ups cost ~7 % of
-/// a 4-bit image step on 2 cores. From a pool thread the caller works along.
+/// puts the caller to sleep until it is done, and the wake-ups are a
+/// noticeable share of a step (BENCHMARKS.md). From a pool thread the
+/// caller works along.
 /// What `f` allocates comes from that thread's malloc arena: keep large,
 /// short-lived buffers out of it.
 pub fn on_pool<R: Send>(f: impl FnOnce() -> R + Send) -> R {

@@ -14,6 +14,7 @@ use candle_nn::VarBuilder;
 use janus_kernels::bf16_gemm::{self, Rhs};
 use janus_kernels::cpu::{dispatch, QuantPrefill};
 use janus_kernels::f32_gemm::{gemm_f32_transposed, parallelism};
+use janus_kernels::math::gelu_erf;
 use janus_kernels::quant::{dequant_row, few_row_matmul, quantize_rows, RowFormat, FEW_ROWS_MAX};
 use janus_kernels::tensor::{map_rows, widen_bf16, with_cpu_slice};
 
@@ -254,6 +255,78 @@ impl QLinear {
     }
 }
 
+impl QLinear {
+    /// Whether many-row calls on `x` go through the bf16 GEMM: a bf16 or
+    /// q8_0 / q4_K weight and f32 activations, on a CPU that has the GEMM.
+    pub fn uses_bf16_gemm(&self, x: &Tensor) -> bool {
+        let weight = match &self.weight {
+            Weight::Bf16(_) => true,
+            Weight::Quantized(q, _) => matches!(q.dtype(), GgmlDType::Q8_0 | GgmlDType::Q4K),
+            Weight::Plain(_) => false,
+        };
+        weight && x.device().is_cpu() && x.dtype() == DType::F32 && bf16_gemm::available()
+    }
+
+    /// `x Wᵀ` through the bf16 GEMM (inputs rounded to bf16, f32 sums, as
+    /// PyTorch's bf16 matmuls; quantised weights dequantised panel by
+    /// panel), then `epilogue` over each output row. Only where
+    /// [`QLinear::uses_bf16_gemm`].
+    fn bf16_gemm_product(
+        &self,
+        x: &Tensor,
+        epilogue: Option<&(dyn Fn(&mut [f32]) + Sync)>,
+    ) -> Result<Tensor> {
+        use candle_core::quantized::k_quants::{BlockQ4K, BlockQ8_0};
+        use rayon::prelude::*;
+        let (n, k) = (self.out_dim, self.in_dim);
+        let run = |rhs: &Rhs| {
+            map_rows(x, k, n, |xv, m, out| {
+                bf16_gemm::gemm(m, n, k, xv, k, rhs, out, n, false, true);
+                if let Some(f) = epilogue {
+                    out.par_chunks_mut(n).for_each(f);
+                }
+                Ok(())
+            })
+        };
+        match &self.weight {
+            Weight::Bf16(w) => {
+                with_cpu_slice::<half::bf16, _>(w, |wv| run(&Rhs::Bf16Rows { data: wv, ld: k }))?
+            }
+            Weight::Quantized(q, _) => {
+                let data = q.data()?;
+                let row: &(dyn Fn(usize, usize, &mut [f32]) + Sync) = match q.dtype() {
+                    GgmlDType::Q8_0 => &|j, l0, out| dequant_row::<BlockQ8_0>(&data, k, j, l0, out),
+                    _ => &|j, l0, out| dequant_row::<BlockQ4K>(&data, k, j, l0, out),
+                };
+                run(&Rhs::Rows(row))
+            }
+            Weight::Plain(_) => candle_core::bail!("the bf16 GEMM takes bf16 or quantised weights"),
+        }
+    }
+
+    /// `gelu(x Wᵀ + b)` with the exact (erf) GELU, as `nn.GELU()`. Through
+    /// the bf16 GEMM the bias and the activation are applied in one pass
+    /// over the product.
+    pub fn forward_gelu(&self, x: &Tensor) -> Result<Tensor> {
+        if !self.uses_bf16_gemm(x) {
+            return self.forward(x)?.gelu_erf();
+        }
+        let bias = match &self.bias {
+            Some(b) => b.to_dtype(DType::F32)?.to_vec1::<f32>()?,
+            None => vec![0.0; self.out_dim],
+        };
+        // Two loops, not a branch per element, so each vectorises.
+        self.bf16_gemm_product(
+            x,
+            Some(&|row: &mut [f32]| {
+                for (y, &b) in row.iter_mut().zip(&bias) {
+                    *y = gelu_erf(*y + b);
+                }
+            }),
+        )
+    }
+}
+
 fn as_bytes<T: Copy>(v: &[T]) -> &[u8] {
     // SAFETY: plain-old-data slices (f32, bf16) viewed as their bytes.
     unsafe { std::slice::from_raw_parts(v.as_ptr() as *const u8, std::mem::size_of_val(v)) }
@@ -268,20 +341,10 @@ impl Module for QLinear {
                 // Exactly candle_nn::Linear (the bias is added below, as
                 // Linear does: broadcast_add after the matmul).
                 Weight::Plain(l) => l.forward(x)?,
-                Weight::Bf16(w) if bf16_gemm::available() => {
-                    let (n, k) = (self.out_dim, self.in_dim);
-                    with_cpu_slice::<half::bf16, _>(w, |wv| {
-                        map_rows(x, k, n, |xv, m, out| {
-                            let rhs = Rhs::Bf16Rows { data: wv, ld: k };
-                            bf16_gemm::gemm(m, n, k, xv, k, &rhs, out, n, false, true);
-                            Ok(())
-                        })
-                    })??
+                Weight::Bf16(_) | Weight::Quantized(..) if self.uses_bf16_gemm(x) => {
+                    self.bf16_gemm_product(x, None)?
                 }
                 Weight::Bf16(w) => bf16_large_matmul(w, x)?,
-                Weight::Quantized(q, _) if x.device().is_cpu() && bf16_gemm::available() => {
-                    quant_bf16_matmul(q, x)?
-                }
                 Weight::Quantized(q, qm) => {
                     let x = if x.is_contiguous() {
                         x.clone()
@@ -340,25 +403,6 @@ fn bf16_large_matmul(w: &Tensor, x: &Tensor) -> Result<Tensor> {
             widen_bf16(&wv[j0 * k..j0 * k + band.len()], band)
         })
     })?
-}
-
-/// Many rows through a quantised weight with the bf16 GEMM: each packed
-/// panel is dequantised on the fly (weight error of the 8/4-bit blocks plus
-/// bf16 rounding; the activations stay far more precise than candle's 8-bit
-/// activation quantisation).
-fn quant_bf16_matmul(q: &QTensor, x: &Tensor) -> Result<Tensor> {
-    use candle_core::quantized::k_quants::{BlockQ4K, BlockQ8_0};
-    let (n, k) = q.shape().dims2()?;
-    let data = q.data()?;
-    let row: &(dyn Fn(usize, usize, &mut [f32]) + Sync) = match q.dtype() {
-        GgmlDType::Q8_0 => &|j, l0, out| dequant_row::<BlockQ8_0>(&data, k, j, l0, out),
-        GgmlDType::Q4K => &|j, l0, out| dequant_row::<BlockQ4K>(&data, k, j, l0, out),
-        _ => return x.broadcast_matmul(&q.dequantize(&Device::Cpu)?.t()?),
-    };
-    map_rows(x, k, n, |xv, m, out| {
-        bf16_gemm::gemm(m, n, k, xv, k, &Rhs::Rows(row), out, n, false, true);
-        Ok(())
-    })
 }
 
 /// Many rows through a quantised weight, weight-only: bands are dequantised

@@ -10,6 +10,7 @@ mod convert;
 mod errors;
 mod hooks;
 mod model;
+mod options;
 mod quantize;
 mod stream;
 

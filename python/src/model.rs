@@ -3,13 +3,11 @@
 use std::sync::mpsc;
 use std::sync::Arc;
 
-use candle_core::DType;
 use image::DynamicImage;
 use janus::{question_conversation, TextStreamer};
-use janus::{GenerateOptions, JanusError, JanusPro, Message, SamplingParams, UnderstandOptions};
-use pyo3::exceptions::PyImportError;
+use janus::{GenerateOptions, JanusError, JanusPro, Message, UnderstandOptions};
 use pyo3::prelude::*;
-use pyo3::types::{PyBytes, PyList, PyString};
+use pyo3::types::{PyList, PyString};
 
 use crate::convert::{
     code_row_to_array, codes_from_py, codes_to_array, conversation_from_py, image_from_py,
@@ -17,103 +15,8 @@ use crate::convert::{
 };
 use crate::errors::{input_error, to_py};
 use crate::hooks::{Hooks, Runs};
+use crate::options::{generate_options, pil_images, pil_module, understand_options};
 use crate::stream::{Event, TextStream};
-
-fn dtype_name(dtype: DType) -> &'static str {
-    match dtype {
-        DType::F32 => "f32",
-        DType::BF16 => "bf16",
-        DType::F16 => "f16",
-        _ => "other",
-    }
-}
-
-fn seed_arg(py: Python<'_>, seed: Option<i128>) -> PyResult<Option<u64>> {
-    seed.map(|s| {
-        u64::try_from(s).map_err(|_| input_error(py, format!("seed must be in 0..2**64, got {s}")))
-    })
-    .transpose()
-}
-
-// `..defaults` keeps options the library may add at their default.
-#[allow(clippy::needless_update)]
-fn understand_options(
-    py: Python<'_>,
-    max_new_tokens: i64,
-    temperature: f64,
-    top_p: f64,
-    seed: Option<i128>,
-) -> PyResult<UnderstandOptions> {
-    let max_new_tokens = usize::try_from(max_new_tokens).map_err(|_| {
-        input_error(
-            py,
-            format!("max_new_tokens must be >= 0, got {max_new_tokens}"),
-        )
-    })?;
-    let defaults = UnderstandOptions::default();
-    let opts = UnderstandOptions {
-        max_new_tokens,
-        sampling: SamplingParams {
-            temperature,
-            top_p,
-            ..defaults.sampling
-        },
-        seed: seed_arg(py, seed)?,
-        ..defaults
-    };
-    opts.sampling.validate().map_err(|e| to_py(py, e))?;
-    Ok(opts)
-}
-
-#[allow(clippy::needless_update)]
-/// PIL.Image, or an ImportError saying that `method` needs Pillow.
-fn pil_module<'py>(py: Python<'py>, method: &str) -> PyResult<Bound<'py, PyModule>> {
-    py.import("PIL.Image").map_err(|_| {
-        PyImportError::new_err(format!(
-            "JanusPro.{method}() returns PIL images and needs Pillow (pip install pillow); generate_array() returns numpy arrays"
-        ))
-    })
-}
-
-/// RGB images as a list of PIL images.
-fn pil_images<'py>(
-    pil: &Bound<'py, PyModule>,
-    images: &[image::RgbImage],
-) -> PyResult<Bound<'py, PyList>> {
-    let py = pil.py();
-    let images = images
-        .iter()
-        .map(|img| {
-            let (w, h) = img.dimensions();
-            pil.call_method1("frombytes", ("RGB", (w, h), PyBytes::new(py, img.as_raw())))
-        })
-        .collect::<PyResult<Vec<_>>>()?;
-    PyList::new(py, images)
-}
-
-fn generate_options(
-    py: Python<'_>,
-    parallel_size: i64,
-    cfg_weight: f64,
-    temperature: f64,
-    seed: Option<i128>,
-) -> PyResult<GenerateOptions> {
-    // Negative sizes map to 0, which validate() refuses.
-    let parallel_size = usize::try_from(parallel_size).unwrap_or(0);
-    let defaults = GenerateOptions::default();
-    let opts = GenerateOptions {
-        parallel_size,
-        cfg_weight,
-        sampling: SamplingParams {
-            temperature,
-            ..defaults.sampling
-        },
-        seed: seed_arg(py, seed)?,
-        ..defaults
-    };
-    opts.validate().map_err(|e| to_py(py, e))?;
-    Ok(opts)
-}
 
 /// A Janus-Pro model loaded by the Rust runtime (janus-rs).
 ///
@@ -332,7 +235,7 @@ impl PyJanusPro {
     /// The compute dtype: "f32", "bf16" or "f16".
     #[getter]
     fn dtype(&self) -> &'static str {
-        dtype_name(self.model.dtype())
+        self.model.dtype().as_str()
     }
 
     /// The quantisation chosen at load: "none", "q8_0" or "q4k".
@@ -365,7 +268,7 @@ impl PyJanusPro {
             "JanusPro(source={}, device={}, dtype={}, quant={})",
             repr(&self.source)?,
             repr(&self.device)?,
-            repr(dtype_name(self.model.dtype()))?,
+            repr(self.model.dtype().as_str())?,
             repr(self.model.quant().name())?
         ))
     }

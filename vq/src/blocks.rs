@@ -3,7 +3,9 @@
 use candle_core::{DType, Module, Result, Tensor};
 use candle_nn::{Conv2d, Conv2dConfig, VarBuilder};
 
-use crate::fast::{self, Input, Planes, Scratch};
+use crate::conv::{self, Input};
+use crate::norm;
+use crate::planes::{Planes, Scratch};
 
 /// `Normalize(channels, "group")` of the reference: 32 groups, eps 1e-6.
 #[derive(Debug, Clone)]
@@ -18,14 +20,14 @@ impl GroupNorm {
 
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let wb = (&self.weight, &self.bias);
-        fast::group_norm(x, Self::GROUPS, Self::EPS, wb, false, false)
+        norm::group_norm(x, Self::GROUPS, Self::EPS, wb, false, false)
     }
 
     /// `nonlinearity(norm(x))`, fused, written with a ring of zeros around
     /// each plane: the input of a [`Conv3x3::forward_padded`].
     pub fn forward_swish_padded(&self, x: &Tensor) -> Result<Tensor> {
         let wb = (&self.weight, &self.bias);
-        fast::group_norm(x, Self::GROUPS, Self::EPS, wb, true, true)
+        norm::group_norm(x, Self::GROUPS, Self::EPS, wb, true, true)
     }
 }
 
@@ -41,7 +43,7 @@ pub(crate) fn norm_conv(
     scratch: &mut Scratch,
 ) -> Result<Planes> {
     let wb = (&norm.weight, &norm.bias);
-    let n = fast::group_norm_planes(xv, dims, GroupNorm::GROUPS, GroupNorm::EPS, wb, scratch)?;
+    let n = norm::group_norm_planes(xv, dims, GroupNorm::GROUPS, GroupNorm::EPS, wb, scratch)?;
     let y = conv.forward_planes(&n.data, n.dims, Input::Padded, residual, scratch);
     scratch.give(n.data);
     y
@@ -64,7 +66,7 @@ pub(crate) fn group_norm(channels: usize, vb: VarBuilder) -> Result<GroupNorm> {
 }
 
 /// 3x3 convolution that keeps the spatial size (one matrix product over
-/// zero-padded planes on the CPU, see `fast::conv3x3`).
+/// zero-padded planes on the CPU, see `conv::conv3x3`).
 #[derive(Debug, Clone)]
 pub struct Conv3x3 {
     weight: Tensor,
@@ -95,7 +97,7 @@ impl Conv3x3 {
 
     fn run(&self, x: &Tensor, input: Input, residual: Option<&Tensor>) -> Result<Tensor> {
         let bias = Some(&self.bias);
-        fast::conv3x3(x, &self.weight, bias, input, residual, self.bf16)
+        conv::conv3x3(x, &self.weight, bias, input, residual, self.bf16)
     }
 
     /// [`Conv3x3::run`] of CPU f32 planes `xv` (laid out as `input` says),
@@ -109,7 +111,7 @@ impl Conv3x3 {
         scratch: &mut Scratch,
     ) -> Result<Planes> {
         let (weight, bias) = (&self.weight, Some(&self.bias));
-        fast::conv3x3_planes(xv, dims, weight, bias, input, residual, self.bf16, scratch)
+        conv::conv3x3_planes(xv, dims, weight, bias, input, residual, self.bf16, scratch)
     }
 }
 

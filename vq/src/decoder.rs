@@ -8,7 +8,7 @@ use crate::blocks::{
     ResnetBlock, Upsample,
 };
 use crate::config::VqConfig;
-use crate::fast::{Planes, Scratch};
+use crate::planes::{Planes, Scratch};
 
 /// One resolution level, `decoder.conv_blocks.{i}`. Levels are stored in
 /// processing order, i.e. `decoder_ch_mult` reversed.
@@ -97,8 +97,7 @@ impl VqDecoder {
     /// activations stay in plain buffers, each handed back to one scratch
     /// once read and reused, so a decode takes fresh memory only when it
     /// reaches a finer level. (Every fresh buffer of the full-resolution
-    /// planes, 75 MB per 384² image, is fresh pages the kernel zeroes on
-    /// first touch: ~10 % of a decode when every activation was one.)
+    /// planes is fresh pages the kernel zeroes on first touch.)
     fn forward_planes(&self, mut h: Planes) -> Result<Tensor> {
         let scratch = &mut Scratch::default();
         for level in &self.levels {

@@ -26,11 +26,13 @@
 
 mod blocks;
 mod config;
+mod conv;
 mod decoder;
 mod encoder;
-mod fast;
 mod model;
+mod norm;
 mod pixels;
+mod planes;
 mod quantizer;
 mod winograd;
 

@@ -262,8 +262,8 @@ impl Llama {
         // One position per sequence (decoding) is dozens of short parallel
         // loops: run them from a pool thread. Not a prefill: its large
         // buffers would then come from that thread's malloc arena and stay
-        // there, out of reach of later allocations on this thread (peak RSS
-        // +0.4-0.6 GB by the VQ decode).
+        // there, out of reach of later allocations on this thread (a higher
+        // peak RSS by the VQ decode).
         let on_pool = embeds.device().is_cpu() && t == 1;
         let run = || {
             let mut x = embeds;

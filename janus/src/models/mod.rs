@@ -55,7 +55,11 @@ impl JanusModel {
             vision: SiglipVit::load_quantized(
                 vb.pp("vision_model.vision_tower"),
                 &cfg.vision,
-                (quant != Quant::None).then_some(candle_core::quantized::GgmlDType::Q8_0),
+                if quant == Quant::None {
+                    Quant::None
+                } else {
+                    Quant::Q8_0
+                },
             )?,
             aligner: MlpProjector::load(vb.pp("aligner"), &cfg.aligner)?,
             // The VQ is convolutional and candle has no bf16/f16 conv2d on the

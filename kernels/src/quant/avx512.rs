@@ -11,10 +11,8 @@ use std::sync::OnceLock;
 /// How far ahead of the bytes being read the few-row kernels prefetch:
 /// some rows ahead in the thread's run of consecutive weight rows. The
 /// hardware prefetcher alone leaves these loads late once a block feeds
-/// several input rows. Measured per LLM step (2 threads, 2 / 8 rows):
-/// none → 1 KiB → 32 KiB took q8_0 from 0.047 / 0.143 s to 0.041 /
-/// 0.127 s to 0.035 / 0.090 s and bf16 8 rows from 0.127 to 0.102 to
-/// 0.088 s; 64 KiB was slower again.
+/// several input rows. The distance was measured (BENCHMARKS.md): shorter
+/// and longer ones were slower.
 const PREFETCH: usize = 32768;
 
 /// AVX-512 (F, BW) and F16C: the few-row kernels' requirement.
@@ -292,7 +290,7 @@ unsafe fn f16_at(p: *const u8) -> f32 {
 
 /// `x` rounded to bf16 (to nearest even), two values per word (the
 /// first in the low half); `x.len()` is even. One instruction per 32
-/// values: a scalar conversion per value cost a step's serial ~5 %.
+/// values: a scalar conversion per value was a serial share of each step.
 pub fn bf16_pairs(x: &[f32]) -> Vec<u32> {
     assert!(x.len().is_multiple_of(2));
     let mut out = vec![0u32; x.len() / 2];

@@ -37,9 +37,9 @@ pub fn few_row_matmul(
         if fmt == RowFormat::Q4K && k % 256 == 0 && crate::cpu::avx2() {
             return few_row_matmul_q4k_int8(w, x, m, k, n, out);
         }
-        // Three or more rows: the integer kernel (8 rows 0.165 -> 0.12 s per
-        // image step). With one or two the portable one reads the weights
-        // as fast (0.044 s) and keeps the inputs unrounded.
+        // Three or more rows: the integer kernel is faster. With one or two
+        // the portable one reads the weights as fast and keeps the inputs
+        // unrounded.
         if fmt == RowFormat::Q8_0 && m >= 3 && crate::cpu::avx2() {
             return few_row_matmul_q8_0_i16(w, x, m, k, n, out);
         }
@@ -205,9 +205,8 @@ fn column_runs<const G: usize>(
 /// ([`input_rows::Int16Rows`]) meet each block widened to 16 bits in one `vpmaddwd`
 /// per row. Widening every weight to f32 instead (two conversions per 16
 /// weights) bound the f32 kernel well above the time it takes to read the
-/// weights: per LLM step with 2 / 8 rows 0.036 / 0.088 s, here 0.026 /
-/// 0.067 s (2 threads). On AVX2 (two `vpmaddwd` per block and row) it
-/// serves three rows and more.
+/// weights. On AVX2 (two `vpmaddwd` per block and row) it serves three
+/// rows and more.
 fn few_row_matmul_q8_0_i16(w: &[u8], x: &[f32], m: usize, k: usize, n: usize, out: &mut [f32]) {
     let kernel = if avx512::available() {
         avx512::dot_q8_0_i16

@@ -84,8 +84,8 @@ unsafe fn run_avx2<const R: usize>(
 
 /// [`run_rows`] with `A` lanes of sums per input row: each lane's sum is
 /// one chain of dependent multiply-adds, and with few rows a single
-/// register per row left the kernel waiting on their latency (a q8_0 image
-/// step with 2 rows took 0.077 s with 8 lanes, 0.050 s with 32).
+/// register per row left the kernel waiting on their latency (measured in
+/// BENCHMARKS.md).
 #[inline(always)]
 fn by_width<const R: usize, const FMA: bool>(
     fmt: RowFormat,

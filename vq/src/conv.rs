@@ -1,119 +1,30 @@
-//! CPU fast paths of the VQ decoder's heavy ops, on f32 NCHW tensors:
-//! 3x3 convolution (optionally after a nearest 2x upsample) as one matrix
-//! product over zero-padded planes (the bf16 GEMM reads the shifted planes
-//! in place, or, on larger images, goes by Winograd's transform, see
-//! [`crate::winograd`]; the f32 path copies them into im2col tiles for
-//! gemm), and
-//! group norm fused with the swish that always follows it, optionally
-//! writing the padded planes the next convolution reads. Anything else
-//! (other devices or dtypes) goes through candle's own ops, which compute
-//! the same values.
+//! The VQ decoder's 3x3 convolution on the CPU, on f32 NCHW planes
+//! (optionally after a nearest 2x upsample), as one matrix product over
+//! zero-padded planes: the bf16 GEMM reads the shifted planes in place or,
+//! on larger images, goes by Winograd's transform ([`crate::winograd`]);
+//! the f32 path copies them into im2col tiles for gemm. Other devices or
+//! dtypes go through candle's own ops, which compute the same values.
 
-use candle_core::{DType, Device, Result, Tensor};
+use candle_core::{DType, Result, Tensor};
 use janus_kernels::f32_gemm::{gemm_f32, parallelism};
-use janus_kernels::math::fast_exp;
-use janus_kernels::tensor::zeroed;
-
-use crate::winograd;
 use rayon::prelude::*;
 
-/// Whether `t` can take the fast paths.
-fn fast_ok(t: &Tensor) -> bool {
-    t.device().is_cpu() && t.dtype() == DType::F32
-}
-
-/// Runs `f` on the contiguous f32 data of `t`.
-fn with_f32<R>(t: &Tensor, f: impl FnOnce(&[f32]) -> R) -> Result<R> {
-    janus_kernels::tensor::with_cpu_slice(t, f)
-}
+use crate::planes::{cpu_f32, with_f32, zero_ring, Planes, Scratch};
+use crate::winograd;
 
 /// Output pixels per im2col tile of the f32 path, at most: bounds its
 /// scratch to ~`c_in * 9 * TILE` floats.
 const TILE: usize = 4096;
 
 /// The f32 path's im2col tile, in floats, at most (16 MB): with 512 input
-/// channels `TILE` pixels alone would make it 75 MB.
+/// channels `TILE` pixels alone would make it several times that.
 const COL_MAX: usize = 1 << 22;
 
 thread_local! {
     /// The f32 path's im2col and product tiles, kept between calls: fresh
-    /// ones were fresh pages at every convolution for the kernel to zero
-    /// (keeping them made an f32 decode ~5 % faster).
+    /// ones were fresh pages at every convolution for the kernel to zero.
     static TILE_BUFFERS: std::cell::RefCell<(Vec<f32>, Vec<f32>)> =
         const { std::cell::RefCell::new((Vec::new(), Vec::new())) };
-}
-
-/// Buffers that one run of the decoder hands back once read and takes
-/// again for its next temporaries. A fresh buffer of the full-resolution
-/// planes (75 MB per 384² image at 128 channels) comes from fresh pages,
-/// which the kernel zeroes on first touch: ~9 % of a decode when every
-/// temporary was fresh. Reused ones keep the peak where it was.
-#[derive(Default)]
-pub(crate) struct Scratch(Vec<Vec<f32>>);
-
-impl Scratch {
-    /// A buffer of `len` values with unspecified contents: the smallest
-    /// handed-back one that is large enough but not more than twice that,
-    /// else a fresh one, and then the handed-back ones are freed first:
-    /// they are from another level of the decoder, whose buffers would only
-    /// raise the peak from now on.
-    fn take(&mut self, len: usize) -> Vec<f32> {
-        let fit = (self.0.iter().enumerate())
-            .filter(|(_, v)| (len..=2 * len).contains(&v.capacity()))
-            .min_by_key(|(_, v)| v.capacity())
-            .map(|(i, _)| i);
-        match fit {
-            Some(i) => {
-                let mut v = self.0.swap_remove(i);
-                v.resize(len, 0.0);
-                v
-            }
-            None => {
-                self.0.clear();
-                zeroed(len)
-            }
-        }
-    }
-
-    /// Hands a buffer back for reuse.
-    pub(crate) fn give(&mut self, v: Vec<f32>) {
-        self.0.push(v);
-    }
-}
-
-/// f32 NCHW planes `[b, c, h, w]` outside a tensor, so that their buffer
-/// can go back to a [`Scratch`] (padded planes count their ring in h, w).
-pub(crate) struct Planes {
-    pub data: Vec<f32>,
-    pub dims: [usize; 4],
-}
-
-impl Planes {
-    /// A copy of `t` (CPU f32 [b, c, h, w]).
-    pub fn from_tensor(t: &Tensor) -> Result<Self> {
-        let (b, c, h, w) = t.dims4()?;
-        Ok(Self {
-            data: t.flatten_all()?.to_vec1()?,
-            dims: [b, c, h, w],
-        })
-    }
-
-    pub fn into_tensor(self) -> Result<Tensor> {
-        Tensor::from_vec(self.data, self.dims.to_vec(), &Device::Cpu)
-    }
-}
-
-/// Zeroes the one-value ring around each of the `(h + 2) x (w + 2)` planes of `buf`.
-fn zero_ring(buf: &mut [f32], h: usize, w: usize) {
-    let wp = w + 2;
-    buf.par_chunks_mut((h + 2) * wp).for_each(|plane| {
-        plane[..wp].fill(0.0);
-        plane[(h + 1) * wp..].fill(0.0);
-        for y in 1..=h {
-            plane[y * wp] = 0.0;
-            plane[y * wp + wp - 1] = 0.0;
-        }
-    });
 }
 
 /// One image `[c_in, h_in, w_in]`, upsampled 2x by nearest neighbour when
@@ -160,7 +71,7 @@ pub(crate) enum Input {
     /// `[b, c, h / 2, w / 2]`, upsampled 2x by nearest neighbour first.
     Upsampled,
     /// `[b, c, h + 2, w + 2]`: already with its ring of zeros (as written
-    /// by [`group_norm`] with `padded`), read in place.
+    /// by [`crate::norm::group_norm`] with `padded`), read in place.
     Padded,
 }
 
@@ -186,7 +97,7 @@ pub(crate) fn conv3x3(
     } else {
         weight.clone()
     };
-    if !(fast_ok(x) && fast_ok(weight) && residual.is_none_or(fast_ok)) {
+    if !(cpu_f32(x) && cpu_f32(weight) && residual.is_none_or(cpu_f32)) {
         let x = if input == Input::Upsampled {
             let (_, _, h, w) = x.dims4()?;
             x.upsample_nearest2d(2 * h, 2 * w)?
@@ -367,242 +278,11 @@ fn conv_f32_tiles<'a>(
     TILE_BUFFERS.with(|b| *b.borrow_mut() = (col, prod));
 }
 
-/// `GroupNorm(groups, eps)` with affine `weight`/`bias` `[c]`, followed by
-/// swish when `swish`, over `x` `[b, c, h, w]`. With `padded` the result is
-/// written with a ring of zeros, `[b, c, h + 2, w + 2]`, ready for
-/// [`conv3x3`] with [`Input::Padded`]: the convolution then reads it in
-/// place instead of copying it into padded planes.
-pub(crate) fn group_norm(
-    x: &Tensor,
-    groups: usize,
-    eps: f64,
-    (weight, bias): (&Tensor, &Tensor),
-    swish: bool,
-    padded: bool,
-) -> Result<Tensor> {
-    if !(fast_ok(x) && fast_ok(weight) && fast_ok(bias))
-        || x.rank() < 3
-        || (padded && x.rank() != 4)
-    {
-        let gn = candle_nn::GroupNorm::new(weight.clone(), bias.clone(), x.dim(1)?, groups, eps)?;
-        let y = candle_core::Module::forward(&gn, x)?;
-        let y = if swish { y.silu()? } else { y };
-        return if padded {
-            y.pad_with_zeros(2, 1, 1)?.pad_with_zeros(3, 1, 1)
-        } else {
-            Ok(y)
-        };
-    }
-    let mut dims = x.dims().to_vec();
-    let mut out = zeroed(dims[0] * dims[1] * out_plane(&dims, padded));
-    with_f32(x, |xv| {
-        group_norm_into(
-            xv,
-            &dims,
-            groups,
-            eps,
-            (weight, bias),
-            swish,
-            padded,
-            &mut out,
-        )
-    })??;
-    if padded {
-        dims[2] += 2;
-        dims[3] += 2;
-    }
-    Tensor::from_vec(out, dims, &Device::Cpu)
-}
-
-/// Values per output plane of a group norm over `dims` `[b, c, ..]`
-/// (padded: `[b, c, h, w]` with its ring).
-fn out_plane(dims: &[usize], padded: bool) -> usize {
-    if padded {
-        (dims[2] + 2) * (dims[3] + 2)
-    } else {
-        dims[2..].iter().product()
-    }
-}
-
-/// [`group_norm`] (with swish, padded) of CPU f32 planes `xv` `[b, c, h,
-/// w]` into a buffer from `scratch`.
-pub(crate) fn group_norm_planes(
-    xv: &[f32],
-    dims: [usize; 4],
-    groups: usize,
-    eps: f64,
-    wb: (&Tensor, &Tensor),
-    scratch: &mut Scratch,
-) -> Result<Planes> {
-    let [b, c, h, w] = dims;
-    let mut out = scratch.take(b * c * out_plane(&dims, true));
-    group_norm_into(xv, &dims, groups, eps, wb, true, true, &mut out)?;
-    Ok(Planes {
-        data: out,
-        dims: [b, c, h + 2, w + 2],
-    })
-}
-
-/// The fast path of [`group_norm`], writing every value of `out` (the
-/// ring of padded planes included).
-#[allow(clippy::too_many_arguments)]
-fn group_norm_into(
-    xv: &[f32],
-    dims: &[usize],
-    groups: usize,
-    eps: f64,
-    (weight, bias): (&Tensor, &Tensor),
-    swish: bool,
-    padded: bool,
-    out: &mut [f32],
-) -> Result<()> {
-    let (b, c) = (dims[0], dims[1]);
-    let hw: usize = dims[2..].iter().product();
-    let w_row = *dims.last().expect("rank >= 3");
-    if c % groups != 0 {
-        candle_core::bail!("group norm: {c} channels do not split into {groups} groups")
-    }
-    let layout = if padded {
-        let (h, w) = (dims[2], dims[3]);
-        zero_ring(out, h, w);
-        OutLayout {
-            plane: (h + 2) * (w + 2),
-            row: w + 2,
-            first: w + 3,
-        }
-    } else {
-        OutLayout {
-            plane: hw,
-            row: w_row,
-            first: 0,
-        }
-    };
-    let cg = c / groups;
-    let wv: Vec<f32> = weight.flatten_all()?.to_vec1()?;
-    let bv: Vec<f32> = bias.flatten_all()?.to_vec1()?;
-    out[..b * c * layout.plane]
-        .par_chunks_mut(cg * layout.plane)
-        .enumerate()
-        .for_each(|(i, o)| {
-            let (bi, g) = (i / groups, i % groups);
-            let src = &xv[(bi * c + g * cg) * hw..(bi * c + (g + 1) * cg) * hw];
-            let (wg, bg) = (&wv[g * cg..(g + 1) * cg], &bv[g * cg..(g + 1) * cg]);
-            let group = Group {
-                src,
-                hw,
-                w: w_row,
-                layout,
-                eps,
-                swish,
-            };
-            #[cfg(target_arch = "x86_64")]
-            if janus_kernels::cpu::avx512() {
-                // SAFETY: feature checked just above.
-                unsafe { norm_group_avx512(&group, o, wg, bg) };
-                return;
-            }
-            #[cfg(target_arch = "x86_64")]
-            if janus_kernels::cpu::avx2() {
-                // SAFETY: features checked just above.
-                unsafe { norm_group_avx2(&group, o, wg, bg) };
-                return;
-            }
-            norm_group(&group, o, wg, bg);
-        });
-    Ok(())
-}
-
-/// Where a group norm writes each channel: planes `plane` apart, rows of
-/// the input's width `row` apart, the first value at `first`.
-#[derive(Clone, Copy)]
-struct OutLayout {
-    plane: usize,
-    row: usize,
-    first: usize,
-}
-
-/// One group of a group norm: `src` holds its channels, `hw` values each
-/// in rows of `w`.
-struct Group<'a> {
-    src: &'a [f32],
-    hw: usize,
-    w: usize,
-    layout: OutLayout,
-    eps: f64,
-    swish: bool,
-}
-
-/// Normalises one group into `o` (its channels' planes of the output).
-#[inline(always)]
-fn norm_group(g: &Group, o: &mut [f32], w: &[f32], b: &[f32]) {
-    let (src, hw, eps, swish) = (g.src, g.hw, g.eps, g.swish);
-    // Two passes (mean, then the centred variance, as torch), in 16
-    // independent f32 lanes combined in f64, so they vectorise.
-    let n = src.len() as f64;
-    let mean = lane_sum(src, |v| v) / n;
-    let m32 = mean as f32;
-    let var = lane_sum(src, |v| (v - m32) * (v - m32)) / n;
-    let inv = 1.0 / (var + eps).sqrt();
-    for ch in 0..w.len() {
-        let scale = (w[ch] as f64 * inv) as f32;
-        let shift = (b[ch] as f64 - mean * w[ch] as f64 * inv) as f32;
-        let plane = &mut o[ch * g.layout.plane..(ch + 1) * g.layout.plane];
-        for (r, s) in src[ch * hw..(ch + 1) * hw].chunks(g.w).enumerate() {
-            let at = g.layout.first + r * g.layout.row;
-            let d = &mut plane[at..at + s.len()];
-            if swish {
-                for (d, &v) in d.iter_mut().zip(s) {
-                    let y = v * scale + shift;
-                    *d = y / (1.0 + fast_exp(-y));
-                }
-            } else {
-                for (d, &v) in d.iter_mut().zip(s) {
-                    *d = v * scale + shift;
-                }
-            }
-        }
-    }
-}
-
-/// [`norm_group`] compiled for AVX2 + FMA (8-wide loops).
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-unsafe fn norm_group_avx2(g: &Group, o: &mut [f32], w: &[f32], b: &[f32]) {
-    norm_group(g, o, w, b)
-}
-
-/// [`norm_group`] compiled for AVX-512 (16-wide loops).
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f")]
-unsafe fn norm_group_avx512(g: &Group, o: &mut [f32], w: &[f32], b: &[f32]) {
-    norm_group(g, o, w, b)
-}
-
-/// Sum of `f(v)` over `xs` in 16 f32 lanes (vectorisable), combined in f64.
-#[inline(always)]
-fn lane_sum(xs: &[f32], f: impl Fn(f32) -> f32) -> f64 {
-    let mut lanes = [0f32; 16];
-    let mut total = 0f64;
-    // Flush the lanes into f64 every 4096 values to bound the f32 rounding.
-    for block in xs.chunks(4096) {
-        let mut it = block.chunks_exact(16);
-        for c in &mut it {
-            for (l, &v) in lanes.iter_mut().zip(c) {
-                *l += f(v);
-            }
-        }
-        for &v in it.remainder() {
-            lanes[0] += f(v);
-        }
-        total += lanes.iter().map(|&l| l as f64).sum::<f64>();
-        lanes = [0f32; 16];
-    }
-    total
-}
-
 #[cfg(test)]
 mod tests {
-    use super::{conv3x3, conv3x3_planes, group_norm, group_norm_planes, Input, Scratch};
+    use super::{conv3x3, conv3x3_planes, Input};
+    use crate::norm::{group_norm, group_norm_planes};
+    use crate::planes::Scratch;
     use candle_core::{Device, Module, Tensor};
 
     fn rel(a: &Tensor, b: &Tensor) -> f64 {
