@@ -27,7 +27,7 @@ if [ -n "${CI:-}" ] || [ ! -x "$venv/bin/python" ]; then
 fi
 vpy="$venv/bin/python"
 "$vpy" -m pip install --quiet --disable-pip-version-check \
-    "maturin>=1.9.4,<2" "numpy>=1.21" "Pillow>=8" "pytest>=7" "mypy>=1.10"
+    "maturin>=1.9.4,<2" "numpy>=1.21" "Pillow>=8" "pytest>=7" "mypy>=1.10" "openai>=1.40,<3"
 
 echo "== python: maturin build (dev profile)"
 rm -rf "$wheels"
@@ -38,6 +38,10 @@ echo "== python: wheel built in $((SECONDS - start)) s"
 "$vpy" -m pip install --quiet --disable-pip-version-check --force-reinstall --no-deps "$wheels"/janus_rs-*.whl
 
 echo "== python: pytest"
+# The `janus` binary `cargo test` built, for the server test (tests/test_server.py).
+if [ -x "$target_dir/debug/janus" ]; then
+    export JANUS_BIN="$target_dir/debug/janus"
+fi
 # From python/ so the rootdir is python/ and `import janus_rs` is the installed
 # wheel; no cache files are left in the tree.
 cd python

@@ -54,12 +54,9 @@ fn input_err(msg: impl Into<String>) -> JanusError {
 
 /// f32 or bf16: the weight dtypes the benchmark measures.
 fn parse_dtype(name: &str) -> janus::Result<DType> {
-    match name.trim().to_ascii_lowercase().as_str() {
-        "f32" | "float32" => Ok(DType::F32),
-        "bf16" | "bfloat16" => Ok(DType::BF16),
-        other => Err(input_err(format!(
-            "bench dtype {other:?}: expected f32 or bf16"
-        ))),
+    match janus::parse_dtype(name)? {
+        d @ (DType::F32 | DType::BF16) => Ok(d),
+        _ => Err(input_err(format!("bench dtype {name:?}: expected f32 or bf16"))),
     }
 }
 

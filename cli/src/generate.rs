@@ -84,12 +84,7 @@ fn upscale(img: image::RgbImage, size: Option<u32>) -> janus::Result<image::RgbI
         None => Ok(img),
         Some(0) => Err(JanusError::Input("--size must be at least 1".into())),
         Some(s) if s > 8192 => Err(JanusError::Input(format!("--size {s} is larger than 8192"))),
-        Some(s) => Ok(image::imageops::resize(
-            &img,
-            s,
-            s,
-            image::imageops::FilterType::Lanczos3,
-        )),
+        Some(s) => janus::resize_square(&img, s),
     }
 }
 

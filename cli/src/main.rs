@@ -3,6 +3,7 @@
 mod bench;
 mod generate;
 mod output;
+mod serve;
 mod understand;
 
 use std::process::ExitCode;
@@ -37,6 +38,8 @@ enum Command {
     Quantize(QuantizeArgs),
     /// Time every stage on a real-size model with random weights (no download).
     Bench(bench::BenchArgs),
+    /// Serve the model over an OpenAI-compatible HTTP API.
+    Serve(serve::ServeArgs),
 }
 
 #[derive(Args)]
@@ -176,6 +179,7 @@ fn main() -> ExitCode {
         Command::Vq(c) => generate::vq(c),
         Command::Quantize(a) => quantize(a),
         Command::Bench(a) => bench::run(a),
+        Command::Serve(a) => serve::serve(a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -309,12 +309,27 @@ impl ImageProcessor {
         if meta.len() == 0 {
             return Err(image_err("file is empty (0 bytes)".into()));
         }
-        let reader = ImageReader::open(path)
-            .and_then(|r| r.with_guessed_format())
-            .map_err(|e| JanusError::BadFile {
-                path: path.to_path_buf(),
-                reason: e.to_string(),
-            })?;
+        let data = std::fs::read(path).map_err(|e| JanusError::BadFile {
+            path: path.to_path_buf(),
+            reason: e.to_string(),
+        })?;
+        Self::decode(&data, &name)
+    }
+
+    /// Decodes an image file's bytes (PNG, JPEG, WebP, BMP, GIF) as
+    /// [`ImageProcessor::open`] does; `name` names it in errors (a file
+    /// name, or e.g. "message 2, image 1" for an upload).
+    pub fn decode(data: &[u8], name: &str) -> Result<DynamicImage> {
+        let image_err = |reason: String| JanusError::Image {
+            source_name: name.to_owned(),
+            reason,
+        };
+        if data.is_empty() {
+            return Err(image_err("no data (0 bytes)".into()));
+        }
+        let reader = ImageReader::new(std::io::Cursor::new(data))
+            .with_guessed_format()
+            .map_err(|e| image_err(e.to_string()))?;
         if reader.format().is_none() {
             return Err(image_err(
                 "not an image in a supported format (PNG, JPEG, WebP, BMP, GIF)".into(),
@@ -322,20 +337,11 @@ impl ImageProcessor {
         }
         let cannot = |e: image::ImageError| image_err(format!("cannot decode: {e}"));
         if reader.format() == Some(image::ImageFormat::Jpeg) {
-            // The whole file, from the reader that guessed the format (it
-            // is back at the start).
-            let mut data = Vec::new();
-            std::io::Read::read_to_end(&mut reader.into_inner(), &mut data).map_err(|e| {
-                JanusError::BadFile {
-                    path: path.to_path_buf(),
-                    reason: e.to_string(),
-                }
-            })?;
-            return match crate::jpeg::decode(&data).map_err(image_err)? {
+            return match crate::jpeg::decode(data).map_err(image_err)? {
                 crate::jpeg::Decoded::Image(img) => Ok(img),
                 // Within the pixel limit: the JPEG decoder checked it.
                 crate::jpeg::Decoded::Unsupported => {
-                    image::load_from_memory_with_format(&data, image::ImageFormat::Jpeg)
+                    image::load_from_memory_with_format(data, image::ImageFormat::Jpeg)
                         .map_err(cannot)
                 }
             };

@@ -30,7 +30,7 @@
 //! ```
 //!
 //! The modules below the pipelines are public for stage-by-stage use
-//! ([`models`], [`checkpoint`], [`config`]); [`bench`] is the benchmark
+//! ([`models`], [`checkpoint`], [`config`]); [`bench`](mod@bench) is the benchmark
 //! behind `janus bench`. ARCHITECTURE.md in the repository shows the layers.
 
 #![warn(missing_docs)]
@@ -61,8 +61,8 @@ pub use image_processor::{ImageProcessor, ImageProcessorConfig, MAX_IMAGE_PIXELS
 pub use janus_nn::Quant;
 pub use loading::{parse_device, parse_dtype, resolve_model, LoadOptions, DEFAULT_MODEL};
 pub use pipeline::{
-    Answer, CfgLogits, ChatReply, ChatSession, GenerateOptions, GeneratedImages, JanusPro,
-    UnderstandOptions,
+    resize_square, Answer, CfgLogits, ChatReply, ChatSession, GenerateOptions, GeneratedImages,
+    JanusPro, UnderstandOptions,
 };
 pub use progress::Progress;
 pub use quantize::save_quantized;

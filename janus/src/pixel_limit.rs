@@ -15,7 +15,7 @@ pub(crate) fn within_pixel_limit(w: usize, h: usize) -> std::result::Result<(), 
     Ok(())
 }
 
-/// The largest image, in pixels, that [`ImageProcessor::open`] will decode
+/// The largest image, in pixels, that [`crate::ImageProcessor::open`] will decode
 /// (100 megapixels). Larger files are refused before their pixels are
 /// decoded, as a guard against decompression bombs.
 pub const MAX_IMAGE_PIXELS: u64 = 100_000_000;

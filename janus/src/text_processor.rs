@@ -265,7 +265,18 @@ impl TextProcessor {
         conversation: &[Message],
         num_images: usize,
     ) -> Result<Vec<u32>> {
-        let prompt = self.sft_prompt(conversation, DEFAULT_SYSTEM_PROMPT);
+        self.understanding_ids_with_system(conversation, num_images, DEFAULT_SYSTEM_PROMPT)
+    }
+
+    /// As [`TextProcessor::understanding_ids`] with another system prompt
+    /// (empty: none).
+    pub fn understanding_ids_with_system(
+        &self,
+        conversation: &[Message],
+        num_images: usize,
+        system_prompt: &str,
+    ) -> Result<Vec<u32>> {
+        let prompt = self.sft_prompt(conversation, system_prompt);
         let (ids, placeholders) = self.expand_image_tokens(&self.encode(&prompt)?);
         if placeholders != num_images {
             return Err(JanusError::Input(format!(

@@ -37,7 +37,7 @@ enum Weight {
     /// bf16 weight [out, in] on the CPU.
     Bf16(Tensor),
     /// candle's quantised tensor (GGUF block layout): many rows go through
-    /// candle's quantized matmul, few rows through [`small_matmul`], which
+    /// candle's quantized matmul, few rows through [`janus_kernels::quant::few_row_matmul`], which
     /// reads the same blocks and keeps the activations in f32.
     Quantized(std::sync::Arc<QTensor>, QMatMul),
 }

@@ -21,6 +21,8 @@
 //! # Ok(()) }
 //! ```
 
+#![warn(missing_docs)]
+
 mod vit;
 
 pub use vit::{SiglipVit, SiglipVitConfig};

@@ -7,11 +7,17 @@ use janus_nn::{activation_dtype, QLinear, Quant};
 /// i.e. after the reference's `select_layer` truncation.
 #[derive(Debug, Clone, PartialEq)]
 pub struct SiglipVitConfig {
+    /// Side of the square input image, in pixels.
     pub image_size: usize,
+    /// Side of a patch, in pixels.
     pub patch_size: usize,
+    /// Width of the token embeddings.
     pub width: usize,
+    /// Transformer blocks built.
     pub layers: usize,
+    /// Attention heads.
     pub heads: usize,
+    /// MLP width over `width`.
     pub mlp_ratio: f64,
 }
 
@@ -28,6 +34,7 @@ impl SiglipVitConfig {
         }
     }
 
+    /// Patches (tokens) per image.
     pub fn num_patches(&self) -> usize {
         (self.image_size / self.patch_size).pow(2)
     }
@@ -218,6 +225,7 @@ impl SiglipVit {
         })
     }
 
+    /// The sizes it was built with.
     pub fn config(&self) -> &SiglipVitConfig {
         &self.cfg
     }

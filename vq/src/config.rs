@@ -8,7 +8,9 @@ pub struct VqConfig {
     pub codebook_embed_dim: usize,
     /// Base channel count; level `i` works with `ch * ch_mult[i]` channels.
     pub ch: usize,
+    /// Channel multiplier of each encoder level.
     pub encoder_ch_mult: Vec<usize>,
+    /// Channel multiplier of each decoder level.
     pub decoder_ch_mult: Vec<usize>,
     /// Channels of the latent produced by the encoder / consumed by the decoder.
     pub z_channels: usize,

@@ -3,11 +3,11 @@
 use candle_core::{Error, Result, Tensor};
 use candle_nn::VarBuilder;
 
-use crate::blocks::{
+use crate::config::VqConfig;
+use crate::layers::{
     conv3x3, group_norm, norm_conv, planes_ok, AttnBlock, Conv3x3, GroupNorm, MidBlock,
     ResnetBlock, Upsample,
 };
-use crate::config::VqConfig;
 use crate::planes::{Planes, Scratch};
 
 /// One resolution level, `decoder.conv_blocks.{i}`. Levels are stored in
@@ -32,6 +32,7 @@ pub struct VqDecoder {
 }
 
 impl VqDecoder {
+    /// Loads the decoder's weights from `vb` (the VQ model's `decoder`).
     pub fn load(vb: VarBuilder, cfg: &VqConfig) -> Result<Self> {
         let ch_mult = &cfg.decoder_ch_mult;
         let Some(&top_mult) = ch_mult.last() else {
@@ -71,6 +72,8 @@ impl VqDecoder {
         })
     }
 
+    /// Latents `[b, z_channels, h, w]` (after `post_quant_conv`) to images
+    /// `[b, 3, h f, w f]` in [-1, 1], `f` = [`VqConfig::downsample_factor`].
     pub fn forward(&self, z: &Tensor) -> Result<Tensor> {
         let h = self.conv_in.forward(z)?;
         let h = self.mid.forward(&h)?;

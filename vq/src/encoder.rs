@@ -3,10 +3,10 @@
 use candle_core::{Error, Result, Tensor};
 use candle_nn::VarBuilder;
 
-use crate::blocks::{
+use crate::config::VqConfig;
+use crate::layers::{
     conv3x3, group_norm, AttnBlock, Conv3x3, Downsample, GroupNorm, MidBlock, ResnetBlock,
 };
-use crate::config::VqConfig;
 
 /// One resolution level, `encoder.conv_blocks.{i}`.
 #[derive(Debug, Clone)]
@@ -29,6 +29,7 @@ pub struct VqEncoder {
 }
 
 impl VqEncoder {
+    /// Loads the encoder's weights from `vb` (the VQ model's `encoder`).
     pub fn load(vb: VarBuilder, cfg: &VqConfig) -> Result<Self> {
         let ch_mult = &cfg.encoder_ch_mult;
         if ch_mult.is_empty() {
@@ -68,6 +69,8 @@ impl VqEncoder {
         })
     }
 
+    /// Images `[b, 3, H, W]` in [-1, 1] to latents `[b, z_channels, H / f,
+    /// W / f]` (before `quant_conv`), `f` = [`VqConfig::downsample_factor`].
     pub fn forward(&self, images: &Tensor) -> Result<Tensor> {
         let mut h = self.conv_in.forward(images)?;
         for level in &self.levels {

@@ -24,11 +24,13 @@
 //! # Ok(()) }
 //! ```
 
-mod blocks;
+#![warn(missing_docs)]
+
 mod config;
 mod conv;
 mod decoder;
 mod encoder;
+mod layers;
 mod model;
 mod norm;
 mod pixels;

@@ -3,10 +3,10 @@
 use candle_core::{Module, Result, Tensor};
 use candle_nn::{Conv2d, VarBuilder};
 
-use crate::blocks::conv1x1;
 use crate::config::VqConfig;
 use crate::decoder::VqDecoder;
 use crate::encoder::VqEncoder;
+use crate::layers::conv1x1;
 use crate::quantizer::{VectorQuantizer, VqEncoding};
 
 /// VQ-16 image tokenizer: images <-> grids of codebook ids.
@@ -49,6 +49,7 @@ impl VqModel {
         })
     }
 
+    /// The sizes it was built with.
     pub fn config(&self) -> &VqConfig {
         &self.config
     }

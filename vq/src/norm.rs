@@ -12,7 +12,7 @@ use janus_kernels::tensor::zeroed;
 /// `GroupNorm(groups, eps)` with affine `weight`/`bias` `[c]`, followed by
 /// swish when `swish`, over `x` `[b, c, h, w]`. With `padded` the result is
 /// written with a ring of zeros, `[b, c, h + 2, w + 2]`, ready for
-/// [`conv3x3`] with [`Input::Padded`]: the convolution then reads it in
+/// [`crate::conv::conv3x3`] with [`crate::conv::Input::Padded`]: the convolution then reads it in
 /// place instead of copying it into padded planes.
 pub(crate) fn group_norm(
     x: &Tensor,

@@ -35,6 +35,7 @@ pub struct VectorQuantizer {
 }
 
 impl VectorQuantizer {
+    /// Loads the codebook (`quantize.embedding`) under `vb`.
     pub fn load(vb: VarBuilder, cfg: &VqConfig) -> Result<Self> {
         let weight = vb.get(
             (cfg.codebook_size, cfg.codebook_embed_dim),
@@ -48,6 +49,7 @@ impl VectorQuantizer {
         })
     }
 
+    /// Entries of the codebook.
     pub fn codebook_size(&self) -> usize {
         self.codebook.dims()[0]
     }

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 
 use crate::error::{JanusError, Result};
 
-/// The weight file of a quantised model folder (see [`crate::quantize`]).
+/// The weight file of a quantised model folder (see [`crate::save_quantized`]).
 pub const GGUF_FILE: &str = "model.gguf";
 
 /// Files a model folder may hold besides weights; absent ones are skipped.

@@ -1,7 +1,7 @@
 //! Reading a quantised model folder's `model.gguf` (standard GGUF, version
 //! 3, under the released tensor names; `janus.quant` names the
 //! quantisation, `janus.format_version` the layout; written by
-//! [`crate::quantize`]). Every tensor's byte span is checked against the
+//! [`crate::save_quantized`]). Every tensor's byte span is checked against the
 //! file at open.
 
 use std::collections::HashMap;

@@ -1,7 +1,7 @@
 //! Finding and reading checkpoint files: one or sharded safetensors (memory
 //! mapped), one or sharded PyTorch pickles (read as data by candle's
 //! restricted unpickler, which executes nothing), or a quantised
-//! `model.gguf` written by [`crate::quantize`] (memory mapped).
+//! `model.gguf` written by [`crate::save_quantized`] (memory mapped).
 //!
 //! Every request is checked against the stored shape before any data is
 //! read, so a mismatch names the key and both shapes.
@@ -47,7 +47,7 @@ pub struct Checkpoint {
 
 impl Checkpoint {
     /// Opens the weights of a model folder, in order of preference:
-    /// `model.gguf` (quantised, see [`crate::quantize`]), `model.safetensors`,
+    /// `model.gguf` (quantised, see [`crate::save_quantized`]), `model.safetensors`,
     /// `model.safetensors.index.json`, `pytorch_model.bin`,
     /// `pytorch_model.bin.index.json`.
     pub fn open(dir: &Path) -> Result<Self> {

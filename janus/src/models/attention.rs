@@ -243,7 +243,7 @@ impl Attention {
 /// parallel pass over the cache buffers (f32 or bf16), instead of two
 /// batched matmuls of `b * heads` tiny products. `q` [b, h, 1, d]; `k`, `v`
 /// [b, kvh, len, d] views of the cache; sequence i attends from position
-/// `starts[i]` on (all from 0 when empty, see [`KvCache::stack`]). Returns
+/// `starts[i]` on (all from 0 when empty, see [`super::KvCache::stack`]). Returns
 /// [b, 1, h * d], or None when not applicable.
 fn decode_attention(
     q: &Tensor,

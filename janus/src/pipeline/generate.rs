@@ -53,6 +53,22 @@ pub struct CfgLogits {
     pub mixed: Tensor,
 }
 
+/// `image` resized to `side` x `side` pixels (Lanczos3), as `janus
+/// generate --size` and the server's larger sizes do; `side` in 1..=8192.
+pub fn resize_square(image: &RgbImage, side: u32) -> Result<RgbImage> {
+    if !(1..=8192).contains(&side) {
+        return Err(JanusError::Input(format!(
+            "image size {side} is outside 1..=8192"
+        )));
+    }
+    Ok(image::imageops::resize(
+        image,
+        side,
+        side,
+        image::imageops::FilterType::Lanczos3,
+    ))
+}
+
 impl GenerateOptions {
     /// Rejects options no run can use (no image, a non-finite CFG weight,
     /// meaningless sampling): what every front end checks before a run.

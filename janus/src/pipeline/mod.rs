@@ -8,6 +8,6 @@ pub mod model;
 pub mod understand;
 
 pub use chat::{ChatReply, ChatSession};
-pub use generate::{CfgLogits, GenerateOptions, GeneratedImages};
+pub use generate::{resize_square, CfgLogits, GenerateOptions, GeneratedImages};
 pub use model::JanusPro;
 pub use understand::{Answer, UnderstandOptions};

@@ -41,7 +41,7 @@ impl JanusPro {
     /// As [`JanusPro::load`], quantising the language model's and image
     /// head's linear weights and the token embeddings to `quant` (and the
     /// vision tower's to q8_0) while reading them (see [`janus_nn::QLinear`]).
-    /// A quantised folder (see [`crate::quantize`]) loads in the quantisation it
+    /// A quantised folder (see [`crate::save_quantized`]) loads in the quantisation it
     /// was saved with: `quant` must be that one or `Quant::None`.
     pub fn load_quantized(dir: &Path, device: &Device, dtype: DType, quant: Quant) -> Result<Self> {
         let config = JanusConfig::from_model_dir(dir)?;

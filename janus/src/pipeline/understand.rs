@@ -9,7 +9,7 @@ use crate::error::{JanusError, Result};
 use crate::models::KvCache;
 use crate::progress::Progress;
 use crate::sampling::{Sampler, SamplingParams};
-use crate::text_processor::Message;
+use crate::text_processor::{Message, DEFAULT_SYSTEM_PROMPT};
 
 /// Options of an understanding (text answer) run.
 #[derive(Debug, Clone, PartialEq)]
@@ -53,9 +53,22 @@ impl JanusPro {
         conversation: &[Message],
         images: &[DynamicImage],
     ) -> Result<(Vec<u32>, Tensor)> {
-        let ids = self
-            .processor
-            .understanding_ids(conversation, images.len())?;
+        self.understanding_inputs_with_system(conversation, images, DEFAULT_SYSTEM_PROMPT)
+    }
+
+    /// As [`JanusPro::understanding_inputs`] with another system prompt
+    /// (empty: none).
+    pub fn understanding_inputs_with_system(
+        &self,
+        conversation: &[Message],
+        images: &[DynamicImage],
+        system_prompt: &str,
+    ) -> Result<(Vec<u32>, Tensor)> {
+        let ids = self.processor.understanding_ids_with_system(
+            conversation,
+            images.len(),
+            system_prompt,
+        )?;
         let max_pos = self.model.config.language.max_position_embeddings;
         if ids.len() >= max_pos {
             return Err(JanusError::Input(format!(
@@ -132,8 +145,22 @@ impl JanusPro {
         opts: &UnderstandOptions,
         on_token: &mut dyn FnMut(u32, Progress) -> Result<()>,
     ) -> Result<Answer> {
+        self.understand_with_system(conversation, images, DEFAULT_SYSTEM_PROMPT, opts, on_token)
+    }
+
+    /// As [`JanusPro::understand_with`] with another system prompt (empty:
+    /// none) in place of the official default.
+    pub fn understand_with_system(
+        &self,
+        conversation: &[Message],
+        images: &[DynamicImage],
+        system_prompt: &str,
+        opts: &UnderstandOptions,
+        on_token: &mut dyn FnMut(u32, Progress) -> Result<()>,
+    ) -> Result<Answer> {
         opts.sampling.validate()?;
-        let (_, embeds) = self.understanding_inputs(conversation, images)?;
+        let (_, embeds) =
+            self.understanding_inputs_with_system(conversation, images, system_prompt)?;
         // Sized once for the prompt and the longest answer (grows if a caller goes on).
         let mut cache = self
             .model

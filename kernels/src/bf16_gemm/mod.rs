@@ -5,7 +5,7 @@
 //! the usual shape: the left side is packed one `KC`-deep block at a time
 //! into `MR`-row panels (rounded from f32 while packing), the right side into
 //! `NR`-column panels that stay in L1, and a 6×64 register tile accumulates
-//! in f32. Elsewhere [`gemm`] computes the same sums with scalar code, so
+//! in f32. Elsewhere [`gemm()`] computes the same sums with scalar code, so
 //! callers pick it by [`available`] and keep their f32 path otherwise.
 //!
 //! The right side comes in the layouts the callers have without a copy:
@@ -60,10 +60,10 @@ pub fn gemm(
     gemm_runs(m, n, k, a, lda, rhs, c, ldc, accumulate, parallel, runs)
 }
 
-/// [`gemm`] storing only some columns of the product (see [`Runs`]).
+/// [`gemm()`] storing only some columns of the product (see [`Runs`]).
 ///
 /// # Panics
-/// As [`gemm`], and if `runs.run` is zero.
+/// As [`gemm()`], and if `runs.run` is zero.
 #[allow(clippy::too_many_arguments)]
 pub fn gemm_runs(
     m: usize,
@@ -110,7 +110,7 @@ pub fn gemm_runs(
 
 /// A left side `[m, k]` rounded to bf16 and packed once, for products with
 /// many right sides (e.g. one kernel matrix of a convolution against many
-/// bands of an image): [`gemm_packed`] then skips [`gemm`]'s packing.
+/// bands of an image): [`gemm_packed`] then skips [`gemm()`]'s packing.
 pub struct PackedLhs {
     m: usize,
     k: usize,
@@ -156,7 +156,7 @@ impl PackedLhs {
     }
 }
 
-/// [`gemm`] with a left side packed beforehand: `c[i * ldc + j] (+)= Σ_l
+/// [`gemm()`] with a left side packed beforehand: `c[i * ldc + j] (+)= Σ_l
 /// a(i, l) · bf16(B[j, l])` for `j < n`, `i < lhs.m`, `l < lhs.k`.
 ///
 /// # Panics

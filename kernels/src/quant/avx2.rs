@@ -1,5 +1,5 @@
 //! The integer few-row kernels for AVX2 CPUs without AVX-512. q4_K: the inputs
-//! rounded to 8 bits per 256 values ([`super::Int8Rows`], as the AVX-512
+//! rounded to 8 bits per 256 values ([`super::input_rows::Int8Rows`], as the AVX-512
 //! VNNI kernel and llama.cpp do), and each 32-weight sub-block's nibbles
 //! multiplied with them by `vpmaddubsw` (unsigned nibbles times signed
 //! inputs, pairs summed in 16 bits: at most 2 · 15 · 127) and `vpmaddwd`

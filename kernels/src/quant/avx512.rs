@@ -488,7 +488,7 @@ pub fn vnni_available() -> bool {
 /// A 64-byte load of q4_K nibbles holds, in its low nibbles, values
 /// 0..32 and 64..96 of its 128 and, in its high nibbles, 32..64 and
 /// 96..128: two 32-value sub-blocks per half, each with its own 6-bit
-/// scale and minimum. [`super::Int8Rows`] stores the inputs in that
+/// scale and minimum. [`super::input_rows::Int8Rows`] stores the inputs in that
 /// order, so `vpdpbusd` of a nibble half with 64 input bytes gives 16
 /// sums of 4 products, lanes 0..8 in one sub-block and 8..16 in the other.
 pub fn dot_q4k_int8(

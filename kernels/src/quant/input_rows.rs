@@ -12,7 +12,7 @@ pub(crate) trait InputRows: Sync + Sized {
 
 /// Input rows quantised for the integer q4_K kernel, as llama.cpp's q8_K:
 /// per 256 values an f32 scale and 256 i8 (stored in the order the kernel
-/// unpacks q4_K nibbles: see [`avx512::dot_q4k_int8`]), and per 32 values the
+/// unpacks q4_K nibbles: see [`super::avx512::dot_q4k_int8`]), and per 32 values the
 /// sum of the rounded values (for the blocks' minimum terms), eight per block
 /// after eight zeros (the lanes the kernel multiplies with the minimums).
 pub(crate) struct Int8Rows {

@@ -1,0 +1,396 @@
+//! `janus serve` on loopback with the tiny fixture: every route, streaming
+//! and not, the error statuses, and equality with the library's results.
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use base64::Engine as _;
+use janus::UnderstandOptions;
+use janus::{question_conversation, GenerateOptions, ImageProcessor, JanusPro, LoadOptions};
+use janus_server::ServerOptions;
+use serde_json::{json, Value};
+
+fn fixture_dir() -> PathBuf {
+    PathBuf::from(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../tests/fixtures/tiny"
+    ))
+}
+
+/// A server on 127.0.0.1 (a free port) that stops when dropped.
+struct Server {
+    addr: SocketAddr,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<janus::Result<()>>>,
+}
+
+impl Server {
+    fn start(options: ServerOptions) -> Self {
+        let (addr_tx, addr_rx) = std::sync::mpsc::channel();
+        let (stop, stop_rx) = tokio::sync::oneshot::channel::<()>();
+        let thread = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(janus_server::serve(
+                ServerOptions {
+                    host: "127.0.0.1".into(),
+                    port: 0,
+                    ..options
+                },
+                || {
+                    JanusPro::from_pretrained(
+                        fixture_dir().to_str().unwrap(),
+                        &LoadOptions::default(),
+                    )
+                },
+                move |addr| addr_tx.send(addr).unwrap(),
+                async move {
+                    let _ = stop_rx.await;
+                },
+            ))
+        });
+        let addr = addr_rx
+            .recv_timeout(Duration::from_secs(30))
+            .expect("listening");
+        let server = Self {
+            addr,
+            stop: Some(stop),
+            thread: Some(thread),
+        };
+        let t = Instant::now();
+        while server.get("/health").0 != 200 {
+            assert!(
+                t.elapsed() < Duration::from_secs(60),
+                "model never became ready"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        server
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+
+    fn get(&self, path: &str) -> (u16, String) {
+        response(ureq::get(&self.url(path)).call())
+    }
+
+    fn post(&self, path: &str, body: &Value) -> (u16, Value) {
+        self.post_with(path, body, None)
+    }
+
+    fn post_with(&self, path: &str, body: &Value, key: Option<&str>) -> (u16, Value) {
+        let mut req = ureq::post(&self.url(path));
+        if let Some(k) = key {
+            req = req.set("Authorization", &format!("Bearer {k}"));
+        }
+        let (status, text) = response(req.send_json(body.clone()));
+        (status, serde_json::from_str(&text).unwrap_or(Value::Null))
+    }
+
+    /// The `data:` payloads of a streamed response, up to `[DONE]`.
+    fn stream(&self, path: &str, body: &Value) -> Vec<String> {
+        let resp = ureq::post(&self.url(path)).send_json(body.clone()).unwrap();
+        assert_eq!(resp.content_type(), "text/event-stream");
+        let mut out = vec![];
+        for line in BufReader::new(resp.into_reader()).lines() {
+            let line = line.unwrap();
+            if let Some(data) = line.strip_prefix("data: ") {
+                out.push(data.to_owned());
+                if data == "[DONE]" {
+                    break;
+                }
+            }
+        }
+        out
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        if let Some(s) = self.stop.take() {
+            let _ = s.send(());
+        }
+        if let Some(t) = self.thread.take() {
+            t.join().unwrap().unwrap();
+        }
+    }
+}
+
+fn response(r: Result<ureq::Response, ureq::Error>) -> (u16, String) {
+    match r {
+        Ok(resp) => (resp.status(), resp.into_string().unwrap()),
+        Err(ureq::Error::Status(code, resp)) => (code, resp.into_string().unwrap()),
+        Err(e) => panic!("request failed: {e}"),
+    }
+}
+
+fn library() -> JanusPro {
+    JanusPro::from_pretrained(fixture_dir().to_str().unwrap(), &LoadOptions::default()).unwrap()
+}
+
+fn image_url() -> String {
+    let png = std::fs::read(fixture_dir().join("images/wide.png")).unwrap();
+    format!(
+        "data:image/png;base64,{}",
+        base64::engine::general_purpose::STANDARD.encode(png)
+    )
+}
+
+fn chat_body(max_tokens: usize) -> Value {
+    json!({
+        "model": "janus",
+        "messages": [{"role": "user", "content": [
+            {"type": "image_url", "image_url": {"url": image_url()}},
+            {"type": "text", "text": "Describe this image in detail."},
+        ]}],
+        "max_tokens": max_tokens,
+    })
+}
+
+/// What `janus understand --image wide.png --question ...` answers.
+fn library_answer(max_tokens: usize) -> janus::Answer {
+    let model = library();
+    let image = ImageProcessor::open(&fixture_dir().join("images/wide.png")).unwrap();
+    let opts = UnderstandOptions {
+        max_new_tokens: max_tokens,
+        ..Default::default()
+    };
+    let conv = question_conversation("Describe this image in detail.", 1);
+    model.understand(&conv, &[image], &opts).unwrap()
+}
+
+#[test]
+fn chat_completions_answer_as_the_library_does() {
+    let server = Server::start(ServerOptions::default());
+    let want = library_answer(12);
+
+    let (status, v) = server.post("/v1/chat/completions", &chat_body(12));
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(v["object"], "chat.completion");
+    assert_eq!(v["choices"][0]["message"]["content"], want.text.as_str());
+    assert_eq!(v["choices"][0]["finish_reason"], "length");
+    assert_eq!(v["usage"]["completion_tokens"], 12);
+    let prompt_tokens = v["usage"]["prompt_tokens"].as_u64().unwrap();
+    assert!(
+        prompt_tokens > 16,
+        "the image's tokens count: {prompt_tokens}"
+    );
+
+    // Streamed: the deltas add up to the same answer.
+    let mut body = chat_body(12);
+    body["stream"] = json!(true);
+    body["stream_options"] = json!({"include_usage": true});
+    let events = server.stream("/v1/chat/completions", &body);
+    assert_eq!(events.last().unwrap(), "[DONE]");
+    let chunks: Vec<Value> = events[..events.len() - 1]
+        .iter()
+        .map(|e| serde_json::from_str(e).unwrap())
+        .collect();
+    assert_eq!(chunks[0]["choices"][0]["delta"]["role"], "assistant");
+    let text: String = chunks
+        .iter()
+        .filter_map(|c| c["choices"][0]["delta"]["content"].as_str())
+        .collect();
+    assert_eq!(text, want.text);
+    let last = chunks.last().unwrap();
+    assert_eq!(last["choices"][0]["finish_reason"], "length");
+    assert_eq!(last["usage"]["prompt_tokens"].as_u64(), Some(prompt_tokens));
+
+    // A stop string ends the answer before it, streamed or not.
+    let cut: String = want.text.chars().skip(3).take(2).collect();
+    let mut body = chat_body(12);
+    body["stop"] = json!([cut]);
+    let (_, v) = server.post("/v1/chat/completions", &body);
+    let head = &want.text[..want.text.find(&cut).unwrap()];
+    assert_eq!(v["choices"][0]["message"]["content"], head);
+    assert_eq!(v["choices"][0]["finish_reason"], "stop");
+}
+
+#[test]
+fn image_generations_match_the_library() {
+    let server = Server::start(ServerOptions::default());
+    let (status, v) = server.post(
+        "/v1/images/generations",
+        &json!({"prompt": "A red apple on a wooden table", "n": 2, "seed": 7, "response_format": "b64_json"}),
+    );
+    assert_eq!(status, 200, "{v}");
+    let want = library()
+        .generate(
+            "A red apple on a wooden table",
+            &GenerateOptions {
+                parallel_size: 2,
+                seed: Some(7),
+                ..Default::default()
+            },
+        )
+        .unwrap();
+    let data = v["data"].as_array().unwrap();
+    assert_eq!(data.len(), 2);
+    for (d, img) in data.iter().zip(&want.images) {
+        let png = base64::engine::general_purpose::STANDARD
+            .decode(d["b64_json"].as_str().unwrap())
+            .unwrap();
+        let got = image::load_from_memory(&png).unwrap().to_rgb8();
+        assert_eq!(got.as_raw(), img.as_raw());
+    }
+
+    // Streamed: one completed event per image, the same pixels; a size
+    // other than the native one is resized.
+    let events = server.stream(
+        "/v1/images/generations",
+        &json!({"prompt": "A red apple on a wooden table", "n": 2, "seed": 7, "stream": true, "size": "32x32"}),
+    );
+    assert_eq!(events.len(), 3);
+    for (e, img) in events.iter().zip(&want.images) {
+        let e: Value = serde_json::from_str(e).unwrap();
+        assert_eq!(e["type"], "image_generation.completed");
+        let png = base64::engine::general_purpose::STANDARD
+            .decode(e["b64_json"].as_str().unwrap())
+            .unwrap();
+        let got = image::load_from_memory(&png).unwrap().to_rgb8();
+        assert_eq!(
+            got.as_raw(),
+            janus::resize_square(img, 32).unwrap().as_raw()
+        );
+    }
+}
+
+#[test]
+fn health_models_metrics_and_errors() {
+    let server = Server::start(ServerOptions {
+        max_body_bytes: 256 << 10,
+        ..Default::default()
+    });
+    assert_eq!(server.get("/health"), (200, r#"{"status":"ok"}"#.into()));
+    let (status, text) = server.get("/v1/models");
+    assert_eq!(status, 200);
+    let v: Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(v["data"][0]["capabilities"]["image_generation"], true);
+
+    let error = |status: u16, v: &Value, needle: &str| {
+        assert_eq!(v["error"]["type"].is_string(), true, "{v}");
+        let msg = v["error"]["message"].as_str().unwrap_or("");
+        assert!(msg.contains(needle), "{status}: {msg:?} lacks {needle:?}");
+    };
+    let (s, v) = server.post("/v1/chat/completions", &json!({"messages": "hi"}));
+    assert_eq!(s, 400);
+    error(s, &v, "invalid request body");
+    let mut body = chat_body(4);
+    body["n"] = json!(2);
+    let (s, v) = server.post("/v1/chat/completions", &body);
+    assert_eq!((s, v["error"]["param"].as_str()), (400, Some("n")));
+    let (s, v) = server.post(
+        "/v1/chat/completions",
+        &json!({"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "https://example.com/cat.png"}}]}]}),
+    );
+    assert_eq!(s, 400);
+    error(s, &v, "remote image URLs are not fetched");
+    let (s, v) = server.post(
+        "/v1/chat/completions",
+        &json!({"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "data:image/png;base64,aGVsbG8="}}]}]}),
+    );
+    assert_eq!(s, 400);
+    error(s, &v, "not an image");
+    let (s, v) = server.post("/v1/images/generations", &json!({"prompt": "x", "n": 99}));
+    assert_eq!((s, v["error"]["param"].as_str()), (400, Some("n")));
+    let (s, v) = server.post(
+        "/v1/images/generations",
+        &json!({"prompt": "x", "size": "10x20"}),
+    );
+    assert_eq!((s, v["error"]["param"].as_str()), (400, Some("size")));
+    let (s, v) = server.post("/v1/nothing", &json!({}));
+    assert_eq!(s, 404);
+    error(s, &v, "no route");
+    let big = json!({"prompt": "x".repeat(300 << 10)});
+    let (s, v) = server.post("/v1/images/generations", &big);
+    assert_eq!(s, 413);
+    error(s, &v, "over the limit");
+
+    let (status, text) = server.get("/metrics");
+    assert_eq!(status, 200);
+    assert!(
+        text.contains(r#"janus_http_requests_total{route="/v1/images/generations",status="413"}"#),
+        "{text}"
+    );
+}
+
+#[test]
+fn api_key_is_required_when_set() {
+    let server = Server::start(ServerOptions {
+        api_key: Some("sesame".into()),
+        ..Default::default()
+    });
+    let body = json!({"prompt": "x", "n": 99});
+    assert_eq!(
+        server.post_with("/v1/images/generations", &body, None).0,
+        401
+    );
+    assert_eq!(
+        server
+            .post_with("/v1/images/generations", &body, Some("sesam"))
+            .0,
+        401
+    );
+    // With the key the request is read (and refused for its n).
+    assert_eq!(
+        server
+            .post_with("/v1/images/generations", &body, Some("sesame"))
+            .0,
+        400
+    );
+    assert_eq!(server.get("/health").0, 200, "health stays open");
+}
+
+#[test]
+fn a_full_queue_answers_429_and_a_gone_client_frees_it() {
+    let server = Server::start(ServerOptions {
+        max_queue: 1,
+        ..Default::default()
+    });
+    let mut long = chat_body(100_000);
+    long["temperature"] = json!(1.0);
+    long["seed"] = json!(3);
+    long["stream"] = json!(true);
+    // The first event is sent once the request is queued.
+    let resp = ureq::post(&server.url("/v1/chat/completions"))
+        .send_json(long)
+        .unwrap();
+    let mut reader = BufReader::new(resp.into_reader());
+    let mut first = String::new();
+    reader.read_line(&mut first).unwrap();
+    assert!(first.starts_with("data: "), "{first}");
+    let (s, v) = server.post("/v1/chat/completions", &chat_body(2));
+    assert_eq!(s, 429, "{v}");
+    // The client goes away: its request is cancelled and the queue frees.
+    drop(reader);
+    let t = Instant::now();
+    loop {
+        let (s, _) = server.post("/v1/chat/completions", &chat_body(2));
+        if s == 200 {
+            break;
+        }
+        assert_eq!(s, 429);
+        assert!(t.elapsed() < Duration::from_secs(30), "never freed");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn a_request_past_its_timeout_is_cancelled() {
+    let server = Server::start(ServerOptions {
+        request_timeout: Some(Duration::from_millis(50)),
+        ..Default::default()
+    });
+    let mut body = chat_body(100_000);
+    body["temperature"] = json!(1.0);
+    let (s, v) = server.post("/v1/chat/completions", &body);
+    assert_eq!(s, 504, "{v}");
+    assert_eq!(v["error"]["code"], "timeout");
+}
