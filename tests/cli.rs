@@ -569,3 +569,174 @@ fn bench_all_configurations_load_from_gguf() {
         "unquantised runs load the safetensors"
     );
 }
+
+/// A shard index may only name files of the model folder: `../` and
+/// absolute paths are refused before anything is opened.
+#[test]
+fn shard_indexes_cannot_reach_outside_the_model_folder() {
+    for name in ["../model.safetensors", "/etc/passwd"] {
+        let tmp = model_copy();
+        let inner = tmp.path().join("model");
+        std::fs::create_dir(&inner).unwrap();
+        for f in std::fs::read_dir(tmp.path()).unwrap() {
+            let f = f.unwrap().path();
+            if f.is_file() && f.extension().is_some_and(|e| e == "json") {
+                std::fs::copy(&f, inner.join(f.file_name().unwrap())).unwrap();
+            }
+        }
+        let index = serde_json::json!({"weight_map": {"language_model.model.norm.weight": name}});
+        std::fs::write(
+            inner.join("model.safetensors.index.json"),
+            index.to_string(),
+        )
+        .unwrap();
+        let out = janus(&[
+            "understand",
+            "--model",
+            s(&inner),
+            "--question",
+            "hi",
+            "--max-new-tokens",
+            "1",
+        ]);
+        assert_input_error(name, &out, "not a file of the model folder");
+    }
+}
+
+/// Outputs: an existing device is written into, never replaced by a file,
+/// and a closed stdout ends the program quietly (no panic).
+#[test]
+fn outputs_into_devices_and_closed_pipes() {
+    let dir = fixture_dir();
+    let codes = tempfile::tempdir().unwrap();
+    let code_file = codes.path().join("codes.json");
+    let grid: Vec<u32> = (0..16).collect();
+    std::fs::write(
+        &code_file,
+        serde_json::json!({"grid": [4, 4], "codes": grid}).to_string(),
+    )
+    .unwrap();
+    if std::fs::metadata("/dev/null").is_ok_and(|m| !m.is_file()) {
+        let out = janus(&[
+            "vq",
+            "decode",
+            s(&code_file),
+            "--model",
+            s(&dir),
+            "--out",
+            "/dev/null",
+        ]);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let meta = std::fs::metadata("/dev/null").unwrap();
+        assert!(!meta.is_file(), "/dev/null was replaced by a file");
+    }
+
+    let mut child = Command::new(env!("CARGO_BIN_EXE_janus"))
+        .args([
+            "vq",
+            "encode",
+            s(&dir.join("images/wide.png")),
+            "--model",
+            s(&dir),
+        ])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(child.stdout.take());
+    let out = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!err.contains("panicked"), "{err}");
+    assert_eq!(out.status.code(), Some(141), "{err}");
+    assert!(err.is_empty(), "quiet: {err:?}");
+}
+
+/// Configs that disagree with each other fail at load or before the first
+/// step, with one line naming the file: a missing `processor_config.json`
+/// (its default expects 576 image tokens, the tiny model has 16 patches), a
+/// vocabulary smaller than the tokenizer's ids.
+#[test]
+fn inconsistent_configs_are_one_line_errors() {
+    let image = fixture_dir().join("images/wide.png");
+    let tmp = model_copy();
+    std::fs::remove_file(tmp.path().join("processor_config.json")).unwrap();
+    let out = janus(&[
+        "understand",
+        "--model",
+        s(tmp.path()),
+        "--image",
+        s(&image),
+        "--question",
+        "hi",
+        "--max-new-tokens",
+        "1",
+    ]);
+    assert_input_error("no processor_config.json", &out, "num_image_tokens 576");
+
+    let tmp = model_copy();
+    edit_config(tmp.path(), |v| {
+        v["language_config"]["vocab_size"] = serde_json::json!(400)
+    });
+    let out = janus(&[
+        "understand",
+        "--model",
+        s(tmp.path()),
+        "--question",
+        "hi",
+        "--max-new-tokens",
+        "1",
+    ]);
+    assert_input_error("small vocabulary", &out, "outside the model's vocabulary");
+
+    // Absurd sizes and unusable floats: one line naming the field.
+    for (section, key, value, needle) in [
+        (
+            "language_config",
+            "rope_theta",
+            serde_json::json!(0.0),
+            "rope_theta",
+        ),
+        (
+            "language_config",
+            "rms_norm_eps",
+            serde_json::json!(-1e-6),
+            "rms_norm_eps",
+        ),
+        (
+            "language_config",
+            "max_position_embeddings",
+            serde_json::json!(1_000_000_000_000u64),
+            "max_position_embeddings",
+        ),
+    ] {
+        let tmp = model_copy();
+        edit_config(tmp.path(), |v| v[section][key] = value.clone());
+        let out = janus(&["understand", "--model", s(tmp.path()), "--question", "hi"]);
+        assert_input_error(key, &out, needle);
+    }
+    let tmp = model_copy();
+    edit_config(tmp.path(), |v| {
+        v["gen_vision_config"]["params"]["num_res_blocks"] = serde_json::json!(1_000_000_000u64)
+    });
+    let out = janus(&["understand", "--model", s(tmp.path()), "--question", "hi"]);
+    assert_input_error("num_res_blocks", &out, "num_res_blocks");
+
+    // More images than memory holds: refused before anything is allocated.
+    let out_dir = tempfile::tempdir().unwrap();
+    let out = janus(&[
+        "generate",
+        "--model",
+        s(&fixture_dir()),
+        "--prompt",
+        "a cat",
+        "--parallel-size",
+        "10000000000",
+        "--out",
+        s(out_dir.path()),
+    ]);
+    assert_input_error("parallel size", &out, "generate fewer at a time");
+}

@@ -19,8 +19,13 @@ fn fixture_dir() -> PathBuf {
     ))
 }
 
+/// The tests of this file run one at a time: the metrics recorder is the
+/// process's, and one test counts image steps.
+static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 /// A server on 127.0.0.1 (a free port) that stops when dropped.
 struct Server {
+    _serial: std::sync::MutexGuard<'static, ()>,
     addr: SocketAddr,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     thread: Option<std::thread::JoinHandle<janus::Result<()>>>,
@@ -28,6 +33,7 @@ struct Server {
 
 impl Server {
     fn start(options: ServerOptions) -> Self {
+        let serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
         let (addr_tx, addr_rx) = std::sync::mpsc::channel();
         let (stop, stop_rx) = tokio::sync::oneshot::channel::<()>();
         let thread = std::thread::spawn(move || {
@@ -58,6 +64,7 @@ impl Server {
             .recv_timeout(Duration::from_secs(30))
             .expect("listening");
         let server = Self {
+            _serial: serial,
             addr,
             stop: Some(stop),
             thread: Some(thread),
@@ -308,10 +315,33 @@ fn health_models_metrics_and_errors() {
     let (s, v) = server.post("/v1/nothing", &json!({}));
     assert_eq!(s, 404);
     error(s, &v, "no route");
-    let big = json!({"prompt": "x".repeat(300 << 10)});
-    let (s, v) = server.post("/v1/images/generations", &big);
-    assert_eq!(s, 413);
-    error(s, &v, "over the limit");
+    // A body over the limit is refused from its Content-Length, before it
+    // is read (a client still sending would see its connection closed, so
+    // this one sends the headers alone and reads the answer).
+    {
+        use std::io::{Read, Write};
+        let mut tcp = std::net::TcpStream::connect(server.addr).unwrap();
+        write!(
+            tcp,
+            "POST /v1/images/generations HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+            300 << 10
+        )
+        .unwrap();
+        // The whole answer, not EOF: the server may keep the connection
+        // open for the body it refused.
+        tcp.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let mut bytes = vec![];
+        let mut buf = [0u8; 4096];
+        while !String::from_utf8_lossy(&bytes).trim_end().ends_with("}}") {
+            match tcp.read(&mut buf) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => bytes.extend_from_slice(&buf[..n]),
+            }
+        }
+        let answer = String::from_utf8_lossy(&bytes);
+        assert!(answer.starts_with("HTTP/1.1 413"), "{answer}");
+        assert!(answer.contains("over the limit"), "{answer}");
+    }
 
     let (status, text) = server.get("/metrics");
     assert_eq!(status, 200);
@@ -348,28 +378,36 @@ fn api_key_is_required_when_set() {
     assert_eq!(server.get("/health").0, 200, "health stays open");
 }
 
+/// The value of a counter or gauge in `/metrics` (0 when absent).
+fn metric(server: &Server, name: &str) -> f64 {
+    let (_, text) = server.get("/metrics");
+    text.lines()
+        .find(|l| l.starts_with(name) && l[name.len()..].starts_with(' '))
+        .and_then(|l| l.split_whitespace().last())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0.0)
+}
+
+/// Sixteen images: a job that always runs every step (no early stop).
+fn sixteen_images(stream: bool) -> Value {
+    json!({"prompt": "a red apple", "n": 16, "seed": 1, "stream": stream})
+}
+
 #[test]
-fn a_full_queue_answers_429_and_a_gone_client_frees_it() {
+fn a_full_queue_answers_429_and_a_gone_client_is_cancelled() {
     let server = Server::start(ServerOptions {
         max_queue: 1,
         ..Default::default()
     });
-    let mut long = chat_body(100_000);
-    long["temperature"] = json!(1.0);
-    long["seed"] = json!(3);
-    long["stream"] = json!(true);
-    // The first event is sent once the request is queued.
-    let resp = ureq::post(&server.url("/v1/chat/completions"))
-        .send_json(long)
+    let steps_before = metric(&server, "janus_image_steps_total");
+    // A streamed job; its response (headers) arrives once it is queued.
+    let resp = ureq::post(&server.url("/v1/images/generations"))
+        .send_json(sixteen_images(true))
         .unwrap();
-    let mut reader = BufReader::new(resp.into_reader());
-    let mut first = String::new();
-    reader.read_line(&mut first).unwrap();
-    assert!(first.starts_with("data: "), "{first}");
     let (s, v) = server.post("/v1/chat/completions", &chat_body(2));
     assert_eq!(s, 429, "{v}");
-    // The client goes away: its request is cancelled and the queue frees.
-    drop(reader);
+    // The client goes away: the job stops within a step, short of its 16.
+    drop(resp);
     let t = Instant::now();
     loop {
         let (s, _) = server.post("/v1/chat/completions", &chat_body(2));
@@ -378,19 +416,22 @@ fn a_full_queue_answers_429_and_a_gone_client_frees_it() {
         }
         assert_eq!(s, 429);
         assert!(t.elapsed() < Duration::from_secs(30), "never freed");
-        std::thread::sleep(Duration::from_millis(20));
+        std::thread::sleep(Duration::from_millis(5));
     }
+    let steps = metric(&server, "janus_image_steps_total") - steps_before;
+    assert!(
+        steps < 16.0,
+        "the job ran {steps} of its 16 steps after its client left"
+    );
 }
 
 #[test]
 fn a_request_past_its_timeout_is_cancelled() {
     let server = Server::start(ServerOptions {
-        request_timeout: Some(Duration::from_millis(50)),
+        request_timeout: Some(Duration::from_millis(1)),
         ..Default::default()
     });
-    let mut body = chat_body(100_000);
-    body["temperature"] = json!(1.0);
-    let (s, v) = server.post("/v1/chat/completions", &body);
+    let (s, v) = server.post("/v1/images/generations", &sixteen_images(false));
     assert_eq!(s, 504, "{v}");
     assert_eq!(v["error"]["code"], "timeout");
 }

@@ -56,7 +56,9 @@ fn input_err(msg: impl Into<String>) -> JanusError {
 fn parse_dtype(name: &str) -> janus::Result<DType> {
     match janus::parse_dtype(name)? {
         d @ (DType::F32 | DType::BF16) => Ok(d),
-        _ => Err(input_err(format!("bench dtype {name:?}: expected f32 or bf16"))),
+        _ => Err(input_err(format!(
+            "bench dtype {name:?}: expected f32 or bf16"
+        ))),
     }
 }
 
@@ -94,7 +96,7 @@ pub fn run(args: BenchArgs) -> janus::Result<()> {
         };
         let result = run_configuration(&settings)?;
         if args.json {
-            println!("{}", serde_json::to_string(&result).unwrap_or_default());
+            crate::output::print_line(serde_json::to_string(&result).unwrap_or_default())?;
         } else {
             print_table(&[result]);
         }

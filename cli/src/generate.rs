@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use clap::{Args, Subcommand};
 use janus::{GenerateOptions, ImageProcessor, JanusError, SamplingParams};
 
-use crate::output::{ctrl_c_token, progress_bar, save_png, set_idle, write_atomically};
+use crate::output::{ctrl_c_token, print_line, progress_bar, save_png, set_idle, write_file};
 use crate::ModelArgs;
 
 #[derive(Args)]
@@ -132,13 +132,10 @@ pub fn generate(args: GenerateArgs) -> janus::Result<()> {
     bar.finish_and_clear();
     if args.json {
         let paths: Vec<String> = paths.iter().map(|p| p.display().to_string()).collect();
-        println!(
-            "{}",
-            serde_json::json!({"images": paths, "image_tokens": all})
-        );
+        print_line(serde_json::json!({"images": paths, "image_tokens": all}))?;
     } else {
         for p in &paths {
-            println!("{}", p.display());
+            print_line(p.display())?;
         }
     }
     Ok(())
@@ -208,13 +205,8 @@ pub fn vq(cmd: VqCommand) -> janus::Result<()> {
             let (_, side) = model.image_grid()?;
             let json = serde_json::json!({"grid": [side, side], "codes": codes}).to_string();
             match out {
-                Some(path) => {
-                    write_atomically(&path, |tmp| Ok(std::fs::write(tmp, json.as_bytes())?))
-                }
-                None => {
-                    println!("{json}");
-                    Ok(())
-                }
+                Some(path) => write_file(&path, json.as_bytes()),
+                None => print_line(json),
             }
         }
         VqCommand::Decode {
@@ -238,7 +230,7 @@ pub fn vq(cmd: VqCommand) -> janus::Result<()> {
                     out.clone()
                 };
                 save_png(&upscale(img, size)?, &path)?;
-                println!("{}", path.display());
+                print_line(path.display())?;
             }
             Ok(())
         }

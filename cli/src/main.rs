@@ -81,7 +81,7 @@ fn quantize(args: QuantizeArgs) -> janus::Result<()> {
         cancel.check()
     })?;
     bar.finish_and_clear();
-    println!("{}", path.display());
+    output::print_line(path.display())?;
     Ok(())
 }
 
@@ -187,6 +187,8 @@ fn main() -> ExitCode {
             eprintln!("cancelled");
             ExitCode::from(130)
         }
+        // A closed pipe (`janus ... | head`) ends quietly, as other tools do.
+        Err(JanusError::Io(e)) if e.kind() == std::io::ErrorKind::BrokenPipe => ExitCode::from(141),
         Err(e) => {
             eprintln!("error: {}", e.to_string().replace('\n', " "));
             match e {

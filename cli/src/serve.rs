@@ -1,6 +1,5 @@
 //! `janus serve`: the OpenAI-compatible HTTP server ([`janus_server`]).
 
-use std::io::Write;
 use std::time::Duration;
 
 use clap::Args;
@@ -73,8 +72,8 @@ pub fn serve(args: ServeArgs) -> janus::Result<()> {
         options,
         move || model.load(),
         |addr| {
-            println!("janus serve: listening on http://{addr}");
-            let _ = std::io::stdout().flush();
+            // Nobody reading stdout is no reason to stop serving.
+            let _ = crate::output::print_line(format!("janus serve: listening on http://{addr}"));
         },
         async move {
             #[cfg(unix)]

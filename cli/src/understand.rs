@@ -7,7 +7,7 @@ use clap::Args;
 use janus::{load_conversation, question_conversation, TextStreamer};
 use janus::{ChatSession, ImageProcessor, JanusError};
 
-use crate::output::{ctrl_c_token, set_idle};
+use crate::output::{ctrl_c_token, print_line, set_idle};
 use crate::{ModelArgs, TextSamplingArgs};
 
 #[derive(Args)]
@@ -53,11 +53,9 @@ pub fn understand(args: UnderstandArgs) -> janus::Result<()> {
     let opts = args.sampling.options();
     if args.json {
         let answer = model.understand(&conversation, &images, &opts)?;
-        println!(
-            "{}",
-            serde_json::json!({"answer": answer.text, "token_ids": answer.token_ids})
+        return print_line(
+            serde_json::json!({"answer": answer.text, "token_ids": answer.token_ids}),
         );
-        return Ok(());
     }
     let cancel = ctrl_c_token();
     set_idle(false);

@@ -45,6 +45,7 @@ mod hub;
 mod image_processor;
 mod jpeg;
 mod loading;
+mod memory;
 pub mod models;
 mod pillow_resize;
 mod pipeline;

@@ -43,6 +43,10 @@ pub(crate) fn router(state: Arc<AppState>) -> Router {
         .merge(v1)
         .fallback(|req: Request| async move { ApiError::not_found(req.uri().path()) })
         .layer(DefaultBodyLimit::max(limit))
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            refuse_large_bodies,
+        ))
         .layer(middleware::from_fn(count_requests))
         .with_state(state)
 }
@@ -65,6 +69,25 @@ async fn count_requests(req: Request, next: Next) -> Response {
     )
     .increment(1);
     response
+}
+
+/// A body announced larger than the limit is refused at once (413), before
+/// it is read; one without a length is cut at the limit while read.
+async fn refuse_large_bodies(
+    State(state): State<Arc<AppState>>,
+    req: Request,
+    next: Next,
+) -> Response {
+    let limit = state.options.max_body_bytes;
+    let announced = req
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if announced.is_some_and(|n| n > limit as u64) {
+        return ApiError::too_large(limit).into_response();
+    }
+    next.run(req).await
 }
 
 /// With `--api-key`, the `/v1` routes need `Authorization: Bearer <key>`.

@@ -42,11 +42,28 @@ pub(crate) fn index_shard_names(index: &Path) -> Result<Vec<String>> {
         let file = file
             .as_str()
             .ok_or_else(|| JanusError::bad_file(index, "weight_map values must be file names"))?;
+        if !is_plain_relative(file) {
+            return Err(JanusError::bad_file(
+                index,
+                format!("weight_map names {file:?}, which is not a file of the model folder"),
+            ));
+        }
         if seen.insert(file.to_owned()) {
             files.push(file.to_owned());
         }
     }
     Ok(files)
+}
+
+/// Whether `name` stays inside the folder it is joined to: relative, with
+/// no `..`, root or drive component. (Checked by name, not by resolving
+/// links: a hub cache's snapshot files are links into its blob store.)
+fn is_plain_relative(name: &str) -> bool {
+    use std::path::Component;
+    !name.is_empty()
+        && Path::new(name)
+            .components()
+            .all(|c| matches!(c, Component::Normal(_) | Component::CurDir))
 }
 
 /// Shard paths of a `*.index.json`, each checked to exist.

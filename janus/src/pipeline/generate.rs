@@ -69,6 +69,56 @@ pub fn resize_square(image: &RgbImage, side: u32) -> Result<RgbImage> {
     ))
 }
 
+impl JanusPro {
+    /// How many images' CFG rows fit in memory at once with `positions`
+    /// cached positions each (the key/value cache dominates); at least one,
+    /// or an error saying why not even one fits.
+    fn images_that_fit(&self, positions: usize) -> Result<usize> {
+        let Some(available) = crate::memory::available() else {
+            return Ok(usize::MAX);
+        };
+        let l = &self.model.config.language;
+        // Two rows (conditional, unconditional), keys and values, f32, per
+        // layer; the step's activations and logits roughly double it.
+        let per_image = 2 * 2 * 2 * 4 * l.num_hidden_layers * l.num_key_value_heads * l.head_dim();
+        let per_image = (per_image as u64).saturating_mul(positions as u64);
+        let fit = (available / 2) / per_image.max(1);
+        if fit == 0 {
+            return Err(JanusError::Input(format!(
+                "one image needs about {} for its cache, more than half of the {} available",
+                crate::memory::gb(per_image),
+                crate::memory::gb(available)
+            )));
+        }
+        Ok(usize::try_from(fit).unwrap_or(usize::MAX))
+    }
+
+    /// Refuses to decode `images` images that would not fit in memory
+    /// together (their RGB pixels).
+    fn check_decoded_size(&self, images: usize) -> Result<()> {
+        let side = self.generated_image_size()? as u64;
+        self.check_memory(images as u64, side * side * 3, "their pixels")
+    }
+
+    /// Refuses `images` items of `each` bytes (`what` they are) that would
+    /// take more than half of the memory available.
+    fn check_memory(&self, images: u64, each: u64, what: &str) -> Result<()> {
+        let Some(available) = crate::memory::available() else {
+            return Ok(());
+        };
+        let need = images.saturating_mul(each);
+        if need > available / 2 {
+            return Err(JanusError::Input(format!(
+                "{images} images need {} for {what}, more than half of the {} available; \
+                 generate fewer at a time",
+                crate::memory::gb(need),
+                crate::memory::gb(available)
+            )));
+        }
+        Ok(())
+    }
+}
+
 impl GenerateOptions {
     /// Rejects options no run can use (no image, a non-finite CFG weight,
     /// meaningless sampling): what every front end checks before a run.
@@ -163,6 +213,7 @@ impl JanusPro {
         opts: &GenerateOptions,
         on_step: &mut dyn FnMut(Progress) -> Result<()>,
     ) -> Result<GeneratedImages> {
+        self.check_decoded_size(opts.parallel_size)?;
         let tokens = self.generate_tokens(prompt, opts, on_step)?;
         let images = self.decode_images(&tokens)?;
         Ok(GeneratedImages { tokens, images })
@@ -193,6 +244,7 @@ impl JanusPro {
         batch_size: usize,
         on_step: &mut dyn FnMut(Progress) -> Result<()>,
     ) -> Result<Vec<GeneratedImages>> {
+        self.check_decoded_size(prompts.len().saturating_mul(opts.parallel_size))?;
         let tokens = self.generate_tokens_many(prompts, opts, batch_size, on_step)?;
         tokens
             .into_iter()
@@ -226,6 +278,10 @@ impl JanusPro {
         }
         let seed = opts.seed.unwrap_or_else(rand::random);
         let (n_tokens, _) = self.image_grid()?;
+        let images = (ids.len() as u64).saturating_mul(opts.parallel_size as u64);
+        self.check_memory(images, n_tokens as u64 * 4, "their codes")?;
+        let longest = ids.iter().map(Vec::len).max().unwrap_or(0);
+        let batch_size = batch_size.min(self.images_that_fit(longest + n_tokens)?);
         // Batches of at most `batch_size` images in call order, each a list
         // of (prompt, images) groups. On the CPU a batch also spans prompts:
         // each prompt's rows are prefilled on their own, then all are decoded

@@ -59,6 +59,20 @@ impl JanusPro {
             )));
         }
         let processor = TextProcessor::from_files(&dir.join("tokenizer.json"), proc_cfg)?;
+        // Every id the tokenizer can produce must have an embedding row.
+        let vocab = config.language.vocab_size;
+        let top = processor
+            .tokenizer
+            .get_vocab(true)
+            .into_values()
+            .max()
+            .unwrap_or(0);
+        if top as usize >= vocab {
+            return Err(JanusError::Config(format!(
+                "tokenizer.json has token id {top}, outside the model's vocabulary of {vocab} \
+                 (config.json vocab_size)"
+            )));
+        }
         let checkpoint = Checkpoint::open(dir)?;
         // A quantised folder (`model.gguf`) loads in its own quantisation.
         let quant = match (checkpoint.stored_quant(), quant) {

@@ -88,6 +88,13 @@ impl JanusPro {
             .filter(|&&id| id == self.processor.special.image)
             .count();
         let per_image = self.processor.config.num_image_tokens;
+        let patches = self.model.config.vision.num_patches();
+        if !images.is_empty() && per_image != patches {
+            return Err(JanusError::Config(format!(
+                "processor_config.json: num_image_tokens {per_image} does not equal the vision \
+                 encoder's {patches} patches per image (a missing file means the default 576)"
+            )));
+        }
         if placeholders != images.len() * per_image {
             return Err(JanusError::Input(format!(
                 "{placeholders} image placeholder tokens for {} image(s) of {per_image} tokens",
