@@ -425,4 +425,61 @@ mod tests {
             .unwrap();
         assert!(err.to_string().contains("stored as Q4K blocks"), "{err}");
     }
+
+    /// A file whose tensor offset or type was altered is refused at open,
+    /// naming the tensor, instead of serving another tensor's bytes.
+    #[test]
+    fn altered_offsets_and_types_are_refused() {
+        let (n, k) = (8, 512);
+        let w = Tensor::from_vec(vec![0.01f32; n * k], (n, k), &Device::Cpu).unwrap();
+        let blocks = quantize_rows(&w, GgmlDType::Q4K).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(GGUF_FILE);
+        let meta = [
+            (QUANT_KEY, Meta::Str("q4k")),
+            (VERSION_KEY, Meta::U32(FORMAT_VERSION)),
+        ];
+        let tensors = [
+            ("lin.weight".to_string(), vec![n, k]),
+            ("lin.bias".to_string(), vec![n]),
+        ];
+        let mut writer = GgufWriter::create(&path, &meta, &tensors).unwrap();
+        writer
+            .tensor(GgmlDType::Q4K, &blocks.data().unwrap())
+            .unwrap();
+        writer.tensor(GgmlDType::F32, as_bytes(&[0f32; 8])).unwrap();
+        writer.finish().unwrap();
+        let good = std::fs::read(&path).unwrap();
+        assert!(GgufFile::open(&path).is_ok());
+        // The (type, offset) fields follow each name, its dimension count
+        // and its dimensions.
+        let slot = |name: &str, dims: usize| {
+            let at = good
+                .windows(name.len())
+                .position(|w| w == name.as_bytes())
+                .unwrap();
+            at + name.len() + 4 + 8 * dims
+        };
+        let cases: [(&str, usize, usize, &[u8], &str); 4] = [
+            // The bias moved onto the weight's bytes.
+            ("lin.bias", 1, 4, &0u64.to_le_bytes(), "overlap"),
+            // Moved to an unaligned place.
+            ("lin.bias", 1, 4, &2312u64.to_le_bytes(), "not a multiple"),
+            // The weight's type made q8_0's: its blocks would run on past the file.
+            ("lin.weight", 2, 0, &8u32.to_le_bytes(), "runs past the end"),
+            // A type no janus file holds (q4_0).
+            ("lin.weight", 2, 0, &2u32.to_le_bytes(), "does not hold"),
+        ];
+        for (name, dims, field, bytes, needle) in cases {
+            let mut bad = good.clone();
+            let at = slot(name, dims) + field;
+            bad[at..at + bytes.len()].copy_from_slice(bytes);
+            std::fs::write(&path, &bad).unwrap();
+            let err = GgufFile::open(&path).err().expect(needle).to_string();
+            assert!(
+                err.contains(needle) && err.contains(name),
+                "{needle}: {err}"
+            );
+        }
+    }
 }

@@ -87,13 +87,31 @@ impl GgufFile {
             unsafe { memmap2::Mmap::map(&file) }.map_err(|e| JanusError::bad_file(path, e))?;
         let mut entries = HashMap::with_capacity(content.tensor_infos.len());
         for (name, info) in content.tensor_infos {
-            let (start, len) =
-                span(&info, content.tensor_data_offset, map.len()).ok_or_else(|| {
-                    JanusError::bad_file(
-                        path,
-                        format!("tensor {name} runs past the end of the file (truncated?)"),
-                    )
-                })?;
+            let bad =
+                |reason: String| JanusError::bad_file(path, format!("tensor {name}: {reason}"));
+            // The formats the writer stores: plain values, or the blocks of
+            // this file's quantisation (q4k files hold q8_0 blocks too,
+            // where rows do not split into 256 values).
+            let allowed = match info.ggml_dtype {
+                GgmlDType::F32 | GgmlDType::F16 | GgmlDType::BF16 => true,
+                GgmlDType::Q8_0 => quant != Quant::None,
+                GgmlDType::Q4K => quant == Quant::Q4K,
+                _ => false,
+            };
+            if !allowed {
+                return Err(bad(format!(
+                    "stored as {:?}, which a {quant} model.gguf does not hold",
+                    info.ggml_dtype
+                )));
+            }
+            if info.offset % ALIGN != 0 {
+                return Err(bad(format!(
+                    "data offset {} is not a multiple of {ALIGN}",
+                    info.offset
+                )));
+            }
+            let (start, len) = span(&info, content.tensor_data_offset, map.len())
+                .ok_or_else(|| bad("runs past the end of the file (truncated?)".into()))?;
             let entry = Entry {
                 dtype: info.ggml_dtype,
                 dims: info.shape.dims().to_vec(),
@@ -101,6 +119,21 @@ impl GgufFile {
                 len,
             };
             entries.insert(name, entry);
+        }
+        // No two tensors share bytes (a moved offset would make one read
+        // another's data).
+        let mut spans: Vec<(usize, usize, &String)> = entries
+            .iter()
+            .map(|(n, e)| (e.start, e.start + e.len, n))
+            .collect();
+        spans.sort();
+        for w in spans.windows(2) {
+            if w[1].0 < w[0].1 {
+                return Err(JanusError::bad_file(
+                    path,
+                    format!("tensors {} and {} overlap in the file", w[0].2, w[1].2),
+                ));
+            }
         }
         Ok(Self {
             map,
