@@ -4,7 +4,7 @@
 //! Exception
 //! └── JanusError                      every error of the library
 //!     ├── Cancelled                   cancel(), cancel_event, a stopped stream
-//!     ├── InputError(ValueError)      bad arguments, config values, undecodable images
+//!     ├── InputError(ValueError)      bad arguments, config values, unreadable model files, undecodable images
 //!     └── MissingFileError(FileNotFoundError)   a model folder, weight or image file is absent
 //! ```
 //!
@@ -100,7 +100,11 @@ pub fn to_py(py: Python<'_>, e: janus::JanusError) -> PyErr {
     let msg = e.to_string();
     match e {
         E::Cancelled => Cancelled::new_err(msg),
-        E::Input(_) | E::Config(_) | E::Image { .. } => input_error(py, msg),
+        // Anything wrong with an input file (a config or tokenizer that
+        // does not parse, a damaged checkpoint) is the caller's input too.
+        E::Input(_) | E::Config(_) | E::Image { .. } | E::BadFile { .. } | E::Weights(_) => {
+            input_error(py, msg)
+        }
         E::MissingFile { path, .. } => match missing_file_error_type(py) {
             // OSError(errno, strerror, filename), as Python's own; str() is the message.
             Ok(ty) => PyErr::from_type(ty, (ENOENT, msg, path.to_string_lossy().into_owned())),

@@ -1,6 +1,7 @@
 """Bad inputs raise the documented exceptions and never crash the interpreter."""
 
 import errno
+import shutil
 
 import numpy as np
 import pytest
@@ -171,3 +172,13 @@ def test_callback_exception_propagates_and_model_stays_usable(model):
     with pytest.raises(TypeError):
         model.generate_tokens("a cat", temperature=0, progress=lambda: None)  # wrong arity
     assert model.generate_tokens("a cat", temperature=0).shape == (1, model.image_token_count)
+
+
+def test_bad_model_files_raise_input_error(fixture_dir, tmp_path):
+    # Every unreadable file of a model folder is the caller's input: InputError.
+    for name in ["processor_config.json", "tokenizer.json", "config.json"]:
+        folder = tmp_path / name.replace(".", "_")
+        shutil.copytree(fixture_dir, folder, ignore=shutil.ignore_patterns("bin-bf16", "images"))
+        (folder / name).write_text("{ not json")
+        with pytest.raises(janus_rs.InputError, match=name.replace(".", r"\.")):
+            janus_rs.JanusPro.load(str(folder))
