@@ -97,6 +97,11 @@ impl ApiError {
         e
     }
 
+    /// 500: the server failed (a worker task died, an image would not encode).
+    pub fn internal(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::INTERNAL_SERVER_ERROR, "server_error", message)
+    }
+
     /// 504: the request ran past `--request-timeout` and was cancelled.
     pub fn timeout() -> Self {
         let mut e = Self::new(

@@ -204,7 +204,7 @@ async fn chat_completions(
     let include_usage = request.include_usage();
     let input = tokio::task::spawn_blocking(move || request.into_input())
         .await
-        .map_err(|e| ApiError::from(JanusError::Input(e.to_string())))??;
+        .map_err(|e| ApiError::internal(e.to_string()))??;
     let (tx, rx) = unbounded_channel();
     let run = start(&state);
     let work = Work::Chat(ChatWork {
@@ -349,7 +349,7 @@ fn chat_stream(
 fn png_base64(img: &RgbImage) -> Result<String, ApiError> {
     let mut png = Vec::new();
     img.write_to(&mut Cursor::new(&mut png), image::ImageFormat::Png)
-        .map_err(|e| ApiError::from(JanusError::Input(format!("cannot encode a PNG: {e}"))))?;
+        .map_err(|e| ApiError::internal(format!("cannot encode a PNG: {e}")))?;
     Ok(base64::engine::general_purpose::STANDARD.encode(png))
 }
 
@@ -395,7 +395,7 @@ async fn image_generations(
     };
     let encoded = tokio::task::spawn_blocking(move || encode_images(images, side))
         .await
-        .map_err(|e| ApiError::from(JanusError::Input(e.to_string())))??;
+        .map_err(|e| ApiError::internal(e.to_string()))??;
     let data: Vec<_> = encoded
         .into_iter()
         .map(|b| json!({"b64_json": b}))
@@ -434,9 +434,7 @@ fn image_stream(
                             })
                             .collect::<Vec<_>>(),
                         Ok(Err(e)) => vec![e.body().to_string()],
-                        Err(e) => vec![ApiError::from(JanusError::Input(e.to_string()))
-                            .body()
-                            .to_string()],
+                        Err(e) => vec![ApiError::internal(e.to_string()).body().to_string()],
                     }
                 }
                 ImageEvent::Failed(e) => vec![failure(e, &run).body().to_string()],
