@@ -374,6 +374,24 @@ mod tests {
     use candle_core::{Module, Tensor};
     use janus_nn::QLinear;
 
+    /// A q4k `model.gguf` holding one linear layer: `lin.weight` as the
+    /// blocks `w`, `lin.bias` as f32.
+    fn write_q4k_linear(path: &Path, w: &candle_core::quantized::QTensor, bias: &[f32]) {
+        let (n, k) = w.shape().dims2().unwrap();
+        let meta = [
+            (QUANT_KEY, Meta::Str("q4k")),
+            (VERSION_KEY, Meta::U32(FORMAT_VERSION)),
+        ];
+        let tensors = [
+            ("lin.weight".to_string(), vec![n, k]),
+            ("lin.bias".to_string(), vec![n]),
+        ];
+        let mut writer = GgufWriter::create(path, &meta, &tensors).unwrap();
+        writer.tensor(GgmlDType::Q4K, &w.data().unwrap()).unwrap();
+        writer.tensor(GgmlDType::F32, as_bytes(bias)).unwrap();
+        writer.finish().unwrap();
+    }
+
     /// q4_K blocks (the fixture is too narrow for them) go through the
     /// writer and the reader unchanged, and a read in another form is refused.
     #[test]
@@ -387,22 +405,7 @@ mod tests {
         let bias = Tensor::arange(0f32, n as f32, &Device::Cpu).unwrap();
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join(GGUF_FILE);
-        let meta = [
-            (QUANT_KEY, Meta::Str("q4k")),
-            (VERSION_KEY, Meta::U32(FORMAT_VERSION)),
-        ];
-        let tensors = [
-            ("lin.weight".to_string(), vec![n, k]),
-            ("lin.bias".to_string(), vec![n]),
-        ];
-        let mut writer = GgufWriter::create(&path, &meta, &tensors).unwrap();
-        writer
-            .tensor(GgmlDType::Q4K, &blocks.data().unwrap())
-            .unwrap();
-        writer
-            .tensor(GgmlDType::F32, as_bytes(&bias.to_vec1::<f32>().unwrap()))
-            .unwrap();
-        writer.finish().unwrap();
+        write_q4k_linear(&path, &blocks, &bias.to_vec1::<f32>().unwrap());
 
         let file = GgufFile::open(&path).unwrap();
         assert_eq!(file.quant(), Quant::Q4K);
@@ -435,20 +438,7 @@ mod tests {
         let blocks = quantize_rows(&w, GgmlDType::Q4K).unwrap();
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join(GGUF_FILE);
-        let meta = [
-            (QUANT_KEY, Meta::Str("q4k")),
-            (VERSION_KEY, Meta::U32(FORMAT_VERSION)),
-        ];
-        let tensors = [
-            ("lin.weight".to_string(), vec![n, k]),
-            ("lin.bias".to_string(), vec![n]),
-        ];
-        let mut writer = GgufWriter::create(&path, &meta, &tensors).unwrap();
-        writer
-            .tensor(GgmlDType::Q4K, &blocks.data().unwrap())
-            .unwrap();
-        writer.tensor(GgmlDType::F32, as_bytes(&[0f32; 8])).unwrap();
-        writer.finish().unwrap();
+        write_q4k_linear(&path, &blocks, &[0f32; 8]);
         let good = std::fs::read(&path).unwrap();
         assert!(GgufFile::open(&path).is_ok());
         // The (type, offset) fields follow each name, its dimension count
