@@ -306,3 +306,54 @@ fn hub_ids_load_from_the_cache_offline() {
         "{msg}"
     );
 }
+
+/// Prompts with their own image counts and seeds, batched across prompts,
+/// get the codes `generate` gives each prompt alone with that seed.
+#[test]
+fn prompts_with_their_own_seeds_match_single_runs() {
+    use janus::PromptImages;
+    let model = tiny();
+    let rows = [
+        PromptImages {
+            prompt: "a cat",
+            images: 2,
+            seed: 3,
+        },
+        PromptImages {
+            prompt: "A close-up photo of a red apple on a wooden table.",
+            images: 1,
+            seed: 99,
+        },
+        PromptImages {
+            prompt: "Hi",
+            images: 3,
+            seed: 3,
+        },
+    ];
+    let opts = GenerateOptions::default();
+    let alone: Vec<_> = rows
+        .iter()
+        .map(|r| {
+            let single = GenerateOptions {
+                parallel_size: r.images,
+                seed: Some(r.seed),
+                ..opts.clone()
+            };
+            model.generate_tokens(r.prompt, &single, &mut |_| Ok(())).unwrap()
+        })
+        .collect();
+    for batch in [1, 4, 16] {
+        let together = model
+            .generate_tokens_for(&rows, &opts, batch, &mut |_| Ok(()))
+            .unwrap();
+        assert_eq!(together, alone, "batches of {batch}");
+    }
+    assert_ne!(alone[0], alone[2][..2], "same seed, other prompt, other codes");
+    let none = [PromptImages {
+        images: 0,
+        ..rows[0].clone()
+    }];
+    assert!(model
+        .generate_tokens_for(&none, &opts, 4, &mut |_| Ok(()))
+        .is_err());
+}

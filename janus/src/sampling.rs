@@ -193,10 +193,11 @@ pub struct CfgSampler {
 }
 
 impl CfgSampler {
-    /// One sampler per image, seeded `image_seed(seed, first_index + i)`.
-    pub fn new(params: &SamplingParams, seed: u64, first_index: usize, images: usize) -> Self {
-        let rows = (0..images)
-            .map(|i| Sampler::new(params.clone(), Some(image_seed(seed, first_index + i))))
+    /// One sampler per image, seeded with `seeds` in order.
+    pub fn from_seeds(params: &SamplingParams, seeds: impl IntoIterator<Item = u64>) -> Self {
+        let rows = seeds
+            .into_iter()
+            .map(|s| Sampler::new(params.clone(), Some(s)))
             .collect();
         Self { rows }
     }

@@ -134,15 +134,15 @@ impl KvCache {
         }
     }
 
-    /// One cache for the sequences of several: `caches` (each filled by a
-    /// prompt of its own length, none stacked itself) become the rows of
-    /// one batch, in order, aligned at their ends, with room for
+    /// One cache for the sequences of several: the rows of `caches` (each
+    /// filled by a prompt of its own length, or stacked already) become the
+    /// rows of one batch, in order, aligned at their ends, with room for
     /// `positions` in all; each row attends only to its own keys and
     /// rotates at its own positions, so decoding steps run all sequences
     /// at once with the same results as one by one. Only one position per
     /// step can follow (and only on the CPU).
-    pub fn stack(caches: &[KvCache], positions: usize) -> Result<KvCache> {
-        let end = caches.iter().map(KvCache::len).max().unwrap_or(0);
+    pub fn stack(caches: &[&KvCache], positions: usize) -> Result<KvCache> {
+        let end = caches.iter().map(|c| c.len()).max().unwrap_or(0);
         let n_layers = caches.first().map_or(0, |c| c.layers.len());
         if caches
             .iter()
@@ -158,26 +158,12 @@ impl KvCache {
             let mut starts = vec![];
             for c in caches {
                 let lc = &c.layers[l];
-                if !lc.starts.is_empty() {
-                    candle_core::bail!("a stacked cache cannot be stacked again")
-                }
                 let (k, v) = lc.kv.as_ref().expect("filled caches have buffers");
-                let (b, kvh, _, d) = k.dims4()?;
-                let pad = |t: &Tensor| -> Result<Tensor> {
-                    let zeros = |n: usize| cache_buffer((b, kvh, n, d), t.dtype(), t.device());
-                    let mut parts = vec![];
-                    if end > lc.len {
-                        parts.push(zeros(end - lc.len)?);
-                    }
-                    parts.push(t.narrow(2, 0, lc.len)?);
-                    if capacity > end {
-                        parts.push(zeros(capacity - end)?);
-                    }
-                    Tensor::cat(&parts, 2)
-                };
-                ks.push(pad(k)?);
-                vs.push(pad(v)?);
-                starts.extend(std::iter::repeat_n(end - lc.len, b));
+                let b = k.dim(0)?;
+                let shift = end - lc.len;
+                ks.push(rows_at(k, None, 0, lc.len, shift, capacity)?);
+                vs.push(rows_at(v, None, 0, lc.len, shift, capacity)?);
+                starts.extend((0..b).map(|i| shift + lc.starts.get(i).copied().unwrap_or(0)));
             }
             let first = &caches[0].layers[l];
             layers.push(LayerCache {
@@ -191,6 +177,59 @@ impl KvCache {
         Ok(KvCache { layers })
     }
 
+    /// Number of sequences (batch rows) held; 0 before the first position.
+    pub fn rows(&self) -> usize {
+        self.layers
+            .first()
+            .and_then(|l| l.kv.as_ref())
+            .map_or(0, |(k, _)| k.dim(0).unwrap_or(0))
+    }
+
+    /// Positions cached for sequence `row` (a stacked row may hold fewer
+    /// than [`KvCache::len`]).
+    pub fn row_len(&self, row: usize) -> usize {
+        self.layers.first().map_or(0, |l| {
+            l.len - l.starts.get(row).copied().unwrap_or(0).min(l.len)
+        })
+    }
+
+    /// Keeps only the sequences `rows` (indices, in the order given) and
+    /// drops the positions none of them uses any more, so a batch whose
+    /// rows come and go (see [`KvCache::stack`]) stays as short as its
+    /// longest sequence. The kept rows' results are unchanged.
+    pub fn retain_rows(&mut self, rows: &[usize]) -> Result<()> {
+        let held = self.rows();
+        if rows.is_empty() || rows.iter().any(|&r| r >= held) {
+            candle_core::bail!("keeping rows {rows:?} of a cache of {held}")
+        }
+        for lc in &mut self.layers {
+            let Some((k, v)) = &lc.kv else { continue };
+            let starts: Vec<usize> = rows
+                .iter()
+                .map(|&r| lc.starts.get(r).copied().unwrap_or(0))
+                .collect();
+            let from = starts.iter().copied().min().unwrap_or(0);
+            let capacity = k.dim(2)? - from;
+            let len = lc.len - from;
+            let index = Tensor::new(
+                rows.iter().map(|&r| r as u32).collect::<Vec<_>>(),
+                k.device(),
+            )?;
+            let (k, v) = (
+                rows_at(k, Some(&index), from, len, 0, capacity)?,
+                rows_at(v, Some(&index), from, len, 0, capacity)?,
+            );
+            lc.kv = Some((k, v));
+            lc.len = len;
+            lc.starts = if starts.iter().all(|&s| s == from) {
+                vec![]
+            } else {
+                starts.iter().map(|s| s - from).collect()
+            };
+        }
+        Ok(())
+    }
+
     /// Positions the buffers hold before they must grow.
     pub fn capacity(&self) -> usize {
         self.layers.first().map_or(0, |l| {
@@ -198,4 +237,33 @@ impl KvCache {
                 .map_or(l.reserve, |(k, _)| k.dim(2).unwrap_or(0))
         })
     }
+}
+
+/// A cache buffer of `capacity` positions holding positions
+/// `from..from + len` of `buf` [b, kv_heads, cap, d] (rows `index`, or all)
+/// at `shift..shift + len`, zeros elsewhere.
+fn rows_at(
+    buf: &Tensor,
+    index: Option<&Tensor>,
+    from: usize,
+    len: usize,
+    shift: usize,
+    capacity: usize,
+) -> Result<Tensor> {
+    let part = buf.narrow(2, from, len)?;
+    let part = match index {
+        Some(i) => part.contiguous()?.index_select(i, 0)?,
+        None => part,
+    };
+    let (b, kvh, _, d) = part.dims4()?;
+    let zeros = |n: usize| cache_buffer((b, kvh, n, d), buf.dtype(), buf.device());
+    let mut parts = vec![];
+    if shift > 0 {
+        parts.push(zeros(shift)?);
+    }
+    parts.push(part);
+    if capacity > shift + len {
+        parts.push(zeros(capacity - shift - len)?);
+    }
+    Tensor::cat(&parts, 2)
 }

@@ -43,6 +43,18 @@ pub struct GeneratedImages {
     pub images: Vec<RgbImage>,
 }
 
+/// One prompt of [`JanusPro::generate_tokens_for`] with its own image
+/// count and seed.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PromptImages<'a> {
+    /// The text-to-image prompt.
+    pub prompt: &'a str,
+    /// Images to generate for it.
+    pub images: usize,
+    /// Seed of its first image, as [`GenerateOptions::seed`].
+    pub seed: u64,
+}
+
 /// Conditional and unconditional image-head logits of one step, and their CFG mix.
 pub struct CfgLogits {
     /// Logits of the conditional rows.
@@ -98,6 +110,13 @@ impl JanusPro {
     fn check_decoded_size(&self, images: usize) -> Result<()> {
         let side = self.generated_image_size()? as u64;
         self.check_memory(images as u64, side * side * 3, "their pixels")
+    }
+
+    /// Refuses to generate `images` images whose codes would not fit in
+    /// memory (before anything per image is allocated).
+    fn check_code_memory(&self, images: u64) -> Result<()> {
+        let (n_tokens, _) = self.image_grid()?;
+        self.check_memory(images, n_tokens as u64 * 4, "their codes")
     }
 
     /// Refuses `images` items of `each` bytes (`what` they are) that would
@@ -266,6 +285,68 @@ impl JanusPro {
         on_step: &mut dyn FnMut(Progress) -> Result<()>,
     ) -> Result<Vec<Vec<Vec<u32>>>> {
         opts.validate()?;
+        self.check_code_memory((prompts.len() as u64).saturating_mul(opts.parallel_size as u64))?;
+        let seed = opts.seed.unwrap_or_else(rand::random);
+        let seeds = (0..prompts.len())
+            .map(|p| {
+                (0..opts.parallel_size)
+                    .map(|i| crate::image_seed(seed, p * opts.parallel_size + i))
+                    .collect()
+            })
+            .collect();
+        self.generate_tokens_seeded(prompts, seeds, opts, batch_size, on_step)
+    }
+
+    /// Codes for prompts that each carry their own image count and seed
+    /// (dataset rows): prompt `p` gets the codes `generate_tokens(p.prompt)`
+    /// gives with `parallel_size = p.images` and `seed = p.seed` (exactly
+    /// in f32), however the images are batched. `opts.parallel_size` and
+    /// `opts.seed` are not used.
+    pub fn generate_tokens_for(
+        &self,
+        prompts: &[PromptImages],
+        opts: &GenerateOptions,
+        batch_size: usize,
+        on_step: &mut dyn FnMut(Progress) -> Result<()>,
+    ) -> Result<Vec<Vec<Vec<u32>>>> {
+        opts.sampling.validate()?;
+        GenerateOptions {
+            parallel_size: 1,
+            ..opts.clone()
+        }
+        .validate()?;
+        if let Some(p) = prompts.iter().find(|p| p.images == 0) {
+            return Err(JanusError::Input(format!(
+                "prompt {:?} asks for no image",
+                p.prompt
+            )));
+        }
+        let images = prompts
+            .iter()
+            .fold(0u64, |n, p| n.saturating_add(p.images as u64));
+        self.check_code_memory(images)?;
+        let texts: Vec<&str> = prompts.iter().map(|p| p.prompt).collect();
+        let seeds = prompts
+            .iter()
+            .map(|p| {
+                (0..p.images)
+                    .map(|i| crate::image_seed(p.seed, i))
+                    .collect()
+            })
+            .collect();
+        self.generate_tokens_seeded(&texts, seeds, opts, batch_size, on_step)
+    }
+
+    /// Codes of `seeds[p].len()` images of each prompt `p`, each image's
+    /// sampler seeded with its seed, in batches of at most `batch_size` images.
+    fn generate_tokens_seeded(
+        &self,
+        prompts: &[&str],
+        seeds: Vec<Vec<u64>>,
+        opts: &GenerateOptions,
+        batch_size: usize,
+        on_step: &mut dyn FnMut(Progress) -> Result<()>,
+    ) -> Result<Vec<Vec<Vec<u32>>>> {
         if batch_size == 0 {
             return Err(JanusError::Input("batch size must be at least 1".into()));
         }
@@ -276,25 +357,23 @@ impl JanusPro {
         if ids.is_empty() {
             return Err(JanusError::Input("no prompt given".into()));
         }
-        let seed = opts.seed.unwrap_or_else(rand::random);
         let (n_tokens, _) = self.image_grid()?;
-        let images = (ids.len() as u64).saturating_mul(opts.parallel_size as u64);
-        self.check_memory(images, n_tokens as u64 * 4, "their codes")?;
         let longest = ids.iter().map(Vec::len).max().unwrap_or(0);
         let batch_size = batch_size.min(self.images_that_fit(longest + n_tokens)?);
         // Batches of at most `batch_size` images in call order, each a list
-        // of (prompt, images) groups. On the CPU a batch also spans prompts:
-        // each prompt's rows are prefilled on their own, then all are decoded
-        // together (see `KvCache::stack`); elsewhere batches end with their prompt.
+        // of (prompt, first image, images) groups. On the CPU a batch also
+        // spans prompts: each prompt's rows are prefilled on their own, then
+        // all are decoded together (see `KvCache::stack`); elsewhere batches
+        // end with their prompt.
         let span_prompts = self.device.is_cpu();
-        let mut batches: Vec<Vec<(usize, usize)>> = vec![];
+        let mut batches: Vec<Vec<(usize, usize, usize)>> = vec![];
         let (mut current, mut filled) = (vec![], 0);
-        for p in 0..ids.len() {
-            let mut left = opts.parallel_size;
-            while left > 0 {
-                let n = left.min(batch_size - filled);
-                current.push((p, n));
-                (filled, left) = (filled + n, left - n);
+        for (p, prompt_seeds) in seeds.iter().enumerate() {
+            let mut first = 0;
+            while first < prompt_seeds.len() {
+                let n = (prompt_seeds.len() - first).min(batch_size - filled);
+                current.push((p, first, n));
+                (filled, first) = (filled + n, first + n);
                 if filled == batch_size {
                     batches.push(std::mem::take(&mut current));
                     filled = 0;
@@ -310,15 +389,15 @@ impl JanusPro {
         }
         let total = batches.len() * n_tokens;
         let mut out: Vec<Vec<Vec<u32>>> = vec![vec![]; ids.len()];
-        let mut first_index = 0;
         for (b, groups) in batches.iter().enumerate() {
-            let images = groups.iter().map(|g| g.1).sum();
-            let mut sampler = CfgSampler::new(&opts.sampling, seed, first_index, images);
-            first_index += images;
+            let batch_seeds = groups
+                .iter()
+                .flat_map(|&(p, first, n)| seeds[p][first..first + n].iter().copied());
+            let mut sampler = CfgSampler::from_seeds(&opts.sampling, batch_seeds);
             let done = b * n_tokens;
             let prompts: Vec<(&[u32], usize)> = groups
                 .iter()
-                .map(|&(p, n)| (ids[p].as_slice(), n))
+                .map(|&(p, _, n)| (ids[p].as_slice(), n))
                 .collect();
             let mut rows = self
                 .generate_rows(&prompts, opts.cfg_weight, &mut sampler, &mut |pr| {
@@ -328,7 +407,7 @@ impl JanusPro {
                     })
                 })?
                 .into_iter();
-            for &(p, n) in groups {
+            for &(p, _, n) in groups {
                 out[p].extend(rows.by_ref().take(n));
             }
         }
@@ -367,7 +446,7 @@ impl JanusPro {
         let mut cache = if caches.len() == 1 {
             caches.pop().expect("one cache")
         } else {
-            KvCache::stack(&caches, longest + n_tokens)?
+            KvCache::stack(&caches.iter().collect::<Vec<_>>(), longest + n_tokens)?
         };
         drop(caches);
         let mut hidden = Tensor::cat(&last, 0)?;

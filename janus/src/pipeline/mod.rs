@@ -2,12 +2,14 @@
 //! questions about images ([`understand`]), keeps a conversation going
 //! ([`chat`]) and generates images ([`generate`]).
 
+pub mod answer_batch;
 pub mod chat;
 pub mod generate;
 pub mod model;
 pub mod understand;
 
+pub use answer_batch::{AnswerBatch, AnswerStep, Finish};
 pub use chat::{ChatReply, ChatSession};
-pub use generate::{resize_square, CfgLogits, GenerateOptions, GeneratedImages};
+pub use generate::{resize_square, CfgLogits, GenerateOptions, GeneratedImages, PromptImages};
 pub use model::JanusPro;
 pub use understand::{Answer, UnderstandOptions};

@@ -1,0 +1,274 @@
+//! Many conversations answered together: each prompt is prefilled on its
+//! own, then one decoding step runs every unfinished answer as one batch
+//! (the weights are read once per step for all of them). Conversations join
+//! and leave between steps, so a long answer never holds back the next one.
+
+use candle_core::{DType, IndexOp, Tensor};
+use image::DynamicImage;
+
+use super::model::JanusPro;
+use super::understand::{Answer, UnderstandOptions};
+use crate::error::{JanusError, Result};
+use crate::models::KvCache;
+use crate::sampling::Sampler;
+use crate::text_processor::Message;
+
+/// Why an answer ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Finish {
+    /// The model produced its end-of-sentence token.
+    Stop,
+    /// `max_new_tokens` or the model's context was reached.
+    Length,
+}
+
+/// What one decoding step gave one conversation of an [`AnswerBatch`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct AnswerStep {
+    /// The key the conversation was added with.
+    pub key: u64,
+    /// The token chosen this step.
+    pub token: u32,
+    /// Set on the conversation's last token: its whole answer and why it
+    /// ended. The conversation has then left the batch.
+    pub finished: Option<(Answer, Finish)>,
+}
+
+struct Row {
+    key: u64,
+    sampler: Sampler,
+    ids: Vec<u32>,
+    prompt_len: usize,
+    max_new_tokens: usize,
+}
+
+/// Conversations being answered together, one token each per [`step`].
+/// An answer equals what [`JanusPro::understand_with_system`] gives for
+/// the same conversation and options (exactly with f32 weights; bf16 or
+/// quantised weights round several rows unlike one).
+///
+/// [`step`]: AnswerBatch::step
+pub struct AnswerBatch<'m> {
+    model: &'m JanusPro,
+    rows: Vec<Row>,
+    /// Every row's keys and values, aligned at their ends (see [`KvCache::stack`]).
+    cache: Option<KvCache>,
+    /// Last hidden state of every row [rows, 1, hidden]: the next step's input.
+    hidden: Option<Tensor>,
+}
+
+impl JanusPro {
+    /// An empty batch of conversations to answer together.
+    pub fn answer_batch(&self) -> AnswerBatch<'_> {
+        AnswerBatch {
+            model: self,
+            rows: vec![],
+            cache: None,
+            hidden: None,
+        }
+    }
+}
+
+impl AnswerBatch<'_> {
+    /// Most conversations this device decodes together: many on the CPU,
+    /// where the attention kernels take rows of different lengths; one
+    /// elsewhere.
+    pub fn max_rows(&self) -> usize {
+        if self.model.device().is_cpu() {
+            usize::MAX
+        } else {
+            1
+        }
+    }
+
+    /// Conversations still being answered.
+    pub fn len(&self) -> usize {
+        self.rows.len()
+    }
+
+    /// Whether no conversation is being answered.
+    pub fn is_empty(&self) -> bool {
+        self.rows.is_empty()
+    }
+
+    /// Keys of the conversations being answered, in batch order.
+    pub fn keys(&self) -> impl Iterator<Item = u64> + '_ {
+        self.rows.iter().map(|r| r.key)
+    }
+
+    /// Prefills a conversation (whose last turn is an empty assistant turn)
+    /// and adds it under `key`; its first token comes with the next step.
+    /// A bad conversation or option is an error and leaves the batch as it was.
+    pub fn add(
+        &mut self,
+        key: u64,
+        conversation: &[Message],
+        images: &[DynamicImage],
+        system_prompt: &str,
+        opts: &UnderstandOptions,
+    ) -> Result<()> {
+        opts.sampling.validate()?;
+        if opts.max_new_tokens == 0 {
+            return Err(JanusError::Input(
+                "max new tokens must be at least 1".into(),
+            ));
+        }
+        if self.rows.len() >= self.max_rows() {
+            return Err(JanusError::Input(format!(
+                "this device answers {} conversation(s) at a time",
+                self.max_rows()
+            )));
+        }
+        if self.rows.iter().any(|r| r.key == key) {
+            return Err(JanusError::Input(format!(
+                "key {key} is already in the batch"
+            )));
+        }
+        let model = self.model;
+        let (ids, embeds) =
+            model.understanding_inputs_with_system(conversation, images, system_prompt)?;
+        let lm = &model.modules().language;
+        let t = ids.len();
+        // A lone conversation gets room for its whole answer at once; stacked
+        // caches are sized when stacked.
+        let reserve = if self.rows.is_empty() {
+            t + opts.max_new_tokens
+        } else {
+            t
+        };
+        let mut cache = lm.new_cache_with_capacity(reserve);
+        let hidden = lm.forward_embeds(&embeds, &mut cache)?;
+        let last = hidden.i((.., t - 1.., ..))?;
+        let row = Row {
+            key,
+            sampler: Sampler::new(opts.sampling.clone(), opts.seed),
+            ids: vec![],
+            prompt_len: t,
+            max_new_tokens: opts.max_new_tokens,
+        };
+        let (cache, hidden) = match (&self.cache, &self.hidden) {
+            (Some(held), Some(h)) => {
+                let end = held.len().max(t);
+                // Room for every row's longest possible answer, aligned at the end.
+                let room = self
+                    .rows
+                    .iter()
+                    .chain(std::iter::once(&row))
+                    .map(|r| r.max_new_tokens - r.ids.len())
+                    .max()
+                    .unwrap_or(0);
+                (
+                    KvCache::stack(&[held, &cache], end + room)?,
+                    Tensor::cat(&[h, &last], 0)?,
+                )
+            }
+            _ => (cache, last),
+        };
+        self.cache = Some(cache);
+        self.hidden = Some(hidden);
+        self.rows.push(row);
+        Ok(())
+    }
+
+    /// Removes the conversation `key` (e.g. a cancelled request) and
+    /// returns the tokens it had, or None if it is not in the batch.
+    pub fn remove(&mut self, key: u64) -> Result<Option<Vec<u32>>> {
+        let Some(at) = self.rows.iter().position(|r| r.key == key) else {
+            return Ok(None);
+        };
+        let keep: Vec<usize> = (0..self.rows.len()).filter(|&i| i != at).collect();
+        self.keep_rows(&keep)?;
+        Ok(Some(self.rows.remove(at).ids))
+    }
+
+    /// One token for every conversation, in batch order; finished ones
+    /// leave the batch, the others' tokens are fed for the next step.
+    pub fn step(&mut self) -> Result<Vec<AnswerStep>> {
+        let Some(hidden) = self.hidden.take() else {
+            return Ok(vec![]);
+        };
+        let model = self.model;
+        let lm = &model.modules().language;
+        let eos = model.text_processor().special.eos;
+        let max_pos = lm.config().max_position_embeddings;
+        let logits = lm
+            .lm_logits(&hidden.i((.., 0, ..))?)?
+            .to_dtype(DType::F32)?
+            .to_vec2::<f32>()?;
+        let mut steps = Vec::with_capacity(self.rows.len());
+        let mut keep = vec![];
+        for (i, (row, logits)) in self.rows.iter_mut().zip(&logits).enumerate() {
+            let token = row.sampler.sample_with_history(logits, &row.ids);
+            row.ids.push(token);
+            let finish = if token == eos {
+                Some(Finish::Stop)
+            } else if row.ids.len() >= row.max_new_tokens
+                || row.prompt_len + row.ids.len() > max_pos
+            {
+                Some(Finish::Length)
+            } else {
+                keep.push(i);
+                None
+            };
+            let finished = match finish {
+                Some(f) => Some((
+                    Answer {
+                        text: model.text_processor().decode(&row.ids)?,
+                        token_ids: row.ids.clone(),
+                    },
+                    f,
+                )),
+                None => None,
+            };
+            steps.push(AnswerStep {
+                key: row.key,
+                token,
+                finished,
+            });
+        }
+        if keep.is_empty() {
+            self.rows.clear();
+            self.cache = None;
+            return Ok(steps);
+        }
+        if keep.len() < self.rows.len() {
+            self.keep_rows(&keep)?;
+            let mut i = 0;
+            self.rows.retain(|_| {
+                i += 1;
+                keep.contains(&(i - 1))
+            });
+        }
+        let next: Vec<u32> = self
+            .rows
+            .iter()
+            .map(|r| *r.ids.last().expect("a token"))
+            .collect();
+        let n = next.len();
+        let embeds = lm.embed(&Tensor::from_vec(next, (n, 1), model.device())?)?;
+        let cache = self.cache.as_mut().expect("rows have a cache");
+        self.hidden = Some(lm.forward_embeds(&embeds, cache)?);
+        Ok(steps)
+    }
+
+    /// Keeps the cache rows and pending hidden states of rows `keep`
+    /// (the caller drops the other `rows`).
+    fn keep_rows(&mut self, keep: &[usize]) -> Result<()> {
+        if keep.is_empty() {
+            self.cache = None;
+            self.hidden = None;
+            return Ok(());
+        }
+        if let Some(cache) = &mut self.cache {
+            cache.retain_rows(keep)?;
+        }
+        if let Some(h) = &self.hidden {
+            let index = Tensor::new(
+                keep.iter().map(|&i| i as u32).collect::<Vec<_>>(),
+                h.device(),
+            )?;
+            self.hidden = Some(h.index_select(&index, 0)?);
+        }
+        Ok(())
+    }
+}
