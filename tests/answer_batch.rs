@@ -224,3 +224,65 @@ fn bf16_rows_join_and_leave() {
     }
     assert_eq!(finished, 3, "every row but the removed one finished once");
 }
+
+/// `answer_all` reads rows as places free up; bad rows get their errors.
+#[test]
+fn answer_all_gives_every_row_its_answer_or_error() {
+    use janus::{AnswerRequest, JanusError};
+    let model = tiny();
+    let cases = cases();
+    let want = one_by_one(&model, &cases);
+    let mut requests: Vec<janus::Result<AnswerRequest>> = cases
+        .iter()
+        .map(|c| {
+            Ok(AnswerRequest {
+                conversation: c.conversation.clone(),
+                images: c.images.clone(),
+                system_prompt: c.system.to_owned(),
+                options: c.opts.clone(),
+            })
+        })
+        .collect();
+    requests.insert(1, Err(JanusError::Input("unreadable".into())));
+    let mut missing_image = requests[0].as_ref().unwrap().clone();
+    missing_image.images.clear();
+    requests.push(Ok(missing_image));
+    for batch_size in [1, 2, 8] {
+        let mut got: Vec<Option<janus::Result<Answer>>> =
+            (0..requests.len()).map(|_| None).collect();
+        let mut steps = 0;
+        let rows = requests.iter().map(|r| match r {
+            Ok(r) => Ok(r.clone()),
+            Err(e) => Err(JanusError::Input(e.to_string())),
+        });
+        model
+            .answer_all(
+                rows,
+                batch_size,
+                &mut || {
+                    steps += 1;
+                    Ok(())
+                },
+                &mut |i, r| {
+                    assert!(got[i].replace(r).is_none(), "row {i} finished once");
+                    Ok(())
+                },
+            )
+            .unwrap();
+        let got: Vec<_> = got.into_iter().map(Option::unwrap).collect();
+        assert!(got[1].is_err() && got[5].is_err());
+        for (k, i) in [0, 2, 3, 4].into_iter().enumerate() {
+            assert_eq!(
+                got[i].as_ref().unwrap(),
+                &want[k],
+                "row {i}, batch {batch_size}"
+            );
+        }
+        let longest = cases.iter().map(|c| c.opts.max_new_tokens).max().unwrap();
+        let total: usize = want.iter().map(|a| a.token_ids.len()).sum();
+        assert!(steps >= longest && steps <= total, "{steps} steps");
+        if batch_size == 1 {
+            assert_eq!(steps, total, "one row at a time");
+        }
+    }
+}

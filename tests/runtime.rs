@@ -339,7 +339,9 @@ fn prompts_with_their_own_seeds_match_single_runs() {
                 seed: Some(r.seed),
                 ..opts.clone()
             };
-            model.generate_tokens(r.prompt, &single, &mut |_| Ok(())).unwrap()
+            model
+                .generate_tokens(r.prompt, &single, &mut |_| Ok(()))
+                .unwrap()
         })
         .collect();
     for batch in [1, 4, 16] {
@@ -348,7 +350,11 @@ fn prompts_with_their_own_seeds_match_single_runs() {
             .unwrap();
         assert_eq!(together, alone, "batches of {batch}");
     }
-    assert_ne!(alone[0], alone[2][..2], "same seed, other prompt, other codes");
+    assert_ne!(
+        alone[0],
+        alone[2][..2],
+        "same seed, other prompt, other codes"
+    );
     let none = [PromptImages {
         images: 0,
         ..rows[0].clone()

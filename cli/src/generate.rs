@@ -3,7 +3,7 @@
 use std::path::{Path, PathBuf};
 
 use clap::{Args, Subcommand};
-use janus::{GenerateOptions, ImageProcessor, JanusError, SamplingParams};
+use janus::{GenerateOptions, ImageProcessor, JanusError};
 
 use crate::output::{ctrl_c_token, print_line, progress_bar, save_png, set_idle, write_file};
 use crate::ModelArgs;
@@ -24,18 +24,8 @@ pub struct GenerateArgs {
     /// Most images generated in one batch (default: all images of a prompt).
     #[arg(long)]
     batch_size: Option<usize>,
-    /// Classifier-free guidance weight.
-    #[arg(long, default_value_t = 5.0)]
-    cfg_weight: f64,
-    /// Sampling temperature; 0 is argmax.
-    #[arg(long, default_value_t = 1.0)]
-    temperature: f64,
-    /// Sample only among the k most likely codes (default: all, as the official code).
-    #[arg(long)]
-    top_k: Option<usize>,
-    /// Nucleus sampling (default 1: the full distribution, as the official code).
-    #[arg(long, default_value_t = 1.0)]
-    top_p: f64,
+    #[command(flatten)]
+    sampling: crate::ImageSamplingArgs,
     /// Fixes every image: image k of the call always gets the same codes.
     #[arg(long)]
     seed: Option<u64>,
@@ -92,14 +82,8 @@ pub fn generate(args: GenerateArgs) -> janus::Result<()> {
     let prompts = read_prompts(&args)?;
     let opts = GenerateOptions {
         parallel_size: args.parallel_size,
-        cfg_weight: args.cfg_weight,
-        sampling: SamplingParams {
-            temperature: args.temperature,
-            top_p: args.top_p,
-            top_k: args.top_k,
-            ..Default::default()
-        },
         seed: args.seed,
+        ..args.sampling.options()
     };
     let model = args.model.load()?;
     let cancel = ctrl_c_token();

@@ -1,5 +1,6 @@
 //! `janus`: understand images and generate them with Janus-Pro from the terminal.
 
+mod batch;
 mod bench;
 mod generate;
 mod output;
@@ -38,6 +39,9 @@ enum Command {
     Quantize(QuantizeArgs),
     /// Time every stage on a real-size model with random weights (no download).
     Bench(bench::BenchArgs),
+    /// Caption an image dataset or render a prompt list, resumably.
+    #[command(subcommand)]
+    Batch(batch::BatchCommand),
     /// Serve the model over an OpenAI-compatible HTTP API.
     Serve(serve::ServeArgs),
 }
@@ -165,13 +169,48 @@ impl TextSamplingArgs {
     }
 }
 
+/// Guidance and sampling flags of the image commands.
+#[derive(Args, Clone)]
+pub struct ImageSamplingArgs {
+    /// Classifier-free guidance weight.
+    #[arg(long, default_value_t = 5.0)]
+    pub cfg_weight: f64,
+    /// Sampling temperature; 0 is argmax.
+    #[arg(long, default_value_t = 1.0)]
+    pub temperature: f64,
+    /// Sample only among the k most likely codes (default: all, as the official code).
+    #[arg(long)]
+    pub top_k: Option<usize>,
+    /// Nucleus sampling (default 1: the full distribution, as the official code).
+    #[arg(long, default_value_t = 1.0)]
+    pub top_p: f64,
+}
+
+impl ImageSamplingArgs {
+    /// Options of one image with these flags (no seed).
+    pub fn options(&self) -> janus::GenerateOptions {
+        janus::GenerateOptions {
+            cfg_weight: self.cfg_weight,
+            sampling: SamplingParams {
+                temperature: self.temperature,
+                top_p: self.top_p,
+                top_k: self.top_k,
+                ..Default::default()
+            },
+            ..Default::default()
+        }
+    }
+}
+
 /// Exit codes: 0 success, 1 a failure while running, 2 unusable input
-/// (as clap's usage errors), 130 cancelled by Ctrl-C.
+/// (as clap's usage errors), 3 a batch job whose rows failed in part,
+/// 130 cancelled by Ctrl-C.
 fn main() -> ExitCode {
     let cli = Cli::parse();
     // Until a command starts cancellable work, Ctrl-C simply ends the program.
     output::set_idle(true);
     output::ctrl_c_token();
+    let mut partial = false;
     let result = match cli.command {
         Command::Understand(a) => understand::understand(a),
         Command::Chat(a) => understand::chat(a),
@@ -180,8 +219,10 @@ fn main() -> ExitCode {
         Command::Quantize(a) => quantize(a),
         Command::Bench(a) => bench::run(a),
         Command::Serve(a) => serve::serve(a),
+        Command::Batch(c) => batch::run(c).map(|failed| partial = failed > 0),
     };
     match result {
+        Ok(()) if partial => ExitCode::from(3),
         Ok(()) => ExitCode::SUCCESS,
         Err(JanusError::Cancelled) => {
             eprintln!("cancelled");

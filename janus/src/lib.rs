@@ -62,8 +62,9 @@ pub use image_processor::{ImageProcessor, ImageProcessorConfig, MAX_IMAGE_PIXELS
 pub use janus_nn::Quant;
 pub use loading::{parse_device, parse_dtype, resolve_model, LoadOptions, DEFAULT_MODEL};
 pub use pipeline::{
-    resize_square, Answer, AnswerBatch, AnswerStep, CfgLogits, ChatReply, ChatSession, Finish,
-    GenerateOptions, GeneratedImages, JanusPro, PromptImages, UnderstandOptions,
+    resize_square, Answer, AnswerBatch, AnswerRequest, AnswerStep, CfgLogits, ChatReply,
+    ChatSession, Finish, GenerateOptions, GeneratedImages, JanusPro, PromptImages,
+    UnderstandOptions,
 };
 pub use progress::Progress;
 pub use quantize::save_quantized;

@@ -57,7 +57,71 @@ pub struct AnswerBatch<'m> {
     hidden: Option<Tensor>,
 }
 
+/// One conversation of [`JanusPro::answer_all`].
+#[derive(Debug, Clone)]
+pub struct AnswerRequest {
+    /// The conversation, its last turn an empty assistant turn.
+    pub conversation: Vec<Message>,
+    /// Its images, one per placeholder, in order.
+    pub images: Vec<DynamicImage>,
+    /// The system prompt (empty: none).
+    pub system_prompt: String,
+    /// Length, sampling and seed.
+    pub options: UnderstandOptions,
+}
+
 impl JanusPro {
+    /// Answers every request, at most `batch_size` together, rows joining
+    /// as others finish. `requests` is read lazily, one row as a place
+    /// frees up (so images are decoded only when needed). An `Err` item
+    /// (e.g. an unreadable image) or a request the model refuses is that
+    /// row's result and the others go on. `on_done(index, result)` is
+    /// called as each row finishes, in finishing order; `on_step()` after
+    /// every decoding step. An error from either callback, or a failed
+    /// step, stops the call.
+    pub fn answer_all(
+        &self,
+        requests: impl IntoIterator<Item = Result<AnswerRequest>>,
+        batch_size: usize,
+        on_step: &mut dyn FnMut() -> Result<()>,
+        on_done: &mut dyn FnMut(usize, Result<Answer>) -> Result<()>,
+    ) -> Result<()> {
+        if batch_size == 0 {
+            return Err(JanusError::Input("batch size must be at least 1".into()));
+        }
+        let mut batch = self.answer_batch();
+        let width = batch_size.min(batch.max_rows());
+        let mut next = requests.into_iter().enumerate();
+        loop {
+            while batch.len() < width {
+                let Some((i, request)) = next.next() else {
+                    break;
+                };
+                let added = request.and_then(|r| {
+                    batch.add(
+                        i as u64,
+                        &r.conversation,
+                        &r.images,
+                        &r.system_prompt,
+                        &r.options,
+                    )
+                });
+                if let Err(e) = added {
+                    on_done(i, Err(e))?;
+                }
+            }
+            if batch.is_empty() {
+                return Ok(());
+            }
+            for step in batch.step()? {
+                if let Some((answer, _)) = step.finished {
+                    on_done(step.key as usize, Ok(answer))?;
+                }
+            }
+            on_step()?;
+        }
+    }
+
     /// An empty batch of conversations to answer together.
     pub fn answer_batch(&self) -> AnswerBatch<'_> {
         AnswerBatch {

@@ -290,7 +290,7 @@ impl JanusPro {
         let seeds = (0..prompts.len())
             .map(|p| {
                 (0..opts.parallel_size)
-                    .map(|i| crate::image_seed(seed, p * opts.parallel_size + i))
+                    .map(|i| crate::sampling::image_seed(seed, p * opts.parallel_size + i))
                     .collect()
             })
             .collect();
@@ -330,11 +330,51 @@ impl JanusPro {
             .iter()
             .map(|p| {
                 (0..p.images)
-                    .map(|i| crate::image_seed(p.seed, i))
+                    .map(|i| crate::sampling::image_seed(p.seed, i))
                     .collect()
             })
             .collect();
         self.generate_tokens_seeded(&texts, seeds, opts, batch_size, on_step)
+    }
+
+    /// As [`JanusPro::generate_tokens_for`], with a result per prompt: a
+    /// prompt the model refuses (empty, too long, no image) gets its error
+    /// and the others run. The outer error stops the whole call (cancelled
+    /// by `on_step`, options no row can use, too little memory).
+    pub fn generate_tokens_each(
+        &self,
+        prompts: &[PromptImages],
+        opts: &GenerateOptions,
+        batch_size: usize,
+        on_step: &mut dyn FnMut(Progress) -> Result<()>,
+    ) -> Result<Vec<Result<Vec<Vec<u32>>>>> {
+        let checks: Vec<Result<()>> = prompts
+            .iter()
+            .map(|p| {
+                if p.images == 0 {
+                    return Err(JanusError::Input(
+                        "a prompt needs at least one image".into(),
+                    ));
+                }
+                self.generation_ids(p.prompt).map(|_| ())
+            })
+            .collect();
+        let runnable: Vec<PromptImages> = prompts
+            .iter()
+            .zip(&checks)
+            .filter(|(_, c)| c.is_ok())
+            .map(|(p, _)| p.clone())
+            .collect();
+        let mut codes = if runnable.is_empty() {
+            vec![]
+        } else {
+            self.generate_tokens_for(&runnable, opts, batch_size, on_step)?
+        }
+        .into_iter();
+        Ok(checks
+            .into_iter()
+            .map(|c| c.map(|()| codes.next().unwrap_or_default()))
+            .collect())
     }
 
     /// Codes of `seeds[p].len()` images of each prompt `p`, each image's

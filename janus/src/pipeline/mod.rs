@@ -8,7 +8,7 @@ pub mod generate;
 pub mod model;
 pub mod understand;
 
-pub use answer_batch::{AnswerBatch, AnswerStep, Finish};
+pub use answer_batch::{AnswerBatch, AnswerRequest, AnswerStep, Finish};
 pub use chat::{ChatReply, ChatSession};
 pub use generate::{resize_square, CfgLogits, GenerateOptions, GeneratedImages, PromptImages};
 pub use model::JanusPro;
