@@ -6,7 +6,9 @@ use std::time::Instant;
 
 use clap::{Args, Subcommand};
 use indicatif::{ProgressBar, ProgressState, ProgressStyle};
-use janus::{load_conversation, question_conversation, DEFAULT_SYSTEM_PROMPT};
+use janus::{
+    load_conversation, question_conversation, CancelToken, JanusPro, DEFAULT_SYSTEM_PROMPT,
+};
 use janus_batch::{CaptionJob, JobProgress, RenderJob, Summary};
 
 use crate::output::{ctrl_c_token, set_idle, stderr_is_terminal};
@@ -109,15 +111,9 @@ fn understand(args: UnderstandBatchArgs) -> janus::Result<usize> {
         out: args.out.clone(),
         model_id: model_id(&args.model),
     };
-    let model = args.model.load()?;
-    let cancel = ctrl_c_token();
-    set_idle(false);
-    let bar = rows_bar(args.quiet);
-    let start = Instant::now();
-    let summary = janus_batch::run_caption(&model, &job, cancel, &mut |p| show(&bar, p))?;
-    bar.finish_and_clear();
-    report(&summary, start, args.quiet);
-    Ok(summary.failed)
+    run_job(&args.model, args.quiet, |model, cancel, show| {
+        janus_batch::run_caption(model, &job, cancel, show)
+    })
 }
 
 fn generate(args: GenerateBatchArgs) -> janus::Result<usize> {
@@ -130,14 +126,28 @@ fn generate(args: GenerateBatchArgs) -> janus::Result<usize> {
         out_dir: args.out.clone(),
         model_id: model_id(&args.model),
     };
-    let model = args.model.load()?;
+    run_job(&args.model, args.quiet, |model, cancel, show| {
+        janus_batch::run_render(model, &job, cancel, show)
+    })
+}
+
+type Job<'a> = dyn FnMut(&JobProgress) + 'a;
+
+/// Loads the model, runs `job` with Ctrl-C and a progress bar, reports;
+/// returns how many rows failed.
+fn run_job(
+    model: &ModelArgs,
+    quiet: bool,
+    job: impl FnOnce(&JanusPro, &CancelToken, &mut Job) -> janus::Result<Summary>,
+) -> janus::Result<usize> {
+    let model = model.load()?;
     let cancel = ctrl_c_token();
     set_idle(false);
-    let bar = rows_bar(args.quiet);
+    let bar = rows_bar(quiet);
     let start = Instant::now();
-    let summary = janus_batch::run_render(&model, &job, cancel, &mut |p| show(&bar, p))?;
+    let summary = job(&model, cancel, &mut |p| show(&bar, p))?;
     bar.finish_and_clear();
-    report(&summary, start, args.quiet);
+    report(&summary, start, quiet);
     Ok(summary.failed)
 }
 
