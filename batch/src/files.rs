@@ -42,7 +42,7 @@ fn cannot_write(path: &Path, e: std::io::Error) -> JanusError {
 }
 
 /// Writes `bytes` to `path` (through a temporary file, see
-/// [`write_atomically`]), checking every step: a full disk is an error,
+/// `write_atomically`), checking every step: a full disk is an error,
 /// never a short file.
 pub fn write_file(path: &Path, bytes: &[u8]) -> janus::Result<()> {
     write_atomically(path, |target| {

@@ -35,7 +35,8 @@ fn is_pil_image(obj: &Bound<'_, PyAny>) -> bool {
 }
 
 /// An image argument: a `PIL.Image.Image`, a numpy `uint8` array (HxW,
-/// HxWx1, HxWx2, HxWx3 or HxWx4) or a path (`str` / `os.PathLike`).
+/// HxWx1, HxWx2, HxWx3 or HxWx4), a path (`str` / `os.PathLike`) or the
+/// bytes of an encoded image file.
 ///
 /// The same picture gives the same decoded image whichever form it comes in:
 /// a PNG file, the PIL image Pillow opens from it, and `numpy.asarray` of that.
@@ -51,11 +52,17 @@ pub fn image_from_py(obj: &Bound<'_, PyAny>) -> PyResult<DynamicImage> {
     if let Ok(arr) = obj.cast::<PyUntypedArray>() {
         return image_from_array(arr);
     }
+    if let Ok(bytes) = obj.cast::<PyBytes>() {
+        let data = bytes.as_bytes().to_vec();
+        return py
+            .detach(|| ImageProcessor::decode(&data, "image bytes"))
+            .map_err(|e| to_py(py, e));
+    }
     if is_pil_image(obj) {
         return image_from_pil(obj);
     }
     Err(PyTypeError::new_err(format!(
-        "expected an image: a PIL.Image.Image, a numpy uint8 array (HxW, HxWx3 or HxWx4) or a path, got {}",
+        "expected an image: a PIL.Image.Image, a numpy uint8 array (HxW, HxWx3 or HxWx4), a path or encoded image bytes, got {}",
         type_name(obj)
     )))
 }

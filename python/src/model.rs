@@ -1,22 +1,22 @@
 //! `janus_rs.JanusPro`: a loaded model shared by any number of Python threads.
 
-use std::sync::mpsc;
 use std::sync::Arc;
 
 use image::DynamicImage;
-use janus::{question_conversation, TextStreamer};
-use janus::{GenerateOptions, JanusError, JanusPro, Message, UnderstandOptions};
+use janus::question_conversation;
+use janus::{GenerateOptions, JanusPro, Message, UnderstandOptions};
 use pyo3::prelude::*;
 use pyo3::types::{PyList, PyString};
 
+use crate::batch;
 use crate::convert::{
     code_row_to_array, codes_from_py, codes_to_array, conversation_from_py, image_from_py,
     images_from_py, images_to_array,
 };
 use crate::errors::{input_error, to_py};
 use crate::hooks::{Hooks, Runs};
-use crate::options::{generate_options, pil_images, pil_module, understand_options};
-use crate::stream::{Event, TextStream};
+use crate::options::{generate_options, pil_images, pil_module, seed_arg, understand_options};
+use crate::stream::TextStream;
 
 /// A Janus-Pro model loaded by the Rust runtime (janus-rs).
 ///
@@ -106,55 +106,14 @@ impl PyJanusPro {
             .text_processor()
             .understanding_ids(&conversation, images.len())
             .map_err(|e| to_py(py, e))?;
-        let guard = self.runs.start();
-        let token = guard.token.clone();
-        let (tx, rx) = mpsc::channel::<Event>();
-        let stream = TextStream::new(rx, token.clone(), progress, cancel_event);
-        // An already set cancel_event cancels before the first step.
-        stream.check_python(py)?;
-        let model = Arc::clone(&self.model);
-        let worker = move || {
-            let _registered = guard;
-            let run =
-                std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| -> janus::Result<()> {
-                    token.check()?;
-                    let send = |ev: Event| tx.send(ev).map_err(|_| JanusError::Cancelled);
-                    let mut streamer = TextStreamer::new(model.text_processor());
-                    model.understand_with(&conversation, &images, &opts, &mut |id, p| {
-                        token.check()?;
-                        if let Some(piece) = streamer.push(id)? {
-                            send(Event::Piece(piece))?;
-                        }
-                        send(Event::Progress(p.step, p.total))?;
-                        token.check()
-                    })?;
-                    if let Some(piece) = streamer.finish()? {
-                        send(Event::Piece(piece))?;
-                    }
-                    Ok(())
-                }));
-            let result = run.unwrap_or_else(|panic| {
-                let msg = panic
-                    .downcast_ref::<&str>()
-                    .map(|s| s.to_string())
-                    .or_else(|| panic.downcast_ref::<String>().cloned())
-                    .unwrap_or_else(|| "unknown panic".into());
-                // Reported as a plain janus_rs.JanusError, not as a bad input.
-                Err(JanusError::Io(std::io::Error::other(format!(
-                    "internal error in the generation thread: {msg}"
-                ))))
-            });
-            let _ = tx.send(Event::Done(result));
-        };
-        std::thread::Builder::new()
-            .name("janus-stream".into())
-            .spawn(worker)
-            .map_err(|e| {
-                crate::errors::JanusError::new_err(format!(
-                    "cannot start the generation thread: {e}"
-                ))
-            })?;
-        Ok(stream)
+        TextStream::start(
+            py,
+            Arc::clone(&self.model),
+            self.runs.start(),
+            (conversation, images, opts),
+            progress,
+            cancel_event,
+        )
     }
 
     fn generated(
@@ -491,6 +450,105 @@ impl PyJanusPro {
         codes_to_array(py, &tokens)
     }
 
+    /// Answers question about every row of images (a row: one image, or a
+    /// list of images), batch_size rows decoded together, rows joining as
+    /// others finish. Returns one dict per row, in order: {"answer": str,
+    /// "token_ids": [int], "error": None}, or for a row that cannot run (an
+    /// unreadable image, too long a prompt) {"answer": None, "token_ids": [],
+    /// "error": str}; the other rows go on. Images may also be encoded file
+    /// bytes. Each answer equals understand() of its row (exactly in f32).
+    /// progress(done, total) counts rows; options as understand().
+    #[pyo3(signature = (images, question, *, batch_size = 8, max_new_tokens = 512, temperature = 0.0, top_p = 0.95, seed = None, progress = None, cancel_event = None))]
+    #[allow(clippy::too_many_arguments)]
+    fn understand_batch<'py>(
+        &self,
+        py: Python<'py>,
+        images: Vec<Bound<'py, PyAny>>,
+        question: String,
+        batch_size: i64,
+        max_new_tokens: i64,
+        temperature: f64,
+        top_p: f64,
+        seed: Option<i128>,
+        progress: Option<Py<PyAny>>,
+        cancel_event: Option<Py<PyAny>>,
+    ) -> PyResult<Bound<'py, PyList>> {
+        let opts = understand_options(py, max_new_tokens, temperature, top_p, seed)?;
+        let batch_size = positive(py, "batch_size", batch_size)?;
+        let rows: Vec<_> = images.iter().map(batch::row_images).collect();
+        let results = self.run(py, progress, cancel_event, move |m, step| {
+            batch::answer_rows(m, rows, &question, &opts, batch_size, step)
+        })?;
+        batch::answer_dicts(py, results)
+    }
+
+    /// Generates n images (an int, or one per prompt) for every prompt,
+    /// image i of a prompt seeded as generate(prompt, seed=seeds[row]) seeds
+    /// it (seeds: one per prompt; default 0, 1, 2, ... by row), images of
+    /// several prompts generated batch_size at a time. Returns one dict per
+    /// prompt: {"codes": [[int]], "png": [bytes], "error": None}, or
+    /// {"codes": [], "png": [], "error": str} for a prompt that cannot run
+    /// (empty, too long); the others go on. progress(step, total) counts
+    /// the steps of all batches.
+    #[pyo3(signature = (prompts, *, seeds = None, n = None, batch_size = 8, cfg_weight = 5.0, temperature = 1.0, progress = None, cancel_event = None))]
+    #[allow(clippy::too_many_arguments)]
+    fn generate_batch<'py>(
+        &self,
+        py: Python<'py>,
+        prompts: Vec<String>,
+        seeds: Option<Vec<i128>>,
+        n: Option<&Bound<'py, PyAny>>,
+        batch_size: i64,
+        cfg_weight: f64,
+        temperature: f64,
+        progress: Option<Py<PyAny>>,
+        cancel_event: Option<Py<PyAny>>,
+    ) -> PyResult<Bound<'py, PyList>> {
+        let opts = generate_options(py, 1, cfg_weight, temperature, None)?;
+        let batch_size = positive(py, "batch_size", batch_size)?;
+        let per_row = |what: &str, len: usize| {
+            if len == prompts.len() {
+                Ok(())
+            } else {
+                Err(input_error(
+                    py,
+                    format!("{len} {what} for {} prompts", prompts.len()),
+                ))
+            }
+        };
+        let seeds: Vec<u64> = match seeds {
+            Some(s) => {
+                per_row("seeds", s.len())?;
+                s.into_iter()
+                    .map(|s| seed_arg(py, Some(s)).map(|s| s.unwrap_or(0)))
+                    .collect::<PyResult<_>>()?
+            }
+            None => (0..prompts.len() as u64).collect(),
+        };
+        let counts: Vec<i64> = match n {
+            None => vec![1; prompts.len()],
+            Some(n) => match n.extract::<i64>() {
+                Ok(one) => vec![one; prompts.len()],
+                Err(_) => n.extract()?,
+            },
+        };
+        per_row("image counts", counts.len())?;
+        let counts = counts
+            .into_iter()
+            .map(|c| positive(py, "n", c))
+            .collect::<PyResult<Vec<_>>>()?;
+        let rows: Vec<(String, u64, usize)> = prompts
+            .into_iter()
+            .zip(seeds)
+            .zip(counts)
+            .map(|((p, s), c)| (p, s, c))
+            .collect();
+        let results = self.run(py, progress, cancel_event, move |m, step| {
+            batch::render_rows(m, &rows, &opts, batch_size, step)
+        })?;
+        batch::render_dicts(py, results)
+    }
+
     /// VQ-encodes an image: its centred square crop, resized to
     /// generated_image_size, as image_token_count codes (int64 array [T]).
     fn vq_encode<'py>(
@@ -527,6 +585,14 @@ impl PyJanusPro {
     fn cancel(&self) -> usize {
         self.runs.cancel_all()
     }
+}
+
+/// `value` as a size of at least 1, or an InputError naming `what`.
+fn positive(py: Python<'_>, what: &str, value: i64) -> PyResult<usize> {
+    usize::try_from(value)
+        .ok()
+        .filter(|&v| v >= 1)
+        .ok_or_else(|| input_error(py, format!("{what} must be >= 1, got {value}")))
 }
 
 /// A `str` or `os.PathLike` model argument.

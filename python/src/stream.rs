@@ -1,17 +1,20 @@
 //! `TextStream`: an understanding run on a Rust thread, its text pieces
 //! handed to Python through a channel.
 
-use std::sync::mpsc::{Receiver, RecvTimeoutError};
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
+use std::sync::Arc;
 use std::sync::Mutex;
 use std::time::Duration;
 
-use janus::{CancelToken, JanusError};
+use image::DynamicImage;
+use janus::{CancelToken, JanusError, JanusPro, Message, TextStreamer, UnderstandOptions};
 use pyo3::prelude::*;
 
 use crate::errors::to_py;
+use crate::hooks::RunGuard;
 
 /// What the generation thread sends.
-pub enum Event {
+pub(crate) enum Event {
     Piece(String),
     Progress(usize, usize),
     Done(Result<(), JanusError>),
@@ -39,7 +42,7 @@ pub struct TextStream {
 }
 
 impl TextStream {
-    pub fn new(
+    fn new(
         rx: Receiver<Event>,
         token: CancelToken,
         progress: Option<Py<PyAny>>,
@@ -154,5 +157,66 @@ impl TextStream {
     fn __exit__(&self, _args: &Bound<'_, pyo3::types::PyTuple>) -> bool {
         self.close();
         false
+    }
+}
+
+impl TextStream {
+    /// Starts answering `conversation` on a Rust thread registered as
+    /// `guard` and returns the stream of its text pieces.
+    pub(crate) fn start(
+        py: Python<'_>,
+        model: Arc<JanusPro>,
+        guard: RunGuard,
+        (conversation, images, opts): (Vec<Message>, Vec<DynamicImage>, UnderstandOptions),
+        progress: Option<Py<PyAny>>,
+        cancel_event: Option<Py<PyAny>>,
+    ) -> PyResult<TextStream> {
+        let token = guard.token.clone();
+        let (tx, rx) = mpsc::channel::<Event>();
+        let stream = TextStream::new(rx, token.clone(), progress, cancel_event);
+        // An already set cancel_event cancels before the first step.
+        stream.check_python(py)?;
+        let worker = move || {
+            let _registered = guard;
+            let run =
+                std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| -> janus::Result<()> {
+                    token.check()?;
+                    let send = |ev: Event| tx.send(ev).map_err(|_| JanusError::Cancelled);
+                    let mut streamer = TextStreamer::new(model.text_processor());
+                    model.understand_with(&conversation, &images, &opts, &mut |id, p| {
+                        token.check()?;
+                        if let Some(piece) = streamer.push(id)? {
+                            send(Event::Piece(piece))?;
+                        }
+                        send(Event::Progress(p.step, p.total))?;
+                        token.check()
+                    })?;
+                    if let Some(piece) = streamer.finish()? {
+                        send(Event::Piece(piece))?;
+                    }
+                    Ok(())
+                }));
+            let result = run.unwrap_or_else(|panic| {
+                let msg = panic
+                    .downcast_ref::<&str>()
+                    .map(|s| s.to_string())
+                    .or_else(|| panic.downcast_ref::<String>().cloned())
+                    .unwrap_or_else(|| "unknown panic".into());
+                // Reported as a plain janus_rs.JanusError, not as a bad input.
+                Err(JanusError::Io(std::io::Error::other(format!(
+                    "internal error in the generation thread: {msg}"
+                ))))
+            });
+            let _ = tx.send(Event::Done(result));
+        };
+        std::thread::Builder::new()
+            .name("janus-stream".into())
+            .spawn(worker)
+            .map_err(|e| {
+                crate::errors::JanusError::new_err(format!(
+                    "cannot start the generation thread: {e}"
+                ))
+            })?;
+        Ok(stream)
     }
 }

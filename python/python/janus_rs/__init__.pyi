@@ -2,7 +2,7 @@
 
 import os
 import threading
-from typing import Any, Callable, Iterator, List, Mapping, Optional, Protocol, Sequence, Union, final
+from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional, Protocol, Sequence, Union, final
 
 import numpy as np
 import numpy.typing as npt
@@ -31,8 +31,8 @@ DEFAULT_MODEL: str
 class _Event(Protocol):
     def is_set(self) -> bool: ...
 
-_ImageLike = Union[_PILImage, npt.NDArray[np.uint8], str, "os.PathLike[str]"]
-"""A PIL image, a numpy uint8 array (HxW, HxWx3 or HxWx4) or a path."""
+_ImageLike = Union[_PILImage, npt.NDArray[np.uint8], str, "os.PathLike[str]", bytes]
+"""A PIL image, a numpy uint8 array (HxW, HxWx3 or HxWx4), a path or encoded image bytes."""
 
 _Images = Union[_ImageLike, Sequence[_ImageLike], None]
 _Message = Mapping[str, Any]
@@ -190,6 +190,35 @@ class JanusPro:
     ) -> List[List[_PILImage]]:
         """parallel_size images for each prompt, one list per prompt, run batch_size images at a time (default
         parallel_size; on the CPU a batch may span prompts). Image k of the call is seeded from seed and k."""
+    def understand_batch(
+        self,
+        images: Sequence[Union[_ImageLike, Sequence[_ImageLike]]],
+        question: str,
+        *,
+        batch_size: int = 8,
+        max_new_tokens: int = 512,
+        temperature: float = 0.0,
+        top_p: float = 0.95,
+        seed: Optional[int] = None,
+        progress: Optional[_Progress] = None,
+        cancel_event: Optional[_CancelEvent] = None,
+    ) -> List[Dict[str, Any]]:
+        """The answer to question about each row of images, batch_size rows decoded together: one dict per row,
+        {"answer": str, "token_ids": [int], "error": None} or {"answer": None, "token_ids": [], "error": str}."""
+    def generate_batch(
+        self,
+        prompts: Sequence[str],
+        *,
+        seeds: Optional[Sequence[int]] = None,
+        n: Union[int, Sequence[int], None] = None,
+        batch_size: int = 8,
+        cfg_weight: float = 5.0,
+        temperature: float = 1.0,
+        progress: Optional[_Progress] = None,
+        cancel_event: Optional[_CancelEvent] = None,
+    ) -> List[Dict[str, Any]]:
+        """n images of each prompt, seeded as generate(prompt, seed=seeds[row]): one dict per prompt,
+        {"codes": [[int]], "png": [bytes], "error": None} or {"codes": [], "png": [], "error": str}."""
     def generate_array(
         self,
         prompt: str,
