@@ -435,3 +435,76 @@ fn a_request_past_its_timeout_is_cancelled() {
     assert_eq!(s, 504, "{v}");
     assert_eq!(v["error"]["code"], "timeout");
 }
+
+/// Chats sent at once are answered together (fewer decoding steps than
+/// their tokens) and each gets the answer the library gives it alone.
+#[test]
+fn concurrent_chats_share_steps_and_keep_their_answers() {
+    let server = Server::start(ServerOptions {
+        max_batch: 8,
+        ..Default::default()
+    });
+    let model = library();
+    let image = ImageProcessor::open(&fixture_dir().join("images/wide.png")).unwrap();
+    let cases: Vec<(String, usize, f64, u64)> = (0..6)
+        .map(|i| {
+            (
+                format!("Question number {i}?"),
+                150 + 10 * i,
+                0.2 * i as f64,
+                i as u64,
+            )
+        })
+        .collect();
+    let want: Vec<janus::Answer> = cases
+        .iter()
+        .map(|(q, max, temperature, seed)| {
+            let opts = UnderstandOptions {
+                max_new_tokens: *max,
+                sampling: janus::SamplingParams {
+                    temperature: *temperature,
+                    top_p: 0.9,
+                    ..Default::default()
+                },
+                seed: Some(*seed),
+            };
+            model
+                .understand(&question_conversation(q, 1), std::slice::from_ref(&image), &opts)
+                .unwrap()
+        })
+        .collect();
+    let steps = r#"janus_step_seconds_count{kind="chat"}"#;
+    let before = metric(&server, steps);
+    let url = server.url("/v1/chat/completions");
+    let answers: Vec<Value> = std::thread::scope(|s| {
+        let handles: Vec<_> = cases
+            .iter()
+            .map(|(q, max, temperature, seed)| {
+                let body = json!({
+                    "messages": [{"role": "user", "content": [
+                        {"type": "image_url", "image_url": {"url": image_url()}},
+                        {"type": "text", "text": q},
+                    ]}],
+                    "max_tokens": max, "temperature": temperature, "top_p": 0.9, "seed": seed,
+                });
+                let url = url.clone();
+                s.spawn(move || {
+                    let (status, text) = response(ureq::post(&url).send_json(body));
+                    assert_eq!(status, 200, "{text}");
+                    serde_json::from_str::<Value>(&text).unwrap()
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    for (got, want) in answers.iter().zip(&want) {
+        assert_eq!(got["choices"][0]["message"]["content"], want.text.as_str());
+        assert_eq!(got["usage"]["completion_tokens"], want.token_ids.len());
+    }
+    let tokens: usize = want.iter().map(|a| a.token_ids.len()).sum();
+    let ran = metric(&server, steps) - before;
+    assert!(
+        ran > 0.0 && ran < 0.6 * tokens as f64,
+        "{ran} decoding steps for {tokens} tokens: the requests were not batched"
+    );
+}

@@ -25,6 +25,9 @@ pub struct ServeArgs {
     /// Requests held at once (running and waiting); more are answered 429.
     #[arg(long, default_value_t = 64)]
     max_queue: usize,
+    /// Most chat completions answered together, one decoding step for all.
+    #[arg(long, default_value_t = 8)]
+    max_batch: usize,
     /// Seconds after which a request is cancelled and answered 504.
     #[arg(long)]
     request_timeout: Option<f64>,
@@ -36,6 +39,9 @@ pub struct ServeArgs {
 pub fn serve(args: ServeArgs) -> janus::Result<()> {
     if args.max_queue == 0 {
         return Err(JanusError::Input("--max-queue must be at least 1".into()));
+    }
+    if !(1..=256).contains(&args.max_batch) {
+        return Err(JanusError::Input("--max-batch must be in 1..=256".into()));
     }
     let request_timeout = match args.request_timeout {
         None => None,
@@ -56,6 +62,7 @@ pub fn serve(args: ServeArgs) -> janus::Result<()> {
         port: args.port,
         api_key: args.api_key.filter(|k| !k.is_empty()),
         max_queue: args.max_queue,
+        max_batch: args.max_batch,
         request_timeout,
         max_body_bytes: args.max_body_mb << 20,
         model_id: args.model.model.clone(),

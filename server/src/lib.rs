@@ -15,10 +15,12 @@
 
 #![warn(missing_docs)]
 
+mod chat_rows;
 mod engine;
 mod error;
 mod openai;
 mod routes;
+mod work;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -28,7 +30,8 @@ use std::time::Duration;
 use janus::{JanusError, JanusPro};
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 
-pub use engine::{Busy, ChatEvent, ChatResult, ChatWork, Engine, ImageEvent, ImageWork, Work};
+pub use engine::{Busy, Engine};
+pub use work::{ChatEvent, ChatResult, ChatWork, ImageEvent, ImageWork, Work};
 
 /// How the server runs.
 #[derive(Debug, Clone)]
@@ -40,8 +43,10 @@ pub struct ServerOptions {
     /// Requests must send `Authorization: Bearer <key>` (compared in
     /// constant time) on the `/v1` routes.
     pub api_key: Option<String>,
-    /// Requests held at once, the running one included; more get 429.
+    /// Requests held at once, running ones included; more get 429.
     pub max_queue: usize,
+    /// Most chat completions answered together (one decoding step for all).
+    pub max_batch: usize,
     /// A request running longer is cancelled (504).
     pub request_timeout: Option<Duration>,
     /// Largest request body (413 above).
@@ -57,6 +62,7 @@ impl Default for ServerOptions {
             port: 8000,
             api_key: None,
             max_queue: 64,
+            max_batch: 8,
             request_timeout: None,
             max_body_bytes: 32 << 20,
             model_id: janus::DEFAULT_MODEL.into(),
@@ -132,6 +138,7 @@ pub async fn serve(
         })?;
     let addr = listener.local_addr()?;
     let capacity = options.max_queue;
+    let max_batch = options.max_batch;
     let state = Arc::new(AppState {
         phase: RwLock::new(Phase::Loading),
         options,
@@ -149,7 +156,7 @@ pub async fn serve(
             Ok(model) => {
                 let model = Arc::new(model);
                 Phase::Ready {
-                    engine: Engine::start(model.clone(), capacity),
+                    engine: Engine::start(model.clone(), capacity, max_batch),
                     model,
                 }
             }

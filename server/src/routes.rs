@@ -24,9 +24,9 @@ use subtle::ConstantTimeEq;
 use tokio::sync::mpsc::{channel, unbounded_channel, Sender, UnboundedReceiver};
 use tokio_stream::wrappers::ReceiverStream;
 
-use crate::engine::{ChatEvent, ChatResult, ChatWork, ImageEvent, ImageWork, Work};
 use crate::error::ApiError;
 use crate::openai::{ChatRequest, ImagesRequest};
+use crate::work::{ChatEvent, ChatResult, ChatWork, ImageEvent, ImageWork, Work};
 use crate::AppState;
 
 /// Every route, with authentication, the body limit and request metrics.

@@ -1,0 +1,92 @@
+//! What the engine runs: chat completions and image generations, and the
+//! events each reports back to its HTTP handler.
+
+use std::time::Instant;
+
+use image::{DynamicImage, RgbImage};
+use janus::{CancelToken, GenerateOptions, JanusError, Message, UnderstandOptions};
+use tokio::sync::mpsc::UnboundedSender;
+
+/// A chat completion to run.
+pub struct ChatWork {
+    /// The conversation, ending with an empty assistant turn.
+    pub conversation: Vec<Message>,
+    /// Its images, in placeholder order.
+    pub images: Vec<DynamicImage>,
+    /// The system prompt (the official default unless the request set one).
+    pub system_prompt: String,
+    /// Sampling and length.
+    pub options: UnderstandOptions,
+    /// Stop strings: the answer ends before the first one it contains.
+    pub stop: Vec<String>,
+    /// Where the answer goes, piece by piece.
+    pub events: UnboundedSender<ChatEvent>,
+}
+
+/// What a chat completion reports.
+pub enum ChatEvent {
+    /// More answer text.
+    Delta(String),
+    /// The whole answer.
+    Done(ChatResult),
+    /// The request failed (or was cancelled).
+    Failed(JanusError),
+}
+
+/// A finished chat completion.
+pub struct ChatResult {
+    /// The answer's text.
+    pub text: String,
+    /// Tokens of the prompt, images included.
+    pub prompt_tokens: usize,
+    /// Tokens generated.
+    pub completion_tokens: usize,
+    /// `stop` (end of sentence or a stop string) or `length`.
+    pub finish_reason: &'static str,
+}
+
+/// An image generation to run.
+pub struct ImageWork {
+    /// The prompt.
+    pub prompt: String,
+    /// Images, CFG weight, sampling, seed.
+    pub options: GenerateOptions,
+    /// Where the result goes.
+    pub events: UnboundedSender<ImageEvent>,
+}
+
+/// What an image generation reports.
+pub enum ImageEvent {
+    /// One more image-token step of `total` is done.
+    Step {
+        /// Steps done.
+        step: usize,
+        /// Steps in all.
+        total: usize,
+    },
+    /// The images.
+    Done(Vec<RgbImage>),
+    /// The request failed (or was cancelled).
+    Failed(JanusError),
+}
+
+/// Work for the engine.
+pub enum Work {
+    /// A chat completion.
+    Chat(ChatWork),
+    /// An image generation.
+    Images(ImageWork),
+}
+
+/// A taken request: its work, its cancel token and its deadline.
+pub(crate) struct Job {
+    pub(crate) work: Work,
+    pub(crate) cancel: CancelToken,
+    pub(crate) deadline: Option<Instant>,
+}
+
+/// Whether a job should stop: cancelled, past its deadline, or nobody
+/// listens any more.
+pub(crate) fn should_stop(cancel: &CancelToken, deadline: Option<Instant>, closed: bool) -> bool {
+    closed || cancel.is_cancelled() || deadline.is_some_and(|d| Instant::now() >= d)
+}
