@@ -4,7 +4,7 @@
 # `cargo test`; runs alone too: `bash python/test.sh`.
 #
 # The virtualenv (maturin, numpy, Pillow, pytest, mypy for stubtest, the
-# openai client and Ray Data for the server and Ray tests)
+# openai client, Ray Data and Selenium for the server, Ray and page tests)
 # lives in the cargo target dir, so a second run reuses it and the compiled
 # crates: `$JANUS_PY_VENV` overrides the place; on CI (CI set) it is made
 # afresh. The wheel is a `dev` profile build, which reuses the dependencies
@@ -28,7 +28,7 @@ if [ -n "${CI:-}" ] || [ ! -x "$venv/bin/python" ]; then
 fi
 vpy="$venv/bin/python"
 "$vpy" -m pip install --quiet --disable-pip-version-check \
-    "maturin>=1.9.4,<2" "numpy>=1.21" "Pillow>=8" "pytest>=7" "mypy>=1.10" "openai>=1.40,<3" "ray[data]>=2.9"
+    "maturin>=1.9.4,<2" "numpy>=1.21" "Pillow>=8" "pytest>=7" "mypy>=1.10" "openai>=1.40,<3" "ray[data]>=2.9" "selenium>=4.11"
 
 echo "== python: maturin build (dev profile)"
 rm -rf "$wheels"

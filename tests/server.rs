@@ -469,7 +469,11 @@ fn concurrent_chats_share_steps_and_keep_their_answers() {
                 seed: Some(*seed),
             };
             model
-                .understand(&question_conversation(q, 1), std::slice::from_ref(&image), &opts)
+                .understand(
+                    &question_conversation(q, 1),
+                    std::slice::from_ref(&image),
+                    &opts,
+                )
                 .unwrap()
         })
         .collect();
@@ -507,4 +511,40 @@ fn concurrent_chats_share_steps_and_keep_their_answers() {
         ran > 0.0 && ran < 0.6 * tokens as f64,
         "{ran} decoding steps for {tokens} tokens: the requests were not batched"
     );
+}
+
+/// The page and its files are served with a strict content policy, and
+/// `stream_progress` adds one progress event per image-token step.
+#[test]
+fn the_page_and_progress_events() {
+    let server = Server::start(ServerOptions::default());
+    for (path, kind, needle) in [
+        ("/", "text/html", "Janus-Pro"),
+        ("/app.js", "text/javascript", "/v1/chat/completions"),
+        ("/app.css", "text/css", "prefers-color-scheme"),
+    ] {
+        let resp = ureq::get(&server.url(path)).call().unwrap();
+        assert!(resp.content_type().starts_with(kind), "{path}");
+        let policy = resp.header("content-security-policy").unwrap().to_owned();
+        assert!(policy.contains("default-src 'self'"), "{path}: {policy}");
+        assert!(resp.into_string().unwrap().contains(needle), "{path}");
+    }
+    let body = json!({"prompt": "a red apple", "n": 2, "seed": 1, "stream": true, "stream_progress": true});
+    let events: Vec<Value> = server
+        .stream("/v1/images/generations", &body)
+        .iter()
+        .filter(|e| *e != "[DONE]")
+        .map(|e| serde_json::from_str(e).unwrap())
+        .collect();
+    let steps = library().image_grid().unwrap().0;
+    let progress: Vec<u64> = events
+        .iter()
+        .filter(|e| e["type"] == "image_generation.progress")
+        .map(|e| e["step"].as_u64().unwrap())
+        .collect();
+    assert_eq!(progress, (1..=steps as u64).collect::<Vec<_>>());
+    let completed = events
+        .iter()
+        .filter(|e| e["type"] == "image_generation.completed");
+    assert_eq!(completed.count(), 2);
 }

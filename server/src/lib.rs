@@ -20,6 +20,7 @@ mod engine;
 mod error;
 mod openai;
 mod routes;
+mod web;
 mod work;
 
 use std::future::Future;

@@ -74,6 +74,11 @@ pub struct ImagesRequest {
     /// Server-sent events: `image_generation.completed` per image.
     #[serde(default)]
     pub stream: bool,
+    /// With `stream`, also an `image_generation.progress` event (`step`,
+    /// `total`) after every image-token step (a janus extension; the page
+    /// at `/` draws its progress bar from them).
+    #[serde(default)]
+    pub stream_progress: bool,
 }
 
 /// The most images one request may ask for.

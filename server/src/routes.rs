@@ -38,6 +38,7 @@ pub(crate) fn router(state: Arc<AppState>) -> Router {
         .route("/v1/images/generations", post(image_generations))
         .route_layer(middleware::from_fn_with_state(state.clone(), authorize));
     Router::new()
+        .merge(crate::web::routes())
         .route("/health", get(health))
         .route("/metrics", get(metrics_text))
         .merge(v1)
@@ -54,7 +55,8 @@ pub(crate) fn router(state: Arc<AppState>) -> Router {
 /// `janus_http_requests_total{route, status}`.
 async fn count_requests(req: Request, next: Next) -> Response {
     let route = match req.uri().path() {
-        p @ ("/health"
+        p @ ("/"
+        | "/health"
         | "/metrics"
         | "/v1/models"
         | "/v1/chat/completions"
@@ -383,7 +385,13 @@ async fn image_generations(
         .map_err(|_| ApiError::busy())?;
     let created = unix_now();
     if request.stream {
-        return Ok(image_stream(rx, run, side, created));
+        return Ok(image_stream(
+            rx,
+            run,
+            side,
+            created,
+            request.stream_progress,
+        ));
     }
     let images = loop {
         match rx.recv().await {
@@ -404,18 +412,27 @@ async fn image_generations(
 }
 
 /// `image_generation.completed` per image, once all are done, then
-/// `data: [DONE]`.
+/// `data: [DONE]`; with `progress`, `image_generation.progress` after every step.
 fn image_stream(
     mut rx: UnboundedReceiver<ImageEvent>,
     run: Running,
     side: Option<u32>,
     created: u64,
+    progress: bool,
 ) -> Response {
     sse(move |out| async move {
         let run = run;
         while let Some(ev) = rx.recv().await {
             let events = match ev {
                 ImageEvent::Step { .. } if out.is_closed() => return,
+                ImageEvent::Step { step, total } if progress => {
+                    let event =
+                        json!({"type": "image_generation.progress", "step": step, "total": total});
+                    if !send(&out, event.to_string()).await {
+                        return;
+                    }
+                    continue;
+                }
                 ImageEvent::Step { .. } => continue,
                 ImageEvent::Done(images) => {
                     match tokio::task::spawn_blocking(move || encode_images(images, side)).await {
