@@ -4,6 +4,9 @@ expected outputs (from the official Python implementation)."""
 import json
 import os
 import struct
+import subprocess
+import time
+import urllib.request
 from pathlib import Path
 
 import numpy as np
@@ -60,3 +63,33 @@ def absolute_conversation(conversation, fixture_dir):
         {**m, "images": [str(fixture_dir / p) for p in m["images"]]} if "images" in m else dict(m)
         for m in conversation
     ]
+
+
+def serve(fixture_dir, *flags):
+    """Runs `janus serve` (JANUS_BIN) on a free loopback port with the model
+    folder; yields its URL once the model is loaded, then stops it."""
+    janus_bin = os.environ.get("JANUS_BIN")
+    if not janus_bin:
+        pytest.skip("JANUS_BIN (the janus binary) is set by python/test.sh")
+    proc = subprocess.Popen(
+        [janus_bin, "serve", "--model", str(fixture_dir), "--port", "0", *flags],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        line = proc.stdout.readline()
+        assert "listening on http://" in line, line + proc.stderr.read()
+        url = line.strip().rsplit(" ", 1)[-1]
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                urllib.request.urlopen(url + "/health")
+                break
+            except Exception:
+                assert time.monotonic() < deadline, "the model never loaded"
+                time.sleep(0.05)
+        yield url
+    finally:
+        proc.terminate()
+        assert proc.wait(timeout=30) == 0, proc.stderr.read()

@@ -4,9 +4,6 @@ janus_rs library's."""
 
 import base64
 import io
-import os
-import subprocess
-import time
 
 import numpy as np
 import pytest
@@ -14,37 +11,13 @@ import pytest
 openai = pytest.importorskip("openai", reason="the openai package is installed by python/test.sh")
 from PIL import Image  # noqa: E402
 
-JANUS_BIN = os.environ.get("JANUS_BIN")
+from conftest import serve  # noqa: E402
 
 
 @pytest.fixture(scope="module")
 def server(fixture_dir):
-    if not JANUS_BIN:
-        pytest.skip("JANUS_BIN (the janus binary) is set by python/test.sh")
-    proc = subprocess.Popen(
-        [JANUS_BIN, "serve", "--model", str(fixture_dir), "--port", "0"],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        line = proc.stdout.readline()
-        assert "listening on http://" in line, line + proc.stderr.read()
-        url = line.strip().rsplit(" ", 1)[-1]
-        client = openai.OpenAI(base_url=url + "/v1", api_key="unused", max_retries=0, timeout=60)
-        deadline = time.monotonic() + 60
-        while True:  # /health turns 200 once the model is loaded
-            try:
-                client.models.list()
-                break
-            except openai.APIStatusError as e:
-                assert e.status_code == 503
-                assert time.monotonic() < deadline, "the model never loaded"
-                time.sleep(0.05)
-        yield client
-    finally:
-        proc.terminate()
-        assert proc.wait(timeout=30) == 0, proc.stderr.read()
+    for url in serve(fixture_dir):
+        yield openai.OpenAI(base_url=url + "/v1", api_key="unused", max_retries=0, timeout=60)
 
 
 def data_url(path):

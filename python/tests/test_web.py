@@ -8,53 +8,25 @@ import io
 import json
 import os
 import shutil
-import subprocess
-import time
 import urllib.request
 
 import numpy as np
 import pytest
 from PIL import Image
 
+from conftest import serve
+
 webdriver = pytest.importorskip("selenium.webdriver", reason="selenium is installed by python/test.sh")
 from selenium.webdriver.common.by import By  # noqa: E402
 from selenium.webdriver.support.ui import WebDriverWait  # noqa: E402
 
-JANUS_BIN = os.environ.get("JANUS_BIN")
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 CHROMEDRIVER = shutil.which("chromedriver")
 
 
-def start_server(fixture_dir, *flags):
-    if not JANUS_BIN:
-        pytest.skip("JANUS_BIN (the janus binary) is set by python/test.sh")
-    proc = subprocess.Popen(
-        [JANUS_BIN, "serve", "--model", str(fixture_dir), "--port", "0", *flags],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        line = proc.stdout.readline()
-        assert "listening on http://" in line, line + proc.stderr.read()
-        url = line.strip().rsplit(" ", 1)[-1]
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                urllib.request.urlopen(url + "/health")
-                break
-            except Exception:
-                assert time.monotonic() < deadline, "the model never loaded"
-                time.sleep(0.05)
-        yield url
-    finally:
-        proc.terminate()
-        assert proc.wait(timeout=30) == 0, proc.stderr.read()
-
-
 @pytest.fixture(scope="module")
 def server(fixture_dir):
-    yield from start_server(fixture_dir)
+    yield from serve(fixture_dir)
 
 
 @pytest.fixture(scope="module")
@@ -161,7 +133,7 @@ def long_server(fixture_dir, tmp_path_factory):
             (folder / f.name).symlink_to(f)
     config = json.loads((fixture_dir / "processor_config.json").read_text())
     (folder / "processor_config.json").write_text(json.dumps({**config, "num_image_tokens": 576}))
-    yield from start_server(folder)
+    yield from serve(folder)
 
 
 def test_stop_cancels_the_request_on_the_server(long_server, browser):
@@ -192,7 +164,7 @@ def test_an_api_error_is_shown_in_the_page(server, browser):
 
 
 def test_with_an_api_key_the_page_asks_for_it_once(fixture_dir, browser):
-    for url in start_server(fixture_dir, "--api-key", "sesame"):
+    for url in serve(fixture_dir, "--api-key", "sesame"):
         browser.get(url)
         wait(browser, lambda: browser.find_element(By.ID, "key-form").is_displayed())
         assert "API key" in browser.find_element(By.ID, "error").text
