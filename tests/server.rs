@@ -33,6 +33,11 @@ struct Server {
 
 impl Server {
     fn start(options: ServerOptions) -> Self {
+        Self::start_with(options, fixture_dir())
+    }
+
+    /// A server of the model in `dir`.
+    fn start_with(options: ServerOptions, dir: PathBuf) -> Self {
         let serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
         let (addr_tx, addr_rx) = std::sync::mpsc::channel();
         let (stop, stop_rx) = tokio::sync::oneshot::channel::<()>();
@@ -48,12 +53,7 @@ impl Server {
                     port: 0,
                     ..options
                 },
-                || {
-                    JanusPro::from_pretrained(
-                        fixture_dir().to_str().unwrap(),
-                        &LoadOptions::default(),
-                    )
-                },
+                move || JanusPro::from_pretrained(dir.to_str().unwrap(), &LoadOptions::default()),
                 move |addr| addr_tx.send(addr).unwrap(),
                 async move {
                     let _ = stop_rx.await;
@@ -547,4 +547,77 @@ fn the_page_and_progress_events() {
         .iter()
         .filter(|e| e["type"] == "image_generation.completed");
     assert_eq!(completed.count(), 2);
+}
+
+/// The tiny model drawing a 24x24 grid (576 steps per image, as the
+/// released models), in a folder of links under `tmp`.
+fn tiny_576(tmp: &std::path::Path) -> PathBuf {
+    let dir = tmp.join("tiny576");
+    std::fs::create_dir_all(&dir).unwrap();
+    for entry in std::fs::read_dir(fixture_dir()).unwrap() {
+        let path = entry.unwrap().path();
+        let name = path.file_name().unwrap().to_owned();
+        if path.is_file() && name != "processor_config.json" {
+            std::os::unix::fs::symlink(&path, dir.join(name)).unwrap();
+        }
+    }
+    let mut config: Value = serde_json::from_str(
+        &std::fs::read_to_string(fixture_dir().join("processor_config.json")).unwrap(),
+    )
+    .unwrap();
+    config["num_image_tokens"] = json!(576);
+    std::fs::write(dir.join("processor_config.json"), config.to_string()).unwrap();
+    dir
+}
+
+/// Image requests sent at once are generated together (fewer steps than
+/// theirs added up) and each gets the pixels the library gives it alone.
+#[test]
+fn concurrent_image_requests_share_steps_and_keep_their_pixels() {
+    let tmp = std::env::temp_dir().join(format!("janus-server-{}", std::process::id()));
+    let dir = tiny_576(&tmp);
+    let server = Server::start_with(ServerOptions::default(), dir.clone());
+    let model = JanusPro::from_pretrained(dir.to_str().unwrap(), &LoadOptions::default()).unwrap();
+    let requests = [("a cat", 2, 1u64), ("a red apple", 1, 2), ("a dog", 3, 1)];
+    let steps = r#"janus_step_seconds_count{kind="image"}"#;
+    let before = metric(&server, steps);
+    let url = server.url("/v1/images/generations");
+    let answers: Vec<Value> = std::thread::scope(|s| {
+        let handles: Vec<_> = requests
+            .iter()
+            .map(|&(prompt, n, seed)| {
+                let url = url.clone();
+                s.spawn(move || {
+                    let body = json!({"prompt": prompt, "n": n, "seed": seed});
+                    let (status, text) = response(ureq::post(&url).send_json(body));
+                    assert_eq!(status, 200, "{text}");
+                    serde_json::from_str::<Value>(&text).unwrap()
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    let ran = metric(&server, steps) - before;
+    for (&(prompt, n, seed), got) in requests.iter().zip(&answers) {
+        let opts = GenerateOptions {
+            parallel_size: n,
+            seed: Some(seed),
+            ..Default::default()
+        };
+        let want = model.generate(prompt, &opts).unwrap().images;
+        let data = got["data"].as_array().unwrap();
+        assert_eq!(data.len(), n);
+        for (img, want) in data.iter().zip(&want) {
+            let png = base64::engine::general_purpose::STANDARD
+                .decode(img["b64_json"].as_str().unwrap())
+                .unwrap();
+            let got = image::load_from_memory(&png).unwrap().to_rgb8();
+            assert_eq!(got.as_raw(), want.as_raw(), "{prompt}");
+        }
+    }
+    assert!(
+        ran > 0.0 && ran < 0.7 * 3.0 * 576.0,
+        "{ran} steps for three requests of 576: they were not generated together"
+    );
+    let _ = std::fs::remove_dir_all(&tmp);
 }

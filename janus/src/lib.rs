@@ -63,8 +63,8 @@ pub use janus_nn::Quant;
 pub use loading::{parse_device, parse_dtype, resolve_model, LoadOptions, DEFAULT_MODEL};
 pub use pipeline::{
     resize_square, Answer, AnswerBatch, AnswerRequest, AnswerStep, CfgLogits, ChatReply,
-    ChatSession, Finish, GenerateOptions, GeneratedImages, JanusPro, PromptImages,
-    UnderstandOptions,
+    ChatSession, Finish, GenerateOptions, GeneratedImages, ImageBatch, ImageStep, JanusPro,
+    PromptImages, UnderstandOptions,
 };
 pub use progress::Progress;
 pub use quantize::save_quantized;

@@ -1,9 +1,9 @@
 //! The engine: one worker thread owns the model behind a bounded queue.
 //! Chat completions are answered together, one decoding step for all of
-//! them, requests joining as soon as there is room (continuous batching);
-//! an image generation runs whole between two steps. Every request can be
-//! cancelled within one step (its client went away, its deadline passed,
-//! or the server is shutting down).
+//! them, and image generations are run together, one code of every image
+//! per step; requests join as soon as there is room (continuous batching).
+//! Every request can be cancelled within one step (its client went away,
+//! its deadline passed, or the server is shutting down).
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TryRecvError};
@@ -13,7 +13,8 @@ use std::time::Instant;
 use janus::{CancelToken, JanusError, JanusPro};
 
 use crate::chat_rows::ChatRows;
-use crate::work::{should_stop, ChatEvent, ImageEvent, ImageWork, Job, Work};
+use crate::image_rows::ImageRows;
+use crate::work::{should_stop, ChatEvent, ImageEvent, Job, Work};
 
 /// The queue is full; the request was not taken.
 #[derive(Debug)]
@@ -81,40 +82,67 @@ impl Engine {
     }
 }
 
+/// Most images generated together (over all requests): one request of up
+/// to [`crate::openai::MAX_IMAGES`] always fits.
+const MAX_IMAGES_TOGETHER: usize = 16;
+
 /// The worker: waits for work when idle; otherwise takes what is queued
-/// while the batch has room, then runs one step for every chat.
+/// while it fits (in arrival order), then runs one step for every chat and
+/// one for every image.
 fn work(model: &JanusPro, rx: &Receiver<Job>, pending: &AtomicUsize, max_batch: usize) {
     let mut chats = ChatRows::new(model);
-    let width = max_batch.min(chats.max_rows());
+    let mut images = ImageRows::new(model);
+    let chat_width = max_batch.min(chats.max_rows());
     let ended = |n: usize| {
         if n > 0 {
             let left = pending.fetch_sub(n, Ordering::SeqCst) - n;
             metrics::gauge!("janus_queue_depth").set(left as f64);
         }
     };
+    // A job that did not fit yet: the next to start.
+    let mut held: Option<Job> = None;
     loop {
-        if chats.len() == 0 {
+        if chats.len() + images.len() == 0 && held.is_none() {
             let Ok(job) = rx.recv() else { return };
-            ended(take(model, &mut chats, job));
+            held = Some(job);
         }
-        while chats.len() < width {
-            match rx.try_recv() {
-                Ok(job) => ended(take(model, &mut chats, job)),
-                Err(TryRecvError::Empty) => break,
-                Err(TryRecvError::Disconnected) if chats.len() == 0 => return,
-                Err(TryRecvError::Disconnected) => break,
+        loop {
+            let job = match held.take() {
+                Some(job) => job,
+                None => match rx.try_recv() {
+                    Ok(job) => job,
+                    Err(TryRecvError::Empty) => break,
+                    Err(TryRecvError::Disconnected) if chats.len() + images.len() == 0 => return,
+                    Err(TryRecvError::Disconnected) => break,
+                },
+            };
+            let fits = match &job.work {
+                Work::Chat(_) => chats.len() < chat_width,
+                Work::Images(w) => {
+                    images.len() == 0
+                        || (images.len() < images.max_requests()
+                            && images.images() + w.options.parallel_size <= MAX_IMAGES_TOGETHER)
+                }
+            };
+            if !fits {
+                held = Some(job);
+                break;
             }
+            ended(take(&mut chats, &mut images, job));
         }
-        metrics::gauge!("janus_running_requests").set(chats.len() as f64);
+        metrics::gauge!("janus_running_requests").set((chats.len() + images.len()) as f64);
         if chats.len() > 0 {
             ended(chats.step());
+        }
+        if images.len() > 0 {
+            ended(images.step());
         }
     }
 }
 
-/// Starts `job`: a chat joins the batch; an image generation runs whole.
-/// Returns how many requests ended (0 or 1).
-fn take(model: &JanusPro, chats: &mut ChatRows, job: Job) -> usize {
+/// Starts `job`: it joins the chats or the images being generated.
+/// Returns how many requests ended (0, or 1 when it was refused).
+fn take(chats: &mut ChatRows, images: &mut ImageRows, job: Job) -> usize {
     let Job {
         work,
         cancel,
@@ -129,35 +157,11 @@ fn take(model: &JanusPro, chats: &mut ChatRows, job: Job) -> usize {
             usize::from(!chats.add(w, cancel, deadline))
         }
         Work::Images(w) => {
-            metrics::gauge!("janus_running_requests").set((chats.len() + 1) as f64);
-            run_images(model, w, &cancel, deadline);
-            1
+            if should_stop(&cancel, deadline, w.events.is_closed()) {
+                let _ = w.events.send(ImageEvent::Failed(JanusError::Cancelled));
+                return 1;
+            }
+            usize::from(!images.add(w, cancel, deadline))
         }
     }
-}
-
-fn run_images(model: &JanusPro, w: ImageWork, cancel: &CancelToken, deadline: Option<Instant>) {
-    let started = Instant::now();
-    let events = w.events.clone();
-    let mut last = Instant::now();
-    let result = model.generate_with(&w.prompt, &w.options, &mut |p| {
-        metrics::histogram!("janus_step_seconds", "kind" => "image")
-            .record(last.elapsed().as_secs_f64());
-        metrics::counter!("janus_image_steps_total").increment(1);
-        last = Instant::now();
-        let _ = events.send(ImageEvent::Step {
-            step: p.step,
-            total: p.total,
-        });
-        if should_stop(cancel, deadline, events.is_closed()) {
-            return Err(JanusError::Cancelled);
-        }
-        Ok(())
-    });
-    metrics::histogram!("janus_request_seconds", "kind" => "images")
-        .record(started.elapsed().as_secs_f64());
-    let _ = events.send(match result {
-        Ok(g) => ImageEvent::Done(g.images),
-        Err(e) => ImageEvent::Failed(e),
-    });
 }

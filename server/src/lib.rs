@@ -18,6 +18,7 @@
 mod chat_rows;
 mod engine;
 mod error;
+mod image_rows;
 mod openai;
 mod routes;
 mod web;

@@ -5,11 +5,13 @@
 pub mod answer_batch;
 pub mod chat;
 pub mod generate;
+pub mod image_batch;
 pub mod model;
 pub mod understand;
 
 pub use answer_batch::{AnswerBatch, AnswerRequest, AnswerStep, Finish};
 pub use chat::{ChatReply, ChatSession};
 pub use generate::{resize_square, CfgLogits, GenerateOptions, GeneratedImages, PromptImages};
+pub use image_batch::{ImageBatch, ImageStep};
 pub use model::JanusPro;
 pub use understand::{Answer, UnderstandOptions};
