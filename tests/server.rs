@@ -621,3 +621,169 @@ fn concurrent_image_requests_share_steps_and_keep_their_pixels() {
     );
     let _ = std::fs::remove_dir_all(&tmp);
 }
+
+/// Thirty-two mixed requests at once (chats and images, some streamed, some
+/// abandoned midway) against a queue of 24: every accepted request that is
+/// read to the end gets what it gets alone, the others 429, nothing hangs,
+/// and the engine ends idle.
+#[test]
+fn a_mixed_load_of_32_requests() {
+    let tmp = std::env::temp_dir().join(format!("janus-load-{}", std::process::id()));
+    let dir = tiny_576(&tmp);
+    let server = Server::start_with(
+        ServerOptions {
+            max_queue: 24,
+            ..Default::default()
+        },
+        dir.clone(),
+    );
+    let model = JanusPro::from_pretrained(dir.to_str().unwrap(), &LoadOptions::default()).unwrap();
+    enum Want {
+        Text(String),
+        Pixels(Vec<Vec<u8>>),
+    }
+    // (path, body, streamed, abandoned after the first event)
+    let requests: Vec<(&str, Value, bool, bool)> = (0..32)
+        .map(|i| {
+            let stream = i % 3 == 0;
+            let abandon = i % 8 == 5;
+            if i % 2 == 0 {
+                // Text only: this model's image grid is not its ViT's.
+                let body = json!({
+                    "messages": [{"role": "user", "content": format!("Question {i}?")}],
+                    "max_tokens": 40 + i, "temperature": 0.5, "seed": i, "stream": stream,
+                });
+                ("/v1/chat/completions", body, stream, abandon)
+            } else {
+                let body = json!({"prompt": format!("picture {i}"), "n": 1 + i % 2, "seed": i,
+                                  "stream": stream, "stream_progress": stream});
+                ("/v1/images/generations", body, stream, abandon)
+            }
+        })
+        .collect();
+    let want = |body: &Value| -> Want {
+        if let Some(prompt) = body["prompt"].as_str() {
+            let opts = GenerateOptions {
+                parallel_size: body["n"].as_u64().unwrap() as usize,
+                seed: body["seed"].as_u64(),
+                ..Default::default()
+            };
+            let images = model.generate(prompt, &opts).unwrap().images;
+            Want::Pixels(images.into_iter().map(|i| i.into_raw()).collect())
+        } else {
+            let q = body["messages"][0]["content"].as_str().unwrap();
+            let opts = UnderstandOptions {
+                max_new_tokens: body["max_tokens"].as_u64().unwrap() as usize,
+                sampling: janus::SamplingParams {
+                    temperature: 0.5,
+                    top_p: 0.95,
+                    ..Default::default()
+                },
+                seed: body["seed"].as_u64(),
+            };
+            let conv = question_conversation(q, 0);
+            Want::Text(model.understand(&conv, &[], &opts).unwrap().text)
+        }
+    };
+    let base = server.url("");
+    // (status, the full answer: text or pixels; None when abandoned)
+    let outcomes: Vec<(u16, Option<Want>)> = std::thread::scope(|s| {
+        let handles: Vec<_> = requests
+            .iter()
+            .map(|(path, body, stream, abandon)| {
+                let url = format!("{base}{path}");
+                s.spawn(move || {
+                    let resp = match ureq::post(&url)
+                        .timeout(Duration::from_secs(120))
+                        .send_json(body.clone())
+                    {
+                        Ok(r) => r,
+                        Err(ureq::Error::Status(code, r)) => {
+                            assert_eq!(code, 429, "{}", r.into_string().unwrap());
+                            assert!(r.header("retry-after").is_some());
+                            return (code, None);
+                        }
+                        Err(e) => panic!("{e}"),
+                    };
+                    let status = resp.status();
+                    let mut text = String::new();
+                    let mut pngs = vec![];
+                    if *stream {
+                        for line in BufReader::new(resp.into_reader()).lines() {
+                            let line = line.unwrap();
+                            let Some(data) = line.strip_prefix("data: ") else {
+                                continue;
+                            };
+                            if *abandon {
+                                return (status, None); // the connection drops here
+                            }
+                            if data == "[DONE]" {
+                                break;
+                            }
+                            let ev: Value = serde_json::from_str(data).unwrap();
+                            assert!(ev.get("error").is_none(), "{ev}");
+                            if let Some(t) = ev["choices"][0]["delta"]["content"].as_str() {
+                                text.push_str(t);
+                            }
+                            if ev["type"] == "image_generation.completed" {
+                                pngs.push(ev["b64_json"].as_str().unwrap().to_owned());
+                            }
+                        }
+                    } else {
+                        let v: Value = serde_json::from_str(&resp.into_string().unwrap()).unwrap();
+                        if let Some(t) = v["choices"][0]["message"]["content"].as_str() {
+                            text = t.to_owned();
+                        }
+                        if let Some(data) = v["data"].as_array() {
+                            pngs = data
+                                .iter()
+                                .map(|d| d["b64_json"].as_str().unwrap().to_owned())
+                                .collect();
+                        }
+                    }
+                    let got = if pngs.is_empty() {
+                        Want::Text(text)
+                    } else {
+                        Want::Pixels(
+                            pngs.iter()
+                                .map(|b| {
+                                    let png = base64::engine::general_purpose::STANDARD
+                                        .decode(b)
+                                        .unwrap();
+                                    image::load_from_memory(&png).unwrap().to_rgb8().into_raw()
+                                })
+                                .collect(),
+                        )
+                    };
+                    (status, Some(got))
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    let rejected = outcomes.iter().filter(|o| o.0 == 429).count();
+    assert!(rejected >= 1, "32 requests at once against a queue of 24");
+    let mut checked = 0;
+    for ((_, body, _, _), (status, got)) in requests.iter().zip(&outcomes) {
+        let Some(got) = got else { continue };
+        assert_eq!(*status, 200);
+        match (got, want(body)) {
+            (Want::Text(g), Want::Text(w)) => assert_eq!(*g, w, "{body}"),
+            (Want::Pixels(g), Want::Pixels(w)) => assert!(*g == w, "{body}"),
+            _ => panic!("a chat answered with images or the reverse: {body}"),
+        }
+        checked += 1;
+    }
+    assert!(checked >= 8, "{checked} requests completed");
+    let t = Instant::now();
+    while metric(&server, "janus_running_requests") > 0.0
+        || metric(&server, "janus_queue_depth") > 0.0
+    {
+        assert!(
+            t.elapsed() < Duration::from_secs(30),
+            "the engine never went idle"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let _ = std::fs::remove_dir_all(&tmp);
+}

@@ -82,9 +82,12 @@ impl Engine {
     }
 }
 
-/// Most images generated together (over all requests): one request of up
-/// to [`crate::openai::MAX_IMAGES`] always fits.
-const MAX_IMAGES_TOGETHER: usize = 16;
+/// Most images generated together (over all requests; one request of up to
+/// [`crate::openai::MAX_IMAGES`] always runs, alone if need be). Eight
+/// images are 16 rows, the few-row kernels' limit: a request's rows then
+/// take the same f32 kernels alone or batched, so its pixels do not depend
+/// on who else is generating.
+const MAX_IMAGES_TOGETHER: usize = 8;
 
 /// The worker: waits for work when idle; otherwise takes what is queued
 /// while it fits (in arrival order), then runs one step for every chat and
@@ -137,6 +140,7 @@ fn work(model: &JanusPro, rx: &Receiver<Job>, pending: &AtomicUsize, max_batch: 
         if images.len() > 0 {
             ended(images.step());
         }
+        metrics::gauge!("janus_running_requests").set((chats.len() + images.len()) as f64);
     }
 }
 
