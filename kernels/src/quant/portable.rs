@@ -95,7 +95,13 @@ fn by_width<const R: usize, const FMA: bool>(
     k: usize,
     acc: &mut [[f32; 8]],
 ) {
-    if R <= 2 {
+    // f32 weights (the exact path): one lane count for every row count, so
+    // a row's sum is the same however many rows share the call (a batched
+    // decoding step gives each sequence what it gets alone). f32 weights are
+    // memory bound: 16 lanes keep up with the bandwidth.
+    if fmt == RowFormat::F32 {
+        run_rows::<R, 16, FMA>(fmt, run, rb, x, k, acc)
+    } else if R <= 2 {
         run_rows::<R, 32, FMA>(fmt, run, rb, x, k, acc)
     } else if R <= 4 {
         run_rows::<R, 16, FMA>(fmt, run, rb, x, k, acc)
