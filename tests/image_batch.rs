@@ -259,3 +259,35 @@ fn waves_of_long_images_with_chats_in_between_keep_their_codes() {
         );
     }
 }
+
+/// A preview fills the positions not drawn yet with the code above them
+/// (the last code on the first grid row); a whole grid previews as itself.
+#[test]
+fn previews_fill_the_undrawn_grid() {
+    let model = tiny();
+    let (n, side) = model.image_grid().unwrap();
+    let opts = GenerateOptions {
+        seed: Some(1),
+        ..Default::default()
+    };
+    let codes = model
+        .generate_tokens("a cat", &opts, &mut |_| Ok(()))
+        .unwrap();
+    let whole = model.preview_images(&codes).unwrap();
+    assert_eq!(whole, model.decode_images(&codes).unwrap());
+    let drawn = side + 1;
+    let mut filled = codes[0][..drawn].to_vec();
+    for i in drawn..n {
+        filled.push(filled[i - side]);
+    }
+    let part = model.preview_images(&[codes[0][..drawn].to_vec()]).unwrap();
+    assert_eq!(part, model.decode_images(&[filled]).unwrap());
+    let mut row = codes[0][..2].to_vec();
+    row.resize(side, codes[0][1]);
+    for i in side..n {
+        row.push(row[i - side]);
+    }
+    let first_row = model.preview_images(&[codes[0][..2].to_vec()]).unwrap();
+    assert_eq!(first_row, model.decode_images(&[row]).unwrap());
+    assert!(model.preview_images(&[vec![]]).is_err());
+}

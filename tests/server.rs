@@ -513,6 +513,16 @@ fn concurrent_chats_share_steps_and_keep_their_answers() {
     );
 }
 
+/// The JSON events of a streamed response (without `[DONE]`).
+fn json_events(server: &Server, path: &str, body: &Value) -> Vec<Value> {
+    let events = server.stream(path, body);
+    assert_eq!(events.last().map(String::as_str), Some("[DONE]"));
+    events[..events.len() - 1]
+        .iter()
+        .map(|e| serde_json::from_str(e).unwrap())
+        .collect()
+}
+
 /// The page and its files are served with a strict content policy, and
 /// `stream_progress` adds one progress event per image-token step.
 #[test]
@@ -530,12 +540,7 @@ fn the_page_and_progress_events() {
         assert!(resp.into_string().unwrap().contains(needle), "{path}");
     }
     let body = json!({"prompt": "a red apple", "n": 2, "seed": 1, "stream": true, "stream_progress": true});
-    let events: Vec<Value> = server
-        .stream("/v1/images/generations", &body)
-        .iter()
-        .filter(|e| *e != "[DONE]")
-        .map(|e| serde_json::from_str(e).unwrap())
-        .collect();
+    let events = json_events(&server, "/v1/images/generations", &body);
     let steps = library().image_grid().unwrap().0;
     let progress: Vec<u64> = events
         .iter()
@@ -547,6 +552,53 @@ fn the_page_and_progress_events() {
         .iter()
         .filter(|e| e["type"] == "image_generation.completed");
     assert_eq!(completed.count(), 2);
+
+    // Two previews of each image, before the images, as PNGs of their size.
+    let mut body = body;
+    body["partial_images"] = json!(2);
+    let events = json_events(&server, "/v1/images/generations", &body);
+    let kinds: Vec<(String, u64, u64)> = events
+        .iter()
+        .filter(|e| e["type"] != "image_generation.progress")
+        .map(|e| {
+            let kind = e["type"]
+                .as_str()
+                .unwrap()
+                .rsplit('.')
+                .next()
+                .unwrap()
+                .to_owned();
+            let preview = e["partial_image_index"].as_u64().unwrap_or(9);
+            (kind, preview, e["index"].as_u64().unwrap())
+        })
+        .collect();
+    let want: Vec<(String, u64, u64)> = [
+        ("partial_image", 0, 0),
+        ("partial_image", 0, 1),
+        ("partial_image", 1, 0),
+        ("partial_image", 1, 1),
+        ("completed", 9, 0),
+        ("completed", 9, 1),
+    ]
+    .iter()
+    .map(|&(k, p, i)| (k.to_owned(), p, i))
+    .collect();
+    assert_eq!(kinds, want);
+    let side = library().generated_image_size().unwrap() as u32;
+    for e in events
+        .iter()
+        .filter(|e| e["type"] == "image_generation.partial_image")
+    {
+        let png = base64::engine::general_purpose::STANDARD
+            .decode(e["b64_json"].as_str().unwrap())
+            .unwrap();
+        let img = image::load_from_memory(&png).unwrap();
+        assert_eq!((img.width(), img.height()), (side, side));
+    }
+    let too_many = json!({"prompt": "a", "partial_images": 4, "stream": true});
+    let (status, v) = server.post("/v1/images/generations", &too_many);
+    assert_eq!(status, 400, "{v}");
+    assert_eq!(v["error"]["param"], "partial_images");
 }
 
 /// The tiny model drawing a 24x24 grid (576 steps per image, as the

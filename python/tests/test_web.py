@@ -115,6 +115,7 @@ def test_generated_images_show_the_apis_pixels(server, browser):
     wait(browser, lambda: browser.find_element(By.ID, "gen-grid").get_attribute("data-state") == "done")
     screenshot(browser, "web-generate.png")
     shown = [img.get_attribute("src").split(",", 1)[1] for img in browser.find_elements(By.CSS_SELECTOR, "#gen-grid img")]
+    assert not browser.find_elements(By.CSS_SELECTOR, "#gen-grid img.preview"), "previews give way to the images"
     captions = [c.text for c in browser.find_elements(By.CSS_SELECTOR, "#gen-grid figcaption span")]
     assert captions == ["seed 7 · image 1", "seed 7 · image 2"]
     api = post(server + "/v1/images/generations", {"prompt": "A red apple on a wooden table", "n": 2, "seed": 7})
@@ -145,12 +146,15 @@ def test_stop_cancels_the_request_on_the_server(long_server, browser):
     progress = browser.find_element(By.ID, "gen-progress")
     wait(browser, lambda: progress.get_attribute("max") == "576" and int(progress.get_attribute("value")) > 0)
     assert metric(long_server, "janus_running_requests") == 1
+    # The first preview of every image, a third of the way in.
+    wait(browser, lambda: len(browser.find_elements(By.CSS_SELECTOR, "#gen-grid img.preview")) == 16, seconds=120)
+    screenshot(browser, "web-generate-preview.png")
     browser.find_element(By.ID, "gen-stop").click()
     grid = browser.find_element(By.ID, "gen-grid")
     wait(browser, lambda: grid.get_attribute("data-state") == "stopped")
     wait(browser, lambda: metric(long_server, "janus_running_requests") == 0, seconds=10)
     assert metric(long_server, "janus_image_steps_total") < 576, "the server stopped mid-generation"
-    assert browser.find_elements(By.CSS_SELECTOR, "#gen-grid img") == []
+    assert browser.find_elements(By.CSS_SELECTOR, "#gen-grid img.final") == []
 
 
 def test_an_api_error_is_shown_in_the_page(server, browser):

@@ -12,6 +12,10 @@ use crate::work::{should_stop, ImageEvent, ImageWork};
 
 /// One request being generated.
 struct Row {
+    /// Previews to send, spread evenly over the steps.
+    partial_images: usize,
+    /// Previews sent.
+    previews: usize,
     events: UnboundedSender<ImageEvent>,
     cancel: CancelToken,
     deadline: Option<Instant>,
@@ -64,6 +68,8 @@ impl<'m> ImageRows<'m> {
         match self.batch.add(key, &work.prompt, &work.options) {
             Ok(()) => {
                 let row = Row {
+                    partial_images: work.partial_images,
+                    previews: 0,
                     events: work.events,
                     cancel,
                     deadline,
@@ -101,13 +107,26 @@ impl<'m> ImageRows<'m> {
         metrics::counter!("janus_image_steps_total").increment(steps.len() as u64);
         let mut ended = 0;
         for step in steps {
-            let Some(row) = self.rows.get(&step.key) else {
+            let Some(row) = self.rows.get_mut(&step.key) else {
                 continue;
             };
             let _ = row.events.send(ImageEvent::Step {
                 step: step.step,
                 total: step.total,
             });
+            // Preview k (from 1) of p at step k * total / (p + 1).
+            let due = (row.previews + 1) * step.total / (row.partial_images + 1);
+            if row.previews < row.partial_images && step.step >= due && step.finished.is_none() {
+                let previews = self
+                    .batch
+                    .codes(step.key)
+                    .map(|c| self.model.preview_images(c));
+                if let Some(Ok(images)) = previews {
+                    let index = row.previews;
+                    let _ = row.events.send(ImageEvent::Partial { index, images });
+                }
+                row.previews += 1;
+            }
             if let Some(codes) = step.finished {
                 let row = self.rows.remove(&step.key).expect("a row");
                 let result = self.model.decode_images(&codes);

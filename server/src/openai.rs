@@ -74,6 +74,9 @@ pub struct ImagesRequest {
     /// Server-sent events: `image_generation.completed` per image.
     #[serde(default)]
     pub stream: bool,
+    /// With `stream`, up to 3 `image_generation.partial_image` events per
+    /// image: previews of the part drawn so far.
+    pub partial_images: Option<i64>,
     /// With `stream`, also an `image_generation.progress` event (`step`,
     /// `total`) after every image-token step (a janus extension; the page
     /// at `/` draws its progress bar from them).
@@ -185,6 +188,20 @@ fn image_from_url(url: &str, name: &str, param: &str) -> Result<DynamicImage, Ap
         .decode(payload.trim())
         .map_err(|e| bad(param, format!("{name}: invalid base64: {e}")))?;
     ImageProcessor::decode(&bytes, name).map_err(|e| bad(param, e.to_string()))
+}
+
+impl ImagesRequest {
+    /// Previews per image to stream (0 to 3, as OpenAI's `partial_images`).
+    pub fn previews(&self) -> Result<usize, ApiError> {
+        match self.partial_images {
+            None => Ok(0),
+            Some(n @ 0..=3) => Ok(n as usize),
+            Some(n) => Err(bad(
+                "partial_images",
+                format!("partial_images must be in 0..=3, got {n}"),
+            )),
+        }
+    }
 }
 
 fn positive(v: Option<i64>, param: &str, max: usize) -> Result<Option<usize>, ApiError> {

@@ -373,11 +373,17 @@ async fn image_generations(
     let request: ImagesRequest = parse_body(&state, body)?;
     let (engine, model) = state.ready()?;
     let (options, side) = request.options(model.generated_image_size()?)?;
+    let partial_images = if request.stream {
+        request.previews()?
+    } else {
+        0
+    };
     let (tx, mut rx) = unbounded_channel();
     let run = start(&state);
     let work = Work::Images(ImageWork {
         prompt: request.prompt,
         options,
+        partial_images,
         events: tx,
     });
     engine
@@ -395,7 +401,7 @@ async fn image_generations(
     }
     let images = loop {
         match rx.recv().await {
-            Some(ImageEvent::Step { .. }) => {}
+            Some(ImageEvent::Step { .. } | ImageEvent::Partial { .. }) => {}
             Some(ImageEvent::Done(images)) => break images,
             Some(ImageEvent::Failed(e)) => return Err(failure(e, &run)),
             None => return Err(ApiError::unavailable("the engine stopped")),
@@ -412,7 +418,9 @@ async fn image_generations(
 }
 
 /// `image_generation.completed` per image, once all are done, then
-/// `data: [DONE]`; with `progress`, `image_generation.progress` after every step.
+/// `data: [DONE]`; before, `image_generation.partial_image` per image and
+/// preview asked for, and with `progress` `image_generation.progress` after
+/// every step.
 fn image_stream(
     mut rx: UnboundedReceiver<ImageEvent>,
     run: Running,
@@ -434,6 +442,25 @@ fn image_stream(
                     continue;
                 }
                 ImageEvent::Step { .. } => continue,
+                ImageEvent::Partial { index, images } => {
+                    let encoded =
+                        tokio::task::spawn_blocking(move || encode_images(images, side)).await;
+                    let Ok(Ok(all)) = encoded else { continue };
+                    for (i, b) in all.into_iter().enumerate() {
+                        let event = json!({
+                            "type": "image_generation.partial_image",
+                            "b64_json": b,
+                            "partial_image_index": index,
+                            "index": i,
+                            "created_at": created,
+                            "output_format": "png",
+                        });
+                        if !send(&out, event.to_string()).await {
+                            return;
+                        }
+                    }
+                    continue;
+                }
                 ImageEvent::Done(images) => {
                     match tokio::task::spawn_blocking(move || encode_images(images, side)).await {
                         Ok(Ok(all)) => all

@@ -51,6 +51,8 @@ pub struct ImageWork {
     pub prompt: String,
     /// Images, CFG weight, sampling, seed.
     pub options: GenerateOptions,
+    /// Previews of the images being drawn to send before the end (0 to 3).
+    pub partial_images: usize,
     /// Where the result goes.
     pub events: UnboundedSender<ImageEvent>,
 }
@@ -63,6 +65,14 @@ pub enum ImageEvent {
         step: usize,
         /// Steps in all.
         total: usize,
+    },
+    /// Previews of every image, part drawn (the rest filled in, see
+    /// [`janus::JanusPro::preview_images`]); `index` counts previews from 0.
+    Partial {
+        /// Which preview this is.
+        index: usize,
+        /// One preview per image.
+        images: Vec<RgbImage>,
     },
     /// The images.
     Done(Vec<RgbImage>),

@@ -543,6 +543,34 @@ impl JanusPro {
         Ok(encoded.indices.flatten_all()?.to_vec1::<u32>()?)
     }
 
+    /// Previews of images still being generated: each row of `codes` (the
+    /// first codes of a grid, in raster order) is completed by repeating,
+    /// for every position not drawn yet, the code above it (or the last
+    /// code, on the first grid row), then decoded.
+    pub fn preview_images(&self, codes: &[Vec<u32>]) -> Result<Vec<RgbImage>> {
+        let (n_tokens, side) = self.image_grid()?;
+        let full = codes
+            .iter()
+            .map(|row| {
+                let Some(&last) = row.last() else {
+                    return Err(JanusError::Input("no code to preview".into()));
+                };
+                if row.len() > n_tokens {
+                    return Err(JanusError::Input(format!(
+                        "{} codes for a grid of {n_tokens}",
+                        row.len()
+                    )));
+                }
+                let mut full = row.clone();
+                for i in row.len()..n_tokens {
+                    full.push(if i >= side { full[i - side] } else { last });
+                }
+                Ok(full)
+            })
+            .collect::<Result<Vec<_>>>()?;
+        self.decode_images(&full)
+    }
+
     /// VQ-decodes code rows into RGB images (`floor(clip((x+1)/2*255))`).
     pub fn decode_images(&self, tokens: &[Vec<u32>]) -> Result<Vec<RgbImage>> {
         let (n_tokens, side) = self.image_grid()?;

@@ -85,6 +85,15 @@ impl ImageBatch<'_> {
         self.requests.iter().map(|r| r.codes.len()).sum()
     }
 
+    /// The codes drawn so far for request `key`, one row per image (for
+    /// [`JanusPro::preview_images`]).
+    pub fn codes(&self, key: u64) -> Option<&[Vec<u32>]> {
+        self.requests
+            .iter()
+            .find(|r| r.key == key)
+            .map(|r| r.codes.as_slice())
+    }
+
     /// Prefills `prompt` for `opts.parallel_size` images and adds it under
     /// `key`; its first codes come with the next step. A bad prompt or
     /// option is an error and leaves the batch as it was.

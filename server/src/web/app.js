@@ -279,6 +279,7 @@ async function generate(e) {
     response_format: "b64_json",
     stream: true,
     stream_progress: true,
+    partial_images: 2,
   };
   const grid = $("gen-grid");
   const progress = $("gen-progress");
@@ -290,6 +291,17 @@ async function generate(e) {
   generation = new AbortController();
   $("gen-stop").disabled = false;
   $("gen-go").disabled = true;
+  // One grid cell per image, in order: previews first, then the image.
+  const cells = new Map();
+  const cell = (index) => {
+    if (!cells.has(index)) {
+      const item = document.createElement("li");
+      cells.set(index, item);
+      const after = [...cells.keys()].filter((i) => i > index).sort((a, b) => a - b)[0];
+      grid.insertBefore(item, after === undefined ? null : cells.get(after));
+    }
+    return cells.get(index);
+  };
   try {
     const response = await api("/v1/images/generations", body, generation.signal);
     for await (const ev of events(response)) {
@@ -297,8 +309,10 @@ async function generate(e) {
         progress.max = ev.total;
         progress.value = ev.step;
         $("gen-message").textContent = `step ${ev.step} of ${ev.total}`;
+      } else if (ev.type === "image_generation.partial_image") {
+        cell(ev.index).replaceChildren(figure(ev.b64_json, seed, ev.index, ev.partial_image_index));
       } else if (ev.type === "image_generation.completed") {
-        grid.append(figure(ev.b64_json, seed, ev.index));
+        cell(ev.index).replaceChildren(figure(ev.b64_json, seed, ev.index));
       }
     }
     grid.dataset.state = "done";
@@ -315,24 +329,29 @@ async function generate(e) {
   }
 }
 
-function figure(b64, seed, index) {
+/** An image with its seed and a download link, or (preview set) a preview. */
+function figure(b64, seed, index, preview) {
   const url = "data:image/png;base64," + b64;
-  const item = document.createElement("li");
   const fig = document.createElement("figure");
   const img = document.createElement("img");
   img.src = url;
+  img.className = preview === undefined ? "final" : "preview";
   img.alt = `${$("gen-prompt").value} (seed ${seed}, image ${index + 1})`;
   const caption = document.createElement("figcaption");
   const label = document.createElement("span");
-  label.textContent = `seed ${seed} · image ${index + 1}`;
-  const link = document.createElement("a");
-  link.href = url;
-  link.download = `janus-${seed}-${index + 1}.png`;
-  link.textContent = "download";
-  caption.append(label, link);
+  if (preview === undefined) {
+    label.textContent = `seed ${seed} · image ${index + 1}`;
+    const link = document.createElement("a");
+    link.href = url;
+    link.download = `janus-${seed}-${index + 1}.png`;
+    link.textContent = "download";
+    caption.append(label, link);
+  } else {
+    label.textContent = `image ${index + 1}: preview ${preview + 1}`;
+    caption.append(label);
+  }
   fig.append(img, caption);
-  item.append(fig);
-  return item;
+  return fig;
 }
 
 $("gen-form").addEventListener("submit", generate);
