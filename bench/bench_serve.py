@@ -3,7 +3,7 @@ requests one after another: chat tokens per second and images per minute at
 concurrency 1, 2, 4 and 8 (the standard library only; no client package).
 
     python3 bench/bench_serve.py JANUS_BIN MODEL_DIR [--quant q8_0] [--dtype bf16]
-        [--chat-tokens 64] [--image-requests 4] [--levels 1,2,4,8]
+        [--chat-tokens 64] [--chat-temperature 0.7] [--image-requests 4 (0: none)] [--levels 1,2,4,8]
 
 MODEL_DIR: e.g. the real-size 1B with random weights that `janus bench`
 caches, plus a tokenizer and processor configs (see BENCHMARKS.md). Random
@@ -48,6 +48,7 @@ def main():
     p.add_argument("--quant", default="q8_0")
     p.add_argument("--dtype", default="bf16")
     p.add_argument("--chat-tokens", type=int, default=64)
+    p.add_argument("--chat-temperature", type=float, default=0.7)
     p.add_argument("--image-requests", type=int, default=4)
     p.add_argument("--levels", default="1,2,4,8")
     a = p.parse_args()
@@ -65,7 +66,7 @@ def main():
     try:
         chat = base + "/v1/chat/completions"
         body = lambda i: {"messages": [{"role": "user", "content": f"Tell me a story number {i}."}],  # noqa: E731
-                          "max_tokens": a.chat_tokens, "temperature": 0.7, "seed": i}
+                          "max_tokens": a.chat_tokens, "temperature": a.chat_temperature, "seed": i}
         post(chat, body(0))  # warm-up
         one, _ = run_all(chat, [body(0)])
         print(f"chat, one request: {one:.1f} s, {a.chat_tokens / one:.2f} tokens/s", flush=True)
@@ -74,6 +75,8 @@ def main():
             tokens = sum(o["usage"]["completion_tokens"] for o in outs)
             print(f"chat, {n} at once: {t:.1f} s, {tokens / t:.2f} tokens/s "
                   f"({tokens / t / (a.chat_tokens / one):.2f}x one)", flush=True)
+        if a.image_requests == 0:
+            return
         images = base + "/v1/images/generations"
         one, _ = run_all(images, [{"prompt": "a red apple", "seed": 0}])
         print(f"image, one request: {one:.1f} s", flush=True)

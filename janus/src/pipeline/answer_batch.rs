@@ -259,10 +259,19 @@ impl AnswerBatch<'_> {
             .lm_logits(&hidden.i((.., 0, ..))?)?
             .to_dtype(DType::F32)?
             .to_vec2::<f32>()?;
+        // Each row has its own sampler: sampling the rows in parallel gives
+        // the same tokens (top-p sorts a whole vocabulary per row).
+        let tokens: Vec<u32> = {
+            use rayon::prelude::*;
+            self.rows
+                .par_iter_mut()
+                .zip(logits.par_iter())
+                .map(|(row, logits)| row.sampler.sample_with_history(logits, &row.ids))
+                .collect()
+        };
         let mut steps = Vec::with_capacity(self.rows.len());
         let mut keep = vec![];
-        for (i, (row, logits)) in self.rows.iter_mut().zip(&logits).enumerate() {
-            let token = row.sampler.sample_with_history(logits, &row.ids);
+        for (i, (row, token)) in self.rows.iter_mut().zip(tokens).enumerate() {
             row.ids.push(token);
             let finish = if token == eos {
                 Some(Finish::Stop)
