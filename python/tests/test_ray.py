@@ -144,3 +144,25 @@ def test_the_command_line_writes_every_row(fixture_dir, tmp_path):
     assert by_row[1]["error"].startswith("not a JSON object")
     assert by_row[0]["files"] == ["00000-0.png", "00000-1.png"] and by_row[2]["seed"] == 2
     assert all((tmp_path / "gen" / f).is_file() for m in manifest for f in m["files"])
+
+
+def test_a_parquet_of_image_bytes_is_captioned(fixture_dir, tmp_path, model):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    names = ["wide", "tall", "small"]
+    data = [(fixture_dir / "images" / f"{n}.png").read_bytes() for n in names] + [b"not an image"]
+    pq.write_table(pa.table({"id": list(range(4)), "image": data}), tmp_path / "images.parquet")
+    ray.shutdown()  # the command starts its own local cluster
+    out = subprocess.run(
+        [sys.executable, "-m", "janus_rs.ray", "caption", "--input", str(tmp_path / "images.parquet"),
+         "--output", str(tmp_path / "cap.jsonl"), "--question", "What?", "--max-new-tokens", "5",
+         "--model", str(fixture_dir), "--actors", "1", "--batch-size", "2"],
+        env=dict(os.environ, RAY_AUTH_MODE="disabled"), capture_output=True, text=True, timeout=300)
+    assert out.returncode == 3, out.stderr[-2000:]
+    rows = sorted((json.loads(x) for x in (tmp_path / "cap.jsonl").read_text().splitlines()), key=lambda r: r["id"])
+    assert [r["id"] for r in rows] == [0, 1, 2, 3]
+    for r, blob in zip(rows[:3], data):
+        assert r["answer"] == model.understand(blob, "What?", max_new_tokens=5)
+        assert r["image"] is None, "image bytes are not written into the JSON lines"
+    assert "image" in rows[3]["error"]
