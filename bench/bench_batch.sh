@@ -9,7 +9,8 @@
 # `janus bench` caches, plus a tokenizer and processor configs, quantised
 # with `janus quantize`). Random weights never end an answer early, so every
 # row decodes TOKENS tokens (default 64). Prints one line per configuration:
-# seconds and rows per minute. Model flags (e.g. --dtype bf16) go to every run.
+# seconds and rows per minute. Model flags (e.g. --dtype bf16) go to every run;
+# BATCHES="8" runs only those batch sizes.
 set -euo pipefail
 bin=$1 model=$2 images=$3 tokens=${4:-64}
 shift $(($# < 4 ? $# : 4))
@@ -27,7 +28,7 @@ for img in "$images"/*; do
 done
 report "one process per image" "$(echo "$(date +%s.%N) - $start" | bc)"
 
-for batch in 1 4 8; do
+for batch in ${BATCHES:-1 4 8}; do
     rm -f "$out/r.jsonl"
     start=$(date +%s.%N)
     "$bin" batch understand --model "$model" "${flags[@]}" --images "$images" --question "$question" \
