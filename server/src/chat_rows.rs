@@ -61,23 +61,13 @@ impl<'m> ChatRows<'m> {
         let processor = self.model.text_processor();
         let key = self.next_key;
         self.next_key += 1;
-        let joined = processor
-            .understanding_ids_with_system(
-                &work.conversation,
-                work.images.len(),
-                &work.system_prompt,
-            )
-            .and_then(|ids| {
-                self.batch
-                    .add(
-                        key,
-                        &work.conversation,
-                        &work.images,
-                        &work.system_prompt,
-                        &work.options,
-                    )
-                    .map(|()| ids.len())
-            });
+        let joined = self.batch.add(
+            key,
+            &work.conversation,
+            &work.images,
+            &work.system_prompt,
+            &work.options,
+        );
         match joined {
             Ok(prompt_tokens) => {
                 self.rows.insert(

@@ -267,3 +267,29 @@ fn rows_at(
     }
     Tensor::cat(&parts, 2)
 }
+
+/// Keeps rows `rows` (indices, in order) of a batch being decoded: its
+/// cache's sequences and its pending hidden states [rows, ..]; keeping none
+/// drops both.
+pub(crate) fn keep_batch_rows(
+    cache: &mut Option<KvCache>,
+    hidden: &mut Option<Tensor>,
+    rows: &[usize],
+) -> Result<()> {
+    if rows.is_empty() {
+        *cache = None;
+        *hidden = None;
+        return Ok(());
+    }
+    if let Some(cache) = cache {
+        cache.retain_rows(rows)?;
+    }
+    if let Some(h) = hidden {
+        let index = Tensor::new(
+            rows.iter().map(|&r| r as u32).collect::<Vec<_>>(),
+            h.device(),
+        )?;
+        *h = h.index_select(&index, 0)?;
+    }
+    Ok(())
+}

@@ -15,6 +15,7 @@ use janus_vq::VqModel;
 use crate::config::JanusConfig;
 pub use gen_head::GenHead;
 use janus_nn::{reduced_precision_cpu, Quant};
+pub(crate) use kv_cache::keep_batch_rows;
 pub use kv_cache::KvCache;
 pub use llama::Llama;
 pub use projector::MlpProjector;

@@ -9,7 +9,7 @@ use image::DynamicImage;
 use super::model::JanusPro;
 use super::understand::{Answer, UnderstandOptions};
 use crate::error::{JanusError, Result};
-use crate::models::KvCache;
+use crate::models::{keep_batch_rows, KvCache};
 use crate::sampling::Sampler;
 use crate::text_processor::Message;
 
@@ -162,7 +162,8 @@ impl AnswerBatch<'_> {
 
     /// Prefills a conversation (whose last turn is an empty assistant turn)
     /// and adds it under `key`; its first token comes with the next step.
-    /// A bad conversation or option is an error and leaves the batch as it was.
+    /// Returns the prompt's length in tokens (images included). A bad
+    /// conversation or option is an error and leaves the batch as it was.
     pub fn add(
         &mut self,
         key: u64,
@@ -170,7 +171,7 @@ impl AnswerBatch<'_> {
         images: &[DynamicImage],
         system_prompt: &str,
         opts: &UnderstandOptions,
-    ) -> Result<()> {
+    ) -> Result<usize> {
         opts.sampling.validate()?;
         if opts.max_new_tokens == 0 {
             return Err(JanusError::Input(
@@ -231,7 +232,7 @@ impl AnswerBatch<'_> {
         self.cache = Some(cache);
         self.hidden = Some(hidden);
         self.rows.push(row);
-        Ok(())
+        Ok(t)
     }
 
     /// Removes the conversation `key` (e.g. a cancelled request) and
@@ -327,21 +328,6 @@ impl AnswerBatch<'_> {
     /// Keeps the cache rows and pending hidden states of rows `keep`
     /// (the caller drops the other `rows`).
     fn keep_rows(&mut self, keep: &[usize]) -> Result<()> {
-        if keep.is_empty() {
-            self.cache = None;
-            self.hidden = None;
-            return Ok(());
-        }
-        if let Some(cache) = &mut self.cache {
-            cache.retain_rows(keep)?;
-        }
-        if let Some(h) = &self.hidden {
-            let index = Tensor::new(
-                keep.iter().map(|&i| i as u32).collect::<Vec<_>>(),
-                h.device(),
-            )?;
-            self.hidden = Some(h.index_select(&index, 0)?);
-        }
-        Ok(())
+        Ok(keep_batch_rows(&mut self.cache, &mut self.hidden, keep)?)
     }
 }

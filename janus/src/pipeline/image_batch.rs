@@ -8,7 +8,7 @@ use candle_core::{DType, IndexOp, Module, Tensor};
 use super::generate::GenerateOptions;
 use super::model::JanusPro;
 use crate::error::{JanusError, Result};
-use crate::models::KvCache;
+use crate::models::{keep_batch_rows, KvCache};
 use crate::sampling::{image_seed, Sampler};
 
 /// What one step gave one request of an [`ImageBatch`].
@@ -243,21 +243,6 @@ impl ImageBatch<'_> {
             i += 1;
             keep.contains(&(i - 1))
         });
-        if rows.is_empty() {
-            self.cache = None;
-            self.hidden = None;
-            return Ok(());
-        }
-        if let Some(cache) = &mut self.cache {
-            cache.retain_rows(&rows)?;
-        }
-        if let Some(h) = &self.hidden {
-            let index = Tensor::new(
-                rows.iter().map(|&r| r as u32).collect::<Vec<_>>(),
-                h.device(),
-            )?;
-            self.hidden = Some(h.index_select(&index, 0)?);
-        }
-        Ok(())
+        Ok(keep_batch_rows(&mut self.cache, &mut self.hidden, &rows)?)
     }
 }
