@@ -1,8 +1,8 @@
 //! Generate images from a prompt with Janus-Pro, reporting every step.
 //!
 //! ```sh
-//! cargo run --release -p janus --example generate                        # the tiny test model
-//! cargo run --release -p janus --example generate -- deepseek-ai/Janus-Pro-1B "A red apple on a wooden table" 2
+//! cargo run --release -p janus-rs --example generate                        # the tiny test model
+//! cargo run --release -p janus-rs --example generate -- deepseek-ai/Janus-Pro-1B "A red apple on a wooden table" 2
 //! ```
 
 use std::io::Write;

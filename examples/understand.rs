@@ -1,8 +1,8 @@
 //! Ask Janus-Pro about an image, streaming the answer.
 //!
 //! ```sh
-//! cargo run --release -p janus --example understand                      # the tiny test model
-//! cargo run --release -p janus --example understand -- deepseek-ai/Janus-Pro-1B cat.png "What is in this image?"
+//! cargo run --release -p janus-rs --example understand                      # the tiny test model
+//! cargo run --release -p janus-rs --example understand -- deepseek-ai/Janus-Pro-1B cat.png "What is in this image?"
 //! ```
 
 use std::io::Write;

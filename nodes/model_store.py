@@ -18,9 +18,11 @@ frees the model.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import os
 import shutil
+import sys
 import threading
 import weakref
 
@@ -197,14 +199,44 @@ _cache: weakref.WeakValueDictionary[tuple, JanusRSModel] = weakref.WeakValueDict
 _lock = threading.RLock()  # re-entered by the CPU fallback
 
 
+# The janus-rs releases this pack works with: the pack and the wheel share
+# one version (scripts/release-notes checks it), and a minor release may
+# change the API.
+_MIN_VERSION, _MAX_VERSION = (0, 1), (0, 2)
+JANUS_RS_REQUIREMENT = ">={}.{},<{}.{}".format(*_MIN_VERSION, *_MAX_VERSION)
+
+
+def install_hint() -> str:
+    """The command that installs a fitting janus-rs into ComfyUI's Python."""
+    return (
+        f'"{sys.executable}" -m pip install "janus-rs{JANUS_RS_REQUIREMENT}" '
+        "(a wheel from the janus-rs releases page, or `pip install ./python` "
+        "in a janus-rs checkout, until janus-rs is on PyPI)"
+    )
+
+
+def _version_tuple(version: str) -> tuple:
+    parts = []
+    for part in version.split(".")[:2]:
+        digits = "".join(itertools.takewhile(str.isdigit, part))
+        parts.append(int(digits) if digits else 0)
+    return tuple(parts)
+
+
 def janus_rs_module():
     try:
         import janus_rs
     except ImportError as exc:
         raise RuntimeError(
-            "ComfyUI-Janus-RS needs the janus_rs package: run `pip install janus-rs` "
-            "(or the local wheel) in ComfyUI's Python environment"
+            "ComfyUI-Janus-RS needs the Python package janus-rs (module janus_rs), "
+            f"which this Python cannot import ({exc}): run {install_hint()}"
         ) from exc
+    version = getattr(janus_rs, "__version__", "0")
+    if not _MIN_VERSION <= _version_tuple(version) < _MAX_VERSION:
+        raise RuntimeError(
+            f"ComfyUI-Janus-RS needs janus-rs{JANUS_RS_REQUIREMENT}, "
+            f"but janus-rs {version} is installed: run {install_hint()}"
+        )
     return janus_rs
 
 

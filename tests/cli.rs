@@ -28,6 +28,24 @@ fn s(p: &Path) -> &str {
 }
 
 #[test]
+fn version_is_the_workspace_version() {
+    let out = janus(&["--version"]);
+    assert!(out.status.success());
+    let manifest =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../Cargo.toml"))
+            .unwrap();
+    let version = manifest
+        .lines()
+        .find_map(|l| l.strip_prefix("version = \""))
+        .and_then(|v| v.strip_suffix('"'))
+        .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        format!("janus {version}\n")
+    );
+}
+
+#[test]
 fn understand_reproduces_the_greedy_answer() {
     let json = expected_json();
     let case = &json["cases"]["understand.single"];

@@ -34,7 +34,10 @@ use candle_core::{DType, Device};
 use candle_nn::VarBuilder;
 
 use crate::checkpoint::files::{GGUF_FILE, SIDE_FILES, WEIGHT_ENTRIES};
-use crate::checkpoint::gguf::{GgufFile, ALIGN, FORMAT_VERSION, QUANT_KEY, VERSION_KEY};
+use crate::checkpoint::gguf::{
+    ggml_type_id, tensor_checksum, GgufFile, ALIGN, CHECKSUM_KEY, FORMAT_VERSION, QUANT_KEY,
+    VERSION_KEY,
+};
 use crate::checkpoint::reader::TensorReader;
 use crate::checkpoint::shape_recorder::ShapeRecorder;
 use crate::checkpoint::Checkpoint;
@@ -45,18 +48,6 @@ use crate::progress::Progress;
 use janus_kernels::quant::quantize_rows;
 use janus_kernels::tensor::with_cpu_slice;
 use janus_nn::Quant;
-
-/// GGML's type ids of the formats this writer stores.
-fn ggml_type_id(dtype: GgmlDType) -> u32 {
-    match dtype {
-        GgmlDType::F32 => 0,
-        GgmlDType::F16 => 1,
-        GgmlDType::Q8_0 => 8,
-        GgmlDType::Q4K => 12,
-        GgmlDType::BF16 => 30,
-        other => unreachable!("the writer never stores {other:?}"),
-    }
-}
 
 /// Removes a file when dropped, unless disarmed (a partial output).
 struct RemoveOnDrop(Option<PathBuf>);
@@ -174,6 +165,7 @@ pub(crate) fn write_gguf(
         ("general.name", Meta::Str(name)),
         (QUANT_KEY, Meta::Str(quant.name())),
         (VERSION_KEY, Meta::U32(FORMAT_VERSION)),
+        (CHECKSUM_KEY, Meta::Checksums),
     ];
     let total = tensors.len();
     let mut writer = GgufWriter::create(path, &meta, &tensors)?;
@@ -263,6 +255,8 @@ pub(crate) fn plan(
 enum Meta<'a> {
     Str(&'a str),
     U32(u32),
+    /// One u32 per tensor, filled in by [`GgufWriter::finish`].
+    Checksums,
 }
 
 /// A streaming GGUF writer: the header is written first with every tensor's
@@ -276,6 +270,11 @@ struct GgufWriter {
     /// End of the data written so far, relative to the data section.
     end: u64,
     written: Vec<(u32, u64)>,
+    /// The tensors (name, shape), in header order, and their checksums.
+    tensors: Vec<(String, Vec<usize>)>,
+    checksums: Vec<u32>,
+    /// File position of the checksum array's values, if the header has one.
+    checksum_slot: Option<u64>,
 }
 
 impl GgufWriter {
@@ -293,9 +292,17 @@ impl GgufWriter {
         head.extend(3u32.to_le_bytes());
         head.extend((tensors.len() as u64).to_le_bytes());
         head.extend((meta.len() as u64).to_le_bytes());
+        let mut checksum_slot = None;
         for (key, value) in meta {
             string(&mut head, key);
             match value {
+                Meta::Checksums => {
+                    head.extend(9u32.to_le_bytes()); // an array
+                    head.extend(4u32.to_le_bytes()); // of u32
+                    head.extend((tensors.len() as u64).to_le_bytes());
+                    checksum_slot = Some(head.len() as u64);
+                    head.resize(head.len() + 4 * tensors.len(), 0);
+                }
                 Meta::Str(s) => {
                     head.extend(8u32.to_le_bytes());
                     string(&mut head, s);
@@ -328,6 +335,9 @@ impl GgufWriter {
             slots,
             end: 0,
             written: vec![],
+            tensors: tensors.to_vec(),
+            checksums: Vec::with_capacity(tensors.len()),
+            checksum_slot,
         })
     }
 
@@ -341,7 +351,17 @@ impl GgufWriter {
             .map_err(io)?;
         self.out.write_all(data).map_err(io)?;
         self.end = offset + data.len() as u64;
-        self.written.push((ggml_type_id(dtype), offset));
+        let id = ggml_type_id(dtype)
+            .unwrap_or_else(|| unreachable!("the writer never stores {dtype:?}"));
+        self.written.push((id, offset));
+        let Some((name, shape)) = self.tensors.get(self.checksums.len()) else {
+            return Err(JanusError::bad_file(
+                &self.path,
+                "more tensors written than the header holds",
+            ));
+        };
+        self.checksums
+            .push(tensor_checksum(name, dtype, shape, data));
         Ok(())
     }
 
@@ -362,6 +382,15 @@ impl GgufWriter {
             file.seek(SeekFrom::Start(slot)).map_err(io)?;
             file.write_all(&id.to_le_bytes()).map_err(io)?;
             file.write_all(&offset.to_le_bytes()).map_err(io)?;
+        }
+        if let Some(slot) = self.checksum_slot {
+            let sums: Vec<u8> = self
+                .checksums
+                .iter()
+                .flat_map(|c| c.to_le_bytes())
+                .collect();
+            file.seek(SeekFrom::Start(slot)).map_err(io)?;
+            file.write_all(&sums).map_err(io)?;
         }
         file.sync_all().map_err(io)
     }
@@ -469,6 +498,62 @@ mod tests {
             assert!(
                 err.contains(needle) && err.contains(name),
                 "{needle}: {err}"
+            );
+        }
+    }
+
+    /// Damaged data, and a type changed to another of the same size (bf16
+    /// read as f16), pass the checks at open but fail the tensor's checksum
+    /// when it is read.
+    #[test]
+    fn damaged_data_and_retyped_tensors_fail_their_checksums() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(GGUF_FILE);
+        let meta = [
+            (QUANT_KEY, Meta::Str("q8_0")),
+            (VERSION_KEY, Meta::U32(FORMAT_VERSION)),
+            (CHECKSUM_KEY, Meta::Checksums),
+        ];
+        let tensors = [
+            ("a.weight".to_string(), vec![4, 8]),
+            ("b.bias".to_string(), vec![8]),
+        ];
+        let a: Vec<half::bf16> = (0..32)
+            .map(|i| half::bf16::from_f32(i as f32 / 8.0))
+            .collect();
+        let b: Vec<f32> = (0..8).map(|i| i as f32).collect();
+        let mut writer = GgufWriter::create(&path, &meta, &tensors).unwrap();
+        writer.tensor(GgmlDType::BF16, as_bytes(&a)).unwrap();
+        writer.tensor(GgmlDType::F32, as_bytes(&b)).unwrap();
+        writer.finish().unwrap();
+        let good = std::fs::read(&path).unwrap();
+        let file = GgufFile::open(&path).unwrap();
+        let read = file.load_raw("a.weight", &Device::Cpu).unwrap();
+        assert_eq!(
+            read.flatten_all().unwrap().to_vec1::<half::bf16>().unwrap(),
+            a
+        );
+        assert_eq!(
+            file.load_raw("b.bias", &Device::Cpu)
+                .unwrap()
+                .to_vec1::<f32>()
+                .unwrap(),
+            b
+        );
+
+        let type_field = good.windows(8).position(|w| w == b"a.weight").unwrap() + 8 + 4 + 16;
+        let mut retyped = good.clone();
+        retyped[type_field..type_field + 4].copy_from_slice(&1u32.to_le_bytes()); // f16
+        let mut damaged = good.clone();
+        let last = damaged.len() - 1; // b.bias's last byte
+        damaged[last] ^= 0x40;
+        for (bytes, name) in [(retyped, "a.weight"), (damaged, "b.bias")] {
+            std::fs::write(&path, bytes).unwrap();
+            let file = GgufFile::open(&path).unwrap();
+            let err = file.load_raw(name, &Device::Cpu).unwrap_err().to_string();
+            assert!(
+                err.contains(&format!("tensor {name} does not match its checksum")),
+                "{err}"
             );
         }
     }

@@ -3,6 +3,7 @@
 //! template), and `<image_placeholder>` expansion.
 
 use std::path::{Path, PathBuf};
+use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
 use tokenizers::Tokenizer;
@@ -161,6 +162,35 @@ pub struct TextProcessor {
     pub special: SpecialTokens,
 }
 
+/// Encodes and decodes a sample prompt, so that a tokenizer.json that
+/// deserializes but then panics (tokenizers trusts its file: a template
+/// naming a special token it lacks indexes a map) fails at load, as an
+/// error. The panic hook is silenced meanwhile: the error is the message.
+fn try_tokenizer(tokenizer: &Tokenizer, image_tag: &str) -> std::result::Result<(), String> {
+    static QUIET: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let sample = format!("You are a helpful assistant.\n\n<|User|>: {image_tag}\nWhat is in 图片? 1.5 é\n\n<|Assistant|>:");
+    let _serial = QUIET.lock().unwrap_or_else(|e| e.into_inner());
+    let hook = std::panic::take_hook();
+    std::panic::set_hook(Box::new(|_| {}));
+    let run = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        let ids = tokenizer
+            .encode(sample.as_str(), true)
+            .map(|e| e.get_ids().to_vec())
+            .unwrap_or_default();
+        let _ = tokenizer.decode(&ids, true);
+        let _ = tokenizer.decode(&ids, false);
+    }));
+    std::panic::set_hook(hook);
+    run.map_err(|panic| {
+        let why = panic
+            .downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| panic.downcast_ref::<String>().cloned())
+            .unwrap_or_default();
+        format!("the tokenizer fails on a sample prompt ({why})")
+    })
+}
+
 impl TextProcessor {
     /// Loads `tokenizer.json` and looks up the special tokens.
     pub fn from_files(tokenizer_json: &Path, config: ProcessorConfig) -> Result<Self> {
@@ -170,10 +200,27 @@ impl TextProcessor {
                 path: tokenizer_json.into(),
             });
         }
-        let tokenizer = Tokenizer::from_file(tokenizer_json).map_err(|e| JanusError::BadFile {
+        let bad = |reason: String| JanusError::BadFile {
             path: tokenizer_json.into(),
-            reason: e.to_string(),
-        })?;
+            reason,
+        };
+        // A real tokenizer.json is a few MB; this bounds what a hostile one costs.
+        const MAX_BYTES: u64 = 256 << 20;
+        let size = std::fs::metadata(tokenizer_json)
+            .map_err(|e| bad(e.to_string()))?
+            .len();
+        if size > MAX_BYTES {
+            return Err(bad(format!(
+                "{size} bytes, more than a tokenizer's {} MiB",
+                MAX_BYTES >> 20
+            )));
+        }
+        let text = std::fs::read_to_string(tokenizer_json).map_err(|e| bad(e.to_string()))?;
+        // The JSON is checked first: tokenizers panics on a truncated or
+        // malformed "decoder" (an `expect` in its deserializer).
+        serde_json::from_str::<serde::de::IgnoredAny>(&text).map_err(|e| bad(e.to_string()))?;
+        let tokenizer = Tokenizer::from_str(&text).map_err(|e| bad(e.to_string()))?;
+        try_tokenizer(&tokenizer, &config.image_tag).map_err(bad)?;
         let id = |tok: &str| {
             tokenizer
                 .token_to_id(tok)

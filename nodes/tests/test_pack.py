@@ -7,6 +7,7 @@ import inspect
 import json
 import re
 import shutil
+import subprocess
 import sys
 import types
 
@@ -174,6 +175,34 @@ def test_hub_model_is_downloaded_into_the_janus_pro_folder(env, monkeypatch):
     assert len(calls) == 1
 
 
+def test_without_huggingface_hub_janus_rs_downloads_from_hf_endpoint(env, monkeypatch, tmp_path):
+    # tests/fake_hub.py stands in for the hub (as a mirror set in HF_ENDPOINT).
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    for name in (
+        "config.json", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
+        "processor_config.json", "preprocessor_config.json", "model.safetensors",
+    ):
+        shutil.copy(TINY / name, repo / name)
+    hub = subprocess.Popen(
+        [sys.executable, str(harness.REPO / "tests" / "fake_hub.py"), "--repo", f"deepseek-ai/Janus-Pro-1B={repo}"],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+    )
+    try:
+        monkeypatch.setenv("HF_ENDPOINT", f"http://127.0.0.1:{hub.stdout.readline().strip()}")
+        monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "cache"))
+        for var in ("HF_HUB_OFFLINE", "HF_TOKEN"):
+            monkeypatch.delenv(var, raising=False)
+        monkeypatch.setitem(sys.modules, "huggingface_hub", None)  # not installed
+        model = env.module.NODE_CLASS_MAPPINGS["JanusRSModelLoader"]().load("deepseek-ai/Janus-Pro-1B", "cpu", "f32")[0]
+        assert model.path == "deepseek-ai/Janus-Pro-1B"
+        expected = janus_rs.JanusPro.load(str(TINY)).generate_tokens("A red apple", seed=5)
+        assert np.array_equal(model.model.generate_tokens("A red apple", seed=5), expected)
+    finally:
+        hub.kill()
+        hub.wait()
+
+
 def test_failed_download_says_where_to_put_the_model(env, monkeypatch):
     def snapshot_download(repo_id, local_dir, **kwargs):
         raise OSError("no network")
@@ -183,6 +212,17 @@ def test_failed_download_says_where_to_put_the_model(env, monkeypatch):
     with pytest.raises(RuntimeError, match="put the model folder at .*Janus-Pro-7B"):
         loader.load("deepseek-ai/Janus-Pro-7B", "cpu", "f32")
     assert "Janus-Pro-7B" not in loader.INPUT_TYPES()["required"]["model"][0]
+
+
+def test_missing_or_wrong_janus_rs_names_the_package_and_command(env, monkeypatch):
+    loader = env.module.NODE_CLASS_MAPPINGS["JanusRSModelLoader"]()
+    command = re.escape(f'"{sys.executable}" -m pip install "janus-rs>=0.1,<0.2"')
+    monkeypatch.setitem(sys.modules, "janus_rs", None)  # import fails as when not installed
+    with pytest.raises(RuntimeError, match=r"needs the Python package janus-rs \(module janus_rs\).*" + command):
+        loader.load("tiny", "cpu", "f32")
+    monkeypatch.setitem(sys.modules, "janus_rs", types.SimpleNamespace(__version__="0.2.0"))
+    with pytest.raises(RuntimeError, match=r"needs janus-rs>=0.1,<0.2, but janus-rs 0.2.0 is installed: run " + command):
+        loader.load("tiny", "cpu", "f32")
 
 
 # --- devices, dtypes and the cache ----------------------------------------
@@ -388,10 +428,15 @@ def test_image_conversion(env):
 def test_packaging_metadata():
     tomllib = pytest.importorskip("tomllib")  # Python >= 3.11
     meta = tomllib.loads((PACK_DIR / "pyproject.toml").read_text())
-    assert meta["project"]["name"] and meta["project"]["version"]
+    # One version for the workspace, the wheel and the pack.
+    assert meta["project"]["version"] == janus_rs.__version__
     comfy = meta["tool"]["comfy"]
     assert comfy["PublisherId"] and comfy["DisplayName"] and comfy["Icon"]
-    requirements = (PACK_DIR / "requirements.txt").read_text().split()
-    assert "janus-rs" in requirements
+    lines = (PACK_DIR / "requirements.txt").read_text().splitlines()
+    requirements = [line.split("#")[0].strip() for line in lines if line.split("#")[0].strip()]
+    names = [re.split(r"[<>=!~ \[;]", r, maxsplit=1)[0].lower() for r in requirements]
+    assert names == ["huggingface_hub"] and names == [d.lower() for d in meta["project"]["dependencies"]]
+    # Nothing that ComfyUI pins itself; janus-rs comes by hand until it is on PyPI.
+    assert not {"numpy", "pillow", "torch", "janus-rs"} & set(names)
     for path in EXAMPLES.glob("*.json"):
         json.loads(path.read_text())

@@ -15,7 +15,10 @@ PUBLIC = [
 
 
 def test_metadata(model):
-    assert janus_rs.__version__
+    # The workspace's version (the wheel's, the node pack's and `janus --version`'s).
+    tomllib = pytest.importorskip("tomllib")  # Python >= 3.11
+    cargo = tomllib.loads((pathlib.Path(__file__).parents[2] / "Cargo.toml").read_text())
+    assert janus_rs.__version__ == cargo["workspace"]["package"]["version"]
     assert janus_rs.DEFAULT_MODEL == "deepseek-ai/Janus-Pro-1B"
     assert model.device == "cpu" and model.dtype == "f32" and model.quant == "none"
     assert model.image_token_count == 16 and model.generated_image_size == 16 and model.codebook_size == 256

@@ -2,7 +2,9 @@
 //! 3, under the released tensor names; `janus.quant` names the
 //! quantisation, `janus.format_version` the layout; written by
 //! [`crate::save_quantized`]). Every tensor's byte span is checked against the
-//! file at open.
+//! file at open, and its bytes against its checksum when it is read
+//! (`janus.tensor_crc32`: CRC-32 of each tensor's name, type, shape and data,
+//! in data order; files written before it have none).
 
 use std::collections::HashMap;
 use std::fs::File;
@@ -22,6 +24,8 @@ pub(crate) const QUANT_KEY: &str = "janus.quant";
 /// Metadata key of the layout version; readers refuse newer ones.
 pub(crate) const VERSION_KEY: &str = "janus.format_version";
 pub(crate) const FORMAT_VERSION: u32 = 1;
+/// Metadata key of the tensors' checksums (u32 array, in data order).
+pub(crate) const CHECKSUM_KEY: &str = "janus.tensor_crc32";
 /// GGUF's default data alignment, which this writer uses.
 pub(crate) const ALIGN: u64 = 32;
 
@@ -38,6 +42,34 @@ struct Entry {
     dims: Vec<usize>,
     start: usize,
     len: usize,
+    /// What [`tensor_checksum`] gives for it, where the file says.
+    checksum: Option<u32>,
+}
+
+/// GGML's type ids of the formats janus files store.
+pub(crate) fn ggml_type_id(dtype: GgmlDType) -> Option<u32> {
+    match dtype {
+        GgmlDType::F32 => Some(0),
+        GgmlDType::F16 => Some(1),
+        GgmlDType::Q8_0 => Some(8),
+        GgmlDType::Q4K => Some(12),
+        GgmlDType::BF16 => Some(30),
+        _ => None,
+    }
+}
+
+/// CRC-32 of a tensor's name, type, shape and bytes: a changed type
+/// (bf16 read as f16 keeps every size) or a moved offset shows as well as
+/// damaged data.
+pub(crate) fn tensor_checksum(name: &str, dtype: GgmlDType, dims: &[usize], data: &[u8]) -> u32 {
+    let mut crc = crc32fast::Hasher::new();
+    crc.update(name.as_bytes());
+    crc.update(&ggml_type_id(dtype).unwrap_or(u32::MAX).to_le_bytes());
+    for &d in dims {
+        crc.update(&(d as u64).to_le_bytes());
+    }
+    crc.update(data);
+    crc.finalize()
 }
 
 /// The byte range of `info` in a file whose data starts at `data_offset`
@@ -117,14 +149,15 @@ impl GgufFile {
                 dims: info.shape.dims().to_vec(),
                 start,
                 len,
+                checksum: None,
             };
             entries.insert(name, entry);
         }
         // No two tensors share bytes (a moved offset would make one read
         // another's data).
-        let mut spans: Vec<(usize, usize, &String)> = entries
+        let mut spans: Vec<(usize, usize, String)> = entries
             .iter()
-            .map(|(n, e)| (e.start, e.start + e.len, n))
+            .map(|(n, e)| (e.start, e.start + e.len, n.clone()))
             .collect();
         spans.sort();
         for w in spans.windows(2) {
@@ -133,6 +166,28 @@ impl GgufFile {
                     path,
                     format!("tensors {} and {} overlap in the file", w[0].2, w[1].2),
                 ));
+            }
+        }
+        match content.metadata.get(CHECKSUM_KEY) {
+            None => {}
+            Some(Value::Array(sums)) if sums.len() == spans.len() => {
+                for ((_, _, name), sum) in spans.iter().zip(sums) {
+                    let Value::U32(sum) = sum else {
+                        return Err(JanusError::bad_file(
+                            path,
+                            format!("{CHECKSUM_KEY} holds a non-u32 value"),
+                        ));
+                    };
+                    if let Some(e) = entries.get_mut(name) {
+                        e.checksum = Some(*sum);
+                    }
+                }
+            }
+            Some(_) => {
+                return Err(JanusError::bad_file(
+                    path,
+                    format!("{CHECKSUM_KEY} does not hold one checksum per tensor"),
+                ))
             }
         }
         Ok(Self {
@@ -155,8 +210,18 @@ impl GgufFile {
         self.entries.keys().cloned().collect()
     }
 
-    fn bytes(&self, e: &Entry) -> &[u8] {
-        &self.map[e.start..e.start + e.len]
+    /// The bytes of `name`'s tensor, checked against its checksum.
+    fn bytes(&self, name: &str, e: &Entry) -> candle_core::Result<&[u8]> {
+        let bytes = &self.map[e.start..e.start + e.len];
+        match e.checksum {
+            Some(sum) if tensor_checksum(name, e.dtype, &e.dims, bytes) != sum => {
+                candle_core::bail!(
+                    "tensor {name} does not match its checksum: model.gguf was altered or damaged \
+                 (save the quantised folder again)"
+                )
+            }
+            _ => Ok(bytes),
+        }
     }
 }
 
@@ -185,11 +250,11 @@ impl TensorReader for GgufFile {
                 .get(base)
                 .filter(|e| e.dtype == fmt)
                 .ok_or_else(missing)?;
-            let bytes = self.bytes(e);
+            let bytes = self.bytes(base, e)?;
             return copy_released::<u8>(bytes, &[bytes.len()])?.to_device(dev);
         }
         let e = self.entries.get(name).ok_or_else(missing)?;
-        let (bytes, dims) = (self.bytes(e), e.dims.as_slice());
+        let (bytes, dims) = (self.bytes(name, e)?, e.dims.as_slice());
         let t = match e.dtype {
             GgmlDType::F32 => copy_released::<f32>(bytes, dims)?,
             GgmlDType::F16 => copy_released::<half::f16>(bytes, dims)?,

@@ -1,6 +1,7 @@
 //! Finding and reading checkpoint files: one or sharded safetensors (memory
-//! mapped), one or sharded PyTorch pickles (read as data by candle's
-//! restricted unpickler, which executes nothing), or a quantised
+//! mapped), one or sharded PyTorch pickles (read as data, with bounded depth
+//! and memory, by candle's restricted unpickler, which executes nothing:
+//! `pickle.rs`), or a quantised
 //! `model.gguf` written by [`crate::save_quantized`] (memory mapped).
 //!
 //! Every request is checked against the stored shape before any data is
@@ -9,6 +10,7 @@
 pub(crate) mod files;
 pub(crate) mod gguf;
 pub(crate) mod pages;
+mod pickle;
 pub(crate) mod reader;
 pub(crate) mod shape_recorder;
 mod transformers_names;
@@ -26,6 +28,7 @@ use files::{index_shards, GGUF_FILE};
 use gguf::GgufFile;
 use janus_nn::Quant;
 use pages::{chunked_copy, release_pages};
+use pickle::PickleShard;
 use reader::{Checked, TensorReader};
 pub use shape_recorder::ShapeRecorder;
 use transformers_names::TransformersNames;
@@ -33,7 +36,7 @@ use transformers_names::TransformersNames;
 enum Store {
     Safetensors(candle_core::safetensors::MmapedSafetensors),
     Pickle {
-        shards: Vec<candle_core::pickle::PthTensors>,
+        shards: Vec<PickleShard>,
         route: HashMap<String, usize>,
     },
     Gguf(GgufFile),
@@ -98,15 +101,14 @@ impl Checkpoint {
         let mut shards = Vec::with_capacity(files.len());
         let mut route = HashMap::new();
         for (i, f) in files.iter().enumerate() {
-            let shard = candle_core::pickle::PthTensors::new(f, None)
-                .map_err(|e| JanusError::bad_file(f, without_backtrace(e)))?;
-            if shard.tensor_infos().is_empty() {
+            let shard = PickleShard::open(f).map_err(|e| JanusError::bad_file(f, e))?;
+            if shard.tensors().is_empty() {
                 return Err(JanusError::bad_file(
                     f,
                     "no tensors found: not a PyTorch state dict",
                 ));
             }
-            for name in shard.tensor_infos().keys() {
+            for name in shard.tensors().keys() {
                 route.insert(name.clone(), i);
             }
             shards.push(shard);
@@ -167,8 +169,8 @@ impl TensorReader for Checkpoint {
             Store::Safetensors(st) => st.get(name).ok().map(|v| v.shape().to_vec()),
             Store::Pickle { shards, route } => route
                 .get(name)
-                .and_then(|&i| shards[i].tensor_infos().get(name))
-                .map(|info| info.layout.dims().to_vec()),
+                .and_then(|&i| shards[i].tensors().get(name))
+                .map(|t| t.shape.clone()),
             Store::Gguf(g) => g.shape_of(name),
         }
     }
@@ -190,8 +192,8 @@ impl TensorReader for Checkpoint {
             }
             Store::Pickle { shards, route } => {
                 let shard = route.get(name).map(|&i| &shards[i]);
-                match shard.map(|s| s.get(name)).transpose()?.flatten() {
-                    Some(t) => t.to_device(dev),
+                match shard.map(|s| s.get(name, dev)).transpose()?.flatten() {
+                    Some(t) => Ok(t),
                     None => candle_core::bail!("tensor {name} is missing from the checkpoint"),
                 }
             }
