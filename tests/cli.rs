@@ -758,3 +758,238 @@ fn inconsistent_configs_are_one_line_errors() {
     ]);
     assert_input_error("parallel size", &out, "generate fewer at a time");
 }
+
+/// The largest per-channel difference between a PNG and `want` (RGB bytes).
+fn png_worst_diff(path: &Path, want: &[u8]) -> u8 {
+    let got = image::open(path).unwrap().to_rgb8();
+    assert_eq!(got.as_raw().len(), want.len(), "{}", path.display());
+    got.as_raw()
+        .iter()
+        .zip(want)
+        .map(|(a, b)| a.abs_diff(*b))
+        .max()
+        .unwrap()
+}
+
+#[test]
+fn vq_decode_reads_each_code_form_and_encode_crops_the_centre() {
+    let exp = expected();
+    let tokens = exp["t2i.apple.image_tokens"].to_vec2::<i64>().unwrap();
+    let pixels = exp["t2i.apple.pixels_u8"]
+        .flatten_all()
+        .unwrap()
+        .to_vec1::<u8>()
+        .unwrap();
+    let image_bytes = pixels.len() / 2;
+    let want = |i: usize| &pixels[i * image_bytes..(i + 1) * image_bytes];
+    let tmp = tempfile::tempdir().unwrap();
+    let model = fixture_dir();
+    // A list of codes, a list of lists, {"codes": ...}: the official decoder's pixels.
+    let forms = [
+        ("list", serde_json::json!(tokens[1]), vec![1]),
+        ("lists", serde_json::json!(tokens), vec![0, 1]),
+        (
+            "object",
+            serde_json::json!({"grid": [4, 4], "codes": tokens[0]}),
+            vec![0],
+        ),
+    ];
+    for (name, codes, images) in forms {
+        let codes_file = tmp.path().join(format!("{name}.json"));
+        std::fs::write(&codes_file, codes.to_string()).unwrap();
+        let png = tmp.path().join(format!("{name}.png"));
+        let out = janus(&[
+            "vq",
+            "decode",
+            s(&codes_file),
+            "--model",
+            s(&model),
+            "--out",
+            s(&png),
+        ]);
+        assert!(
+            out.status.success(),
+            "{name}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let printed: Vec<PathBuf> = String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .map(PathBuf::from)
+            .collect();
+        let expected_paths: Vec<PathBuf> = if images.len() == 1 {
+            vec![png.clone()]
+        } else {
+            (0..images.len())
+                .map(|i| tmp.path().join(format!("{name}_{i}.png")))
+                .collect()
+        };
+        assert_eq!(printed, expected_paths, "{name}");
+        for (path, &i) in printed.iter().zip(&images) {
+            let worst = png_worst_diff(path, want(i));
+            assert!(worst <= 1, "{name}: image {i} differs by {worst} levels");
+        }
+    }
+    // --size upscales.
+    let big = tmp.path().join("big.png");
+    let codes_file = tmp.path().join("list.json");
+    let out = janus(&[
+        "vq",
+        "decode",
+        s(&codes_file),
+        "--model",
+        s(&model),
+        "--out",
+        s(&big),
+        "--size",
+        "40",
+    ]);
+    assert!(out.status.success());
+    assert_eq!(image::open(&big).unwrap().to_rgb8().dimensions(), (40, 40));
+
+    // encode: wide.png (200 x 120) gives the codes of its centre 120 x 120 square.
+    let wide = model.join("images/wide.png");
+    let square = tmp.path().join("centre.png");
+    image::open(&wide)
+        .unwrap()
+        .crop_imm(40, 0, 120, 120)
+        .save(&square)
+        .unwrap();
+    let encode = |image: &Path| {
+        let out = janus(&["vq", "encode", s(image), "--model", s(&model)]);
+        stdout_json(&out)
+    };
+    let (of_wide, of_square) = (encode(&wide), encode(&square));
+    assert_eq!(of_wide["grid"], serde_json::json!([4, 4]));
+    let codes = of_wide["codes"].as_array().unwrap();
+    assert_eq!(codes.len(), 16);
+    assert!(
+        codes.iter().all(|c| c.as_u64().is_some_and(|c| c < 256)),
+        "{codes:?}"
+    );
+    assert_eq!(of_wide, of_square);
+    // Another crop gives other codes (the crop is what is encoded).
+    let left = tmp.path().join("left.png");
+    image::open(&wide)
+        .unwrap()
+        .crop_imm(0, 0, 120, 120)
+        .save(&left)
+        .unwrap();
+    assert_ne!(encode(&left)["codes"], of_wide["codes"]);
+}
+
+#[test]
+fn chat_attaches_images_resets_and_answers_as_understand() {
+    let json = expected_json();
+    let single = json["cases"]["understand.single"]["answer"]
+        .as_str()
+        .unwrap();
+    let text = json["cases"]["understand.text"]["answer"].as_str().unwrap();
+    let image = fixture_dir().join("images/wide.png");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_janus"))
+        .args([
+            "chat",
+            "--model",
+            s(&fixture_dir()),
+            "--max-new-tokens",
+            "12",
+        ])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let script = format!(
+        "/image {}\nDescribe this image in detail.\n/reset\nWhat is a cat?\n/image missing.png\n",
+        image.display()
+    );
+    std::io::Write::write_all(child.stdin.as_mut().unwrap(), script.as_bytes()).unwrap();
+    drop(child.stdin.take()); // Ctrl-D: the chat ends
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        format!("janus> {single}\njanus> {text}\n")
+    );
+    assert!(
+        stderr.contains("(image 1 attached to your next message)"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("(new conversation)"), "{stderr}");
+    // A bad /image is one error line, and the chat goes on.
+    assert!(
+        stderr.contains("error: ") && stderr.contains("missing.png"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn generate_numbers_images_over_prompts_whatever_the_batch_size() {
+    let tmp = tempfile::tempdir().unwrap();
+    let prompts = tmp.path().join("prompts.txt");
+    std::fs::write(&prompts, "A red apple\n\nA cat\n").unwrap();
+    let model = fixture_dir();
+    let run = |name: &str, extra: &[&str]| {
+        let out_dir = tmp.path().join(name);
+        let mut args = vec![
+            "generate",
+            "--model",
+            s(&model),
+            "--parallel-size",
+            "2",
+            "--seed",
+            "7",
+        ];
+        args.extend(["--out", s(&out_dir), "--json", "--quiet"]);
+        args.extend(extra);
+        let v = stdout_json(&janus(&args));
+        let names: Vec<String> = v["images"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| {
+                Path::new(p.as_str().unwrap())
+                    .file_name()
+                    .unwrap()
+                    .to_string_lossy()
+                    .into_owned()
+            })
+            .collect();
+        assert_eq!(names, ["0.png", "1.png", "2.png", "3.png"], "{name}");
+        v["image_tokens"].clone()
+    };
+    let flags = run("flags", &["--prompt", "A red apple", "--prompt", "A cat"]);
+    assert_eq!(flags.as_array().unwrap().len(), 4);
+    // The same prompts from a file (blank line skipped), in batches of 1 or 3
+    // images: image k keeps its codes (f32 is exact whatever the batching).
+    assert_eq!(run("file", &["--prompts", s(&prompts)]), flags);
+    assert_eq!(
+        run("batch1", &["--prompts", s(&prompts), "--batch-size", "1"]),
+        flags
+    );
+    assert_eq!(
+        run("batch3", &["--prompts", s(&prompts), "--batch-size", "3"]),
+        flags
+    );
+    // --size upscales every image.
+    let out = janus(&[
+        "generate",
+        "--model",
+        s(&model),
+        "--prompt",
+        "A cat",
+        "--size",
+        "48",
+        "--quiet",
+        "--out",
+        s(&tmp.path().join("sized")),
+    ]);
+    assert!(out.status.success());
+    assert_eq!(
+        image::open(tmp.path().join("sized/0.png"))
+            .unwrap()
+            .to_rgb8()
+            .dimensions(),
+        (48, 48)
+    );
+}

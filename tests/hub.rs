@@ -293,3 +293,42 @@ fn unknown_ids_and_refused_tokens_are_one_line_errors() {
     ];
     assert_expected_answer(&understand("acme/tiny-janus", &env));
 }
+
+#[test]
+fn the_cache_is_hf_hub_cache_else_hf_home_else_home() {
+    let tmp = tempfile::tempdir().unwrap();
+    let hub = FakeHub::start(
+        &[("acme/tiny-janus", &fixture_dir())],
+        &[],
+        tmp.path().join("hub.log"),
+    );
+    let repo_dir = "models--acme--tiny-janus";
+    let (hf_home, home) = (tmp.path().join("hf-home"), tmp.path().join("home"));
+    let env = [
+        ("HF_ENDPOINT", hub.url.as_str()),
+        ("HF_HOME", hf_home.to_str().unwrap()),
+    ];
+    assert_expected_answer(&understand("acme/tiny-janus", &env));
+    assert!(hf_home
+        .join("hub")
+        .join(repo_dir)
+        .join("snapshots")
+        .is_dir());
+    let env = [
+        ("HF_ENDPOINT", hub.url.as_str()),
+        ("HOME", home.to_str().unwrap()),
+    ];
+    assert_expected_answer(&understand("acme/tiny-janus", &env));
+    assert!(home
+        .join(".cache/huggingface/hub")
+        .join(repo_dir)
+        .join("snapshots")
+        .is_dir());
+    // Offline, each finds its own copy.
+    drop(hub);
+    let offline = [
+        ("HF_HUB_OFFLINE", "1"),
+        ("HF_HOME", hf_home.to_str().unwrap()),
+    ];
+    assert_expected_answer(&understand("acme/tiny-janus", &offline));
+}

@@ -112,3 +112,21 @@ def test_stream_close_stops_early(model):
     assert isinstance(first, str)
     stream.close()
     assert list(stream) == []
+
+
+def test_sampling_options_reach_the_sampler(model, expected, fixture_dir):
+    # Options that were ignored would give the greedy answer every time.
+    c = expected["cases"]["understand.single"]
+    path = fixture_dir / c["conversation"][0]["images"][0]
+    question = c["conversation"][0]["content"].replace("<image_placeholder>\n", "")
+
+    def answer(**options):
+        return model.understand(path, question, max_new_tokens=12, **options)
+
+    assert answer() == c["answer"]
+    hot = [answer(temperature=1.0, top_p=1.0, seed=s) for s in range(4)]
+    assert any(h != c["answer"] for h in hot), hot
+    assert len(set(hot)) > 1, hot  # the seed reaches the sampler
+    assert answer(temperature=1.0, top_p=1.0, seed=2) == hot[2]  # and fixes the draw
+    # A tiny top-p keeps only the most likely token: greedy again.
+    assert answer(temperature=1.0, top_p=1e-6, seed=3) == c["answer"]
