@@ -794,19 +794,24 @@ fn vq_decode_reads_each_code_form_and_encode_crops_the_centre() {
             vec![0],
         ),
     ];
+    let vq_decode = |codes: &Path, png: &Path, extra: &[&str]| {
+        let mut args = vec![
+            "vq",
+            "decode",
+            s(codes),
+            "--model",
+            s(&model),
+            "--out",
+            s(png),
+        ];
+        args.extend(extra);
+        janus(&args)
+    };
     for (name, codes, images) in forms {
         let codes_file = tmp.path().join(format!("{name}.json"));
         std::fs::write(&codes_file, codes.to_string()).unwrap();
         let png = tmp.path().join(format!("{name}.png"));
-        let out = janus(&[
-            "vq",
-            "decode",
-            s(&codes_file),
-            "--model",
-            s(&model),
-            "--out",
-            s(&png),
-        ]);
+        let out = vq_decode(&codes_file, &png, &[]);
         assert!(
             out.status.success(),
             "{name}: {}",
@@ -832,17 +837,7 @@ fn vq_decode_reads_each_code_form_and_encode_crops_the_centre() {
     // --size upscales.
     let big = tmp.path().join("big.png");
     let codes_file = tmp.path().join("list.json");
-    let out = janus(&[
-        "vq",
-        "decode",
-        s(&codes_file),
-        "--model",
-        s(&model),
-        "--out",
-        s(&big),
-        "--size",
-        "40",
-    ]);
+    let out = vq_decode(&codes_file, &big, &["--size", "40"]);
     assert!(out.status.success());
     assert_eq!(image::open(&big).unwrap().to_rgb8().dimensions(), (40, 40));
 
