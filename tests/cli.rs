@@ -988,3 +988,87 @@ fn generate_numbers_images_over_prompts_whatever_the_batch_size() {
         (48, 48)
     );
 }
+
+/// Starts a 600-image generation, sends `signal` once image `after` is
+/// written, and returns the exit code, the names left in the output folder
+/// and the PNGs among them that do not decode whole.
+fn signal_while_writing(signal: &str, after: usize) -> (Option<i32>, Vec<String>, Vec<String>) {
+    let tmp = tempfile::tempdir().unwrap();
+    let out_dir = tmp.path().join("out");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_janus"))
+        .args([
+            "generate",
+            "--model",
+            s(&fixture_dir()),
+            "--prompt",
+            "a cat",
+            "--quiet",
+        ])
+        .args([
+            "--parallel-size",
+            "600",
+            "--size",
+            "256",
+            "--out",
+            s(&out_dir),
+        ])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    // Synchronised on the files themselves, with a deadline.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    while !out_dir.join(format!("{after}.png")).exists() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "image {after} not written in 120 s"
+        );
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "janus ended before image {after}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(1));
+    }
+    let sent = Command::new("kill")
+        .args([signal, &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(sent.success());
+    let code = child.wait().unwrap().code();
+    let names: Vec<String> = std::fs::read_dir(&out_dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    let torn = names
+        .iter()
+        .filter(|n| n.ends_with(".png"))
+        .filter(|n| {
+            image::open(out_dir.join(n))
+                .map_or(true, |img| (img.width(), img.height()) != (256, 256))
+        })
+        .cloned()
+        .collect();
+    (code, names, torn)
+}
+
+/// Interrupted while the images are being written, a run leaves whole PNGs
+/// only: Ctrl-C stops before the next image (nothing else left), and even a
+/// kill mid-write leaves at most an `N.png.partial`, never a torn `N.png`.
+#[test]
+fn interrupted_writing_leaves_only_whole_pngs() {
+    for (signal, after) in [("-INT", 0), ("-KILL", 3), ("-KILL", 40), ("-KILL", 150)] {
+        let (code, names, torn) = signal_while_writing(signal, after);
+        if signal == "-INT" {
+            assert_eq!(code, Some(130), "exit code after Ctrl-C");
+        }
+        assert!(torn.is_empty(), "{signal}: torn images {torn:?}");
+        let pngs = names.iter().filter(|n| n.ends_with(".png")).count();
+        assert!(pngs > after && pngs < 600, "{signal}: {pngs} images");
+        let others: Vec<&String> = names.iter().filter(|n| !n.ends_with(".png")).collect();
+        let allowed_partials = if signal == "-INT" { 0 } else { 1 };
+        assert!(
+            others.len() <= allowed_partials && others.iter().all(|n| n.ends_with(".png.partial")),
+            "{signal}: {others:?}"
+        );
+    }
+}
