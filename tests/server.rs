@@ -839,3 +839,130 @@ fn a_mixed_load_of_32_requests() {
     }
     let _ = std::fs::remove_dir_all(&tmp);
 }
+
+/// A plain HTTP server on loopback holding wide.png at /wide.png (and a
+/// redirect to it at /hop); stopped when dropped.
+struct ImageHost {
+    addr: SocketAddr,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl ImageHost {
+    fn start() -> Self {
+        use std::io::Write;
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let png = std::fs::read(fixture_dir().join("images/wide.png")).unwrap();
+        let flag = stop.clone();
+        let thread = std::thread::spawn(move || {
+            for conn in listener.incoming() {
+                if flag.load(std::sync::atomic::Ordering::SeqCst) {
+                    return;
+                }
+                let Ok(mut conn) = conn else { continue };
+                let mut line = String::new();
+                let _ = BufReader::new(&conn).read_line(&mut line);
+                let head = |status: &str, extra: &str, len: usize| {
+                    format!("HTTP/1.1 {status}\r\n{extra}Content-Length: {len}\r\nConnection: close\r\n\r\n")
+                };
+                let reply = match line.split_whitespace().nth(1) {
+                    Some("/wide.png") => [
+                        head("200 OK", "Content-Type: image/png\r\n", png.len()).into_bytes(),
+                        png.clone(),
+                    ]
+                    .concat(),
+                    Some("/hop") => head("302 Found", "Location: /wide.png\r\n", 0).into_bytes(),
+                    _ => head("404 Not Found", "", 0).into_bytes(),
+                };
+                let _ = conn.write_all(&reply);
+            }
+        });
+        Self {
+            addr,
+            stop,
+            thread: Some(thread),
+        }
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+}
+
+impl Drop for ImageHost {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        let _ = std::net::TcpStream::connect(self.addr); // wakes the accept loop
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+#[test]
+fn image_urls_are_fetched_as_image_urls_allows() {
+    use janus_server::ImageUrls;
+    let host = ImageHost::start();
+    let chat = |url: String| {
+        let mut body = chat_body(12);
+        body["messages"][0]["content"][0]["image_url"]["url"] = json!(url);
+        body
+    };
+    let want = library_answer(12);
+    {
+        let server = Server::start(ServerOptions {
+            image_urls: ImageUrls::Any,
+            ..Default::default()
+        });
+        // Fetched, through a redirect too: the answer of the inline image.
+        for path in ["/wide.png", "/hop"] {
+            let (s, v) = server.post("/v1/chat/completions", &chat(host.url(path)));
+            assert_eq!(s, 200, "{path}: {v}");
+            assert_eq!(
+                v["choices"][0]["message"]["content"],
+                want.text.as_str(),
+                "{path}"
+            );
+        }
+        let (s, v) = server.post("/v1/chat/completions", &chat(host.url("/missing.png")));
+        assert_eq!(s, 400);
+        assert!(
+            v["error"]["message"]
+                .as_str()
+                .unwrap()
+                .contains("gave HTTP 404"),
+            "{v}"
+        );
+    }
+    {
+        // Public addresses only: loopback is refused.
+        let server = Server::start(ServerOptions {
+            image_urls: ImageUrls::Public,
+            ..Default::default()
+        });
+        let (s, v) = server.post("/v1/chat/completions", &chat(host.url("/wide.png")));
+        assert_eq!(s, 400);
+        let msg = v["error"]["message"].as_str().unwrap();
+        assert!(msg.contains("loopback, private or link-local"), "{msg}");
+    }
+    {
+        // Larger than --max-body-mb allows.
+        let options = ServerOptions {
+            image_urls: ImageUrls::Any,
+            max_body_bytes: 4096,
+            ..Default::default()
+        };
+        let server = Server::start(options);
+        let (s, v) = server.post("/v1/chat/completions", &chat(host.url("/wide.png")));
+        assert_eq!(s, 400);
+        assert!(
+            v["error"]["message"]
+                .as_str()
+                .unwrap()
+                .contains("is larger than 4096 bytes"),
+            "{v}"
+        );
+    }
+}

@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use clap::Args;
 use janus::JanusError;
-use janus_server::ServerOptions;
+use janus_server::{ImageUrls, ServerOptions};
 
 use crate::output::{ctrl_c_token, set_idle};
 use crate::ModelArgs;
@@ -34,6 +34,11 @@ pub struct ServeArgs {
     /// Largest request body, in MB (images come inline); 413 above.
     #[arg(long, default_value_t = 32)]
     max_body_mb: usize,
+    /// Which http(s) image URLs chat requests may name: off (inline data:
+    /// URLs only), public (not loopback, private or link-local addresses)
+    /// or any. Fetched images are limited to --max-body-mb.
+    #[arg(long, default_value = "off")]
+    image_urls: String,
 }
 
 pub fn serve(args: ServeArgs) -> janus::Result<()> {
@@ -57,6 +62,7 @@ pub fn serve(args: ServeArgs) -> janus::Result<()> {
             "--max-body-mb must be in 1..=4096".into(),
         ));
     }
+    let image_urls = ImageUrls::parse(&args.image_urls).map_err(JanusError::Input)?;
     let options = ServerOptions {
         host: args.host,
         port: args.port,
@@ -66,6 +72,7 @@ pub fn serve(args: ServeArgs) -> janus::Result<()> {
         request_timeout,
         max_body_bytes: args.max_body_mb << 20,
         model_id: args.model.model.clone(),
+        image_urls,
     };
     // Ctrl-C (and SIGTERM) stop the server gracefully instead of ending the
     // process: requests in flight finish.

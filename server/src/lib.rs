@@ -18,6 +18,7 @@
 mod chat_rows;
 mod engine;
 mod error;
+mod image_fetch;
 mod image_rows;
 mod openai;
 mod routes;
@@ -29,10 +30,12 @@ use std::net::SocketAddr;
 use std::sync::{Arc, OnceLock, RwLock};
 use std::time::Duration;
 
+use image_fetch::ImageFetcher;
 use janus::{JanusError, JanusPro};
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 
 pub use engine::{Busy, Engine};
+pub use image_fetch::ImageUrls;
 pub use work::{ChatEvent, ChatResult, ChatWork, ImageEvent, ImageWork, Work};
 
 /// How the server runs.
@@ -55,6 +58,9 @@ pub struct ServerOptions {
     pub max_body_bytes: usize,
     /// The model's name in `/v1/models` and responses.
     pub model_id: String,
+    /// Which `http(s)` image URLs chat requests may name (off: inline
+    /// `data:` URLs only).
+    pub image_urls: ImageUrls,
 }
 
 impl Default for ServerOptions {
@@ -68,6 +74,7 @@ impl Default for ServerOptions {
             request_timeout: None,
             max_body_bytes: 32 << 20,
             model_id: janus::DEFAULT_MODEL.into(),
+            image_urls: ImageUrls::Off,
         }
     }
 }
@@ -88,6 +95,7 @@ pub(crate) struct AppState {
     options: ServerOptions,
     created: u64,
     metrics: PrometheusHandle,
+    images: Arc<ImageFetcher>,
 }
 
 impl AppState {
@@ -141,9 +149,14 @@ pub async fn serve(
     let addr = listener.local_addr()?;
     let capacity = options.max_queue;
     let max_batch = options.max_batch;
+    let images = Arc::new(ImageFetcher::new(
+        options.image_urls,
+        options.max_body_bytes,
+    ));
     let state = Arc::new(AppState {
         phase: RwLock::new(Phase::Loading),
         options,
+        images,
         created: std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_secs()),

@@ -13,6 +13,7 @@ use serde::Deserialize;
 use serde_json::Value;
 
 use crate::error::ApiError;
+use crate::image_fetch::ImageFetcher;
 
 /// `POST /v1/chat/completions`.
 #[derive(Deserialize)]
@@ -110,14 +111,14 @@ pub struct ChatInput {
 fn content_parts(
     content: &Option<Value>,
     at: usize,
-    images_allowed: bool,
+    images: Option<&ImageFetcher>,
 ) -> Result<(String, Vec<DynamicImage>), ApiError> {
     let param = format!("messages[{at}].content");
     match content {
         None | Some(Value::Null) => Ok((String::new(), vec![])),
         Some(Value::String(s)) => Ok((s.clone(), vec![])),
         Some(Value::Array(parts)) => {
-            let (mut text, mut images) = (String::new(), vec![]);
+            let (mut text, mut found) = (String::new(), vec![]);
             for (j, part) in parts.iter().enumerate() {
                 let kind = part.get("type").and_then(Value::as_str).unwrap_or("");
                 match kind {
@@ -133,17 +134,14 @@ fn content_parts(
                         }
                         text.push_str(t);
                     }
-                    "image_url" if images_allowed => {
+                    "image_url" if images.is_some() => {
                         let url = match part.get("image_url") {
                             Some(Value::String(u)) => u.as_str(),
                             Some(v) => v.get("url").and_then(Value::as_str).unwrap_or(""),
                             None => "",
                         };
-                        images.push(image_from_url(
-                            url,
-                            &format!("message {at}, image {}", images.len() + 1),
-                            &param,
-                        )?);
+                        let name = format!("message {at}, image {}", found.len() + 1);
+                        found.push(image_from_url(url, &name, &param, images)?);
                     }
                     "image_url" => {
                         return Err(bad(&param, "only user messages may hold images"));
@@ -158,19 +156,26 @@ fn content_parts(
                     }
                 }
             }
-            Ok((text, images))
+            Ok((text, found))
         }
         Some(_) => Err(bad(&param, "content must be a string or a list of parts")),
     }
 }
 
-/// An image from a `data:` URL (PNG, JPEG, WebP, ...); remote URLs are refused.
-fn image_from_url(url: &str, name: &str, param: &str) -> Result<DynamicImage, ApiError> {
+/// An image from a `data:` URL (PNG, JPEG, WebP, ...), or an `http(s)`
+/// one when the server's `--image-urls` lets `fetcher` fetch it.
+fn image_from_url(
+    url: &str,
+    name: &str,
+    param: &str,
+    fetcher: Option<&ImageFetcher>,
+) -> Result<DynamicImage, ApiError> {
     if url.starts_with("http://") || url.starts_with("https://") {
-        return Err(bad(
-            param,
-            "remote image URLs are not fetched by this server; send the image inline as a data: URL (data:image/png;base64,...)",
-        ));
+        let bytes = match fetcher {
+            Some(f) => f.fetch(url).map_err(|e| bad(param, e))?,
+            None => return Err(bad(param, "only user messages may hold images")),
+        };
+        return ImageProcessor::decode(&bytes, name).map_err(|e| bad(param, e.to_string()));
     }
     let Some(rest) = url.strip_prefix("data:") else {
         return Err(bad(
@@ -219,7 +224,7 @@ fn seed(v: Option<i64>) -> Result<Option<u64>, ApiError> {
 
 impl ChatRequest {
     /// The conversation and options, checked.
-    pub fn into_input(self) -> Result<ChatInput, ApiError> {
+    pub fn into_input(self, fetcher: &ImageFetcher) -> Result<ChatInput, ApiError> {
         if self.n.is_some_and(|n| n != 1) {
             return Err(bad("n", "n must be 1"));
         }
@@ -232,7 +237,7 @@ impl ChatRequest {
         for (i, m) in self.messages.iter().enumerate() {
             match m.role.as_str() {
                 "system" | "developer" => {
-                    let (text, _) = content_parts(&m.content, i, false)?;
+                    let (text, _) = content_parts(&m.content, i, None)?;
                     let s = system.get_or_insert_with(String::new);
                     if !s.is_empty() {
                         s.push('\n');
@@ -240,7 +245,7 @@ impl ChatRequest {
                     s.push_str(&text);
                 }
                 "user" => {
-                    let (text, imgs) = content_parts(&m.content, i, true)?;
+                    let (text, imgs) = content_parts(&m.content, i, Some(fetcher))?;
                     // Image parts become placeholder lines before the text,
                     // as `janus understand --image ... --question ...`.
                     let content = format!("{}{text}", "<image_placeholder>\n".repeat(imgs.len()));
@@ -248,7 +253,7 @@ impl ChatRequest {
                     conversation.push(Message::user(content));
                 }
                 "assistant" => {
-                    let (text, _) = content_parts(&m.content, i, false)?;
+                    let (text, _) = content_parts(&m.content, i, None)?;
                     conversation.push(Message::assistant(text));
                 }
                 other => {

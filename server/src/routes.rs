@@ -204,7 +204,8 @@ async fn chat_completions(
     let (engine, _) = state.ready()?;
     let stream = request.stream;
     let include_usage = request.include_usage();
-    let input = tokio::task::spawn_blocking(move || request.into_input())
+    let images = state.images.clone();
+    let input = tokio::task::spawn_blocking(move || request.into_input(&images))
         .await
         .map_err(|e| ApiError::internal(e.to_string()))??;
     let (tx, rx) = unbounded_channel();
