@@ -6,9 +6,8 @@ use std::collections::HashMap;
 use std::time::Instant;
 
 use janus::{AnswerBatch, CancelToken, Finish, JanusError, JanusPro, TextStreamer};
-use tokio::sync::mpsc::UnboundedSender;
 
-use crate::work::{should_stop, ChatEvent, ChatResult, ChatWork};
+use crate::work::{fail_all, stopping, ChatEvent, ChatResult, ChatWork, Ticket, Ticketed};
 
 /// One request being answered.
 struct Row<'m> {
@@ -16,10 +15,14 @@ struct Row<'m> {
     scanner: StopScanner,
     ids: Vec<u32>,
     prompt_tokens: usize,
-    events: UnboundedSender<ChatEvent>,
-    cancel: CancelToken,
-    deadline: Option<Instant>,
-    started: Instant,
+    ticket: Ticket<ChatEvent>,
+}
+
+impl Ticketed for Row<'_> {
+    type Event = ChatEvent;
+    fn ticket(&self) -> &Ticket<ChatEvent> {
+        &self.ticket
+    }
 }
 
 /// The requests being answered together.
@@ -82,10 +85,7 @@ impl<'m> ChatRows<'m> {
                         },
                         ids: vec![],
                         prompt_tokens,
-                        events: work.events,
-                        cancel,
-                        deadline,
-                        started: Instant::now(),
+                        ticket: Ticket::new(work.events, cancel, deadline),
                     },
                 );
                 true
@@ -104,13 +104,7 @@ impl<'m> ChatRows<'m> {
         let steps = match self.batch.step() {
             Ok(s) => s,
             Err(e) => {
-                // The batch is in an unknown state: every request fails.
-                let message = e.to_string();
-                let ended = self.rows.len();
-                for (_, row) in self.rows.drain() {
-                    let err = JanusError::Io(std::io::Error::other(message.clone()));
-                    let _ = row.events.send(ChatEvent::Failed(err));
-                }
+                let ended = fail_all(&mut self.rows, &e.to_string(), ChatEvent::Failed);
                 self.batch = self.model.answer_batch();
                 return ended;
             }
@@ -138,22 +132,16 @@ impl<'m> ChatRows<'m> {
                 Err(e) => {
                     let row = self.rows.remove(&step.key).expect("a row");
                     let _ = self.batch.remove(step.key);
-                    let _ = row.events.send(ChatEvent::Failed(e));
+                    row.ticket.send(ChatEvent::Failed(e));
                 }
             }
             ended += 1;
         }
         // Requests whose client left, or whose time is up, stop here.
-        let stopped: Vec<u64> = self
-            .rows
-            .iter()
-            .filter(|(_, r)| should_stop(&r.cancel, r.deadline, r.events.is_closed()))
-            .map(|(&k, _)| k)
-            .collect();
-        for key in stopped {
+        for key in stopping(&self.rows) {
             let row = self.rows.remove(&key).expect("a row");
             let _ = self.batch.remove(key);
-            let _ = row.events.send(ChatEvent::Failed(JanusError::Cancelled));
+            row.ticket.send(ChatEvent::Failed(JanusError::Cancelled));
             ended += 1;
         }
         ended
@@ -170,7 +158,7 @@ fn stream_token(
     if let Some(piece) = row.streamer.push(token)? {
         let (safe, stop) = row.scanner.push(&piece);
         if !safe.is_empty() {
-            let _ = row.events.send(ChatEvent::Delta(safe));
+            row.ticket.send(ChatEvent::Delta(safe));
         }
         if stop {
             return Ok(Some("stop"));
@@ -182,7 +170,7 @@ fn stream_token(
     if let Some(piece) = row.streamer.finish()? {
         let (safe, stop) = row.scanner.push(&piece);
         if !safe.is_empty() {
-            let _ = row.events.send(ChatEvent::Delta(safe));
+            row.ticket.send(ChatEvent::Delta(safe));
         }
         if stop {
             return Ok(Some("stop"));
@@ -190,7 +178,7 @@ fn stream_token(
     }
     let rest = row.scanner.finish();
     if !rest.is_empty() {
-        let _ = row.events.send(ChatEvent::Delta(rest));
+        row.ticket.send(ChatEvent::Delta(rest));
     }
     Ok(Some(match finish {
         Finish::Stop => "stop",
@@ -200,15 +188,14 @@ fn stream_token(
 
 /// Sends a finished request its result.
 fn finish(model: &JanusPro, row: Row, finish_reason: &'static str) {
-    metrics::histogram!("janus_request_seconds", "kind" => "chat")
-        .record(row.started.elapsed().as_secs_f64());
+    metrics::histogram!("janus_request_seconds", "kind" => "chat").record(row.ticket.seconds());
     let stopped_by_string = row.scanner.stopped;
     let text = if stopped_by_string {
         Ok(row.scanner.text.clone())
     } else {
         model.text_processor().decode(&row.ids)
     };
-    let _ = row.events.send(match text {
+    row.ticket.send(match text {
         Ok(text) => ChatEvent::Done(ChatResult {
             text,
             prompt_tokens: row.prompt_tokens,

@@ -6,9 +6,8 @@ use std::collections::HashMap;
 use std::time::Instant;
 
 use janus::{CancelToken, ImageBatch, JanusError, JanusPro};
-use tokio::sync::mpsc::UnboundedSender;
 
-use crate::work::{should_stop, ImageEvent, ImageWork};
+use crate::work::{fail_all, stopping, ImageEvent, ImageWork, Ticket, Ticketed};
 
 /// One request being generated.
 struct Row {
@@ -16,10 +15,14 @@ struct Row {
     partial_images: usize,
     /// Previews sent.
     previews: usize,
-    events: UnboundedSender<ImageEvent>,
-    cancel: CancelToken,
-    deadline: Option<Instant>,
-    started: Instant,
+    ticket: Ticket<ImageEvent>,
+}
+
+impl Ticketed for Row {
+    type Event = ImageEvent;
+    fn ticket(&self) -> &Ticket<ImageEvent> {
+        &self.ticket
+    }
 }
 
 /// The image requests being generated together.
@@ -70,10 +73,7 @@ impl<'m> ImageRows<'m> {
                 let row = Row {
                     partial_images: work.partial_images,
                     previews: 0,
-                    events: work.events,
-                    cancel,
-                    deadline,
-                    started: Instant::now(),
+                    ticket: Ticket::new(work.events, cancel, deadline),
                 };
                 self.rows.insert(key, row);
                 true
@@ -92,12 +92,7 @@ impl<'m> ImageRows<'m> {
         let steps = match self.batch.step() {
             Ok(s) => s,
             Err(e) => {
-                let message = e.to_string();
-                let ended = self.rows.len();
-                for (_, row) in self.rows.drain() {
-                    let err = JanusError::Io(std::io::Error::other(message.clone()));
-                    let _ = row.events.send(ImageEvent::Failed(err));
-                }
+                let ended = fail_all(&mut self.rows, &e.to_string(), ImageEvent::Failed);
                 self.batch = self.model.image_batch();
                 return ended;
             }
@@ -110,7 +105,7 @@ impl<'m> ImageRows<'m> {
             let Some(row) = self.rows.get_mut(&step.key) else {
                 continue;
             };
-            let _ = row.events.send(ImageEvent::Step {
+            row.ticket.send(ImageEvent::Step {
                 step: step.step,
                 total: step.total,
             });
@@ -123,7 +118,7 @@ impl<'m> ImageRows<'m> {
                     .map(|c| self.model.preview_images(c));
                 if let Some(Ok(images)) = previews {
                     let index = row.previews;
-                    let _ = row.events.send(ImageEvent::Partial { index, images });
+                    row.ticket.send(ImageEvent::Partial { index, images });
                 }
                 row.previews += 1;
             }
@@ -131,24 +126,18 @@ impl<'m> ImageRows<'m> {
                 let row = self.rows.remove(&step.key).expect("a row");
                 let result = self.model.decode_images(&codes);
                 metrics::histogram!("janus_request_seconds", "kind" => "images")
-                    .record(row.started.elapsed().as_secs_f64());
-                let _ = row.events.send(match result {
+                    .record(row.ticket.seconds());
+                row.ticket.send(match result {
                     Ok(images) => ImageEvent::Done(images),
                     Err(e) => ImageEvent::Failed(e),
                 });
                 ended += 1;
             }
         }
-        let stopped: Vec<u64> = self
-            .rows
-            .iter()
-            .filter(|(_, r)| should_stop(&r.cancel, r.deadline, r.events.is_closed()))
-            .map(|(&k, _)| k)
-            .collect();
-        for key in stopped {
+        for key in stopping(&self.rows) {
             let row = self.rows.remove(&key).expect("a row");
             let _ = self.batch.remove(key);
-            let _ = row.events.send(ImageEvent::Failed(JanusError::Cancelled));
+            row.ticket.send(ImageEvent::Failed(JanusError::Cancelled));
             ended += 1;
         }
         ended

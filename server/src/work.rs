@@ -1,6 +1,7 @@
 //! What the engine runs: chat completions and image generations, and the
 //! events each reports back to its HTTP handler.
 
+use std::collections::HashMap;
 use std::time::Instant;
 
 use image::{DynamicImage, RgbImage};
@@ -99,4 +100,74 @@ pub(crate) struct Job {
 /// listens any more.
 pub(crate) fn should_stop(cancel: &CancelToken, deadline: Option<Instant>, closed: bool) -> bool {
     closed || cancel.is_cancelled() || deadline.is_some_and(|d| Instant::now() >= d)
+}
+
+/// A request in a running batch: where its events go and what stops it.
+pub(crate) struct Ticket<E> {
+    events: UnboundedSender<E>,
+    cancel: CancelToken,
+    deadline: Option<Instant>,
+    started: Instant,
+}
+
+impl<E> Ticket<E> {
+    pub(crate) fn new(
+        events: UnboundedSender<E>,
+        cancel: CancelToken,
+        deadline: Option<Instant>,
+    ) -> Self {
+        Self {
+            events,
+            cancel,
+            deadline,
+            started: Instant::now(),
+        }
+    }
+
+    /// Sends `event` (a client that left no longer listens: nothing to do).
+    pub(crate) fn send(&self, event: E) {
+        let _ = self.events.send(event);
+    }
+
+    /// Seconds since the request joined.
+    pub(crate) fn seconds(&self) -> f64 {
+        self.started.elapsed().as_secs_f64()
+    }
+}
+
+/// A batch's row that carries a [`Ticket`].
+pub(crate) trait Ticketed {
+    /// What the request reports.
+    type Event;
+    /// Its ticket.
+    fn ticket(&self) -> &Ticket<Self::Event>;
+}
+
+/// Fails every row with `message` and empties `rows` (the batch broke and
+/// is in an unknown state); returns how many requests ended.
+pub(crate) fn fail_all<R: Ticketed>(
+    rows: &mut HashMap<u64, R>,
+    message: &str,
+    failed: fn(JanusError) -> R::Event,
+) -> usize {
+    let ended = rows.len();
+    for (_, row) in rows.drain() {
+        row.ticket()
+            .send(failed(JanusError::Io(std::io::Error::other(
+                message.to_owned(),
+            ))));
+    }
+    ended
+}
+
+/// The keys of the rows to stop: cancelled, past their deadline, or with
+/// nobody listening any more.
+pub(crate) fn stopping<R: Ticketed>(rows: &HashMap<u64, R>) -> Vec<u64> {
+    rows.iter()
+        .filter(|(_, r)| {
+            let t = r.ticket();
+            should_stop(&t.cancel, t.deadline, t.events.is_closed())
+        })
+        .map(|(&k, _)| k)
+        .collect()
 }
