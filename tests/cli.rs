@@ -1072,3 +1072,64 @@ fn interrupted_writing_leaves_only_whole_pngs() {
         );
     }
 }
+
+/// The tiny model with its weights stored as `dtype`.
+fn model_stored_as(dtype: candle_core::DType) -> tempfile::TempDir {
+    let dir = model_copy();
+    let path = dir.path().join("model.safetensors");
+    let tensors = candle_core::safetensors::load(&path, &candle_core::Device::Cpu).unwrap();
+    let converted: std::collections::HashMap<String, candle_core::Tensor> = tensors
+        .into_iter()
+        .map(|(n, t)| (n, t.to_dtype(dtype).unwrap()))
+        .collect();
+    candle_core::safetensors::save(&converted, &path).unwrap();
+    dir
+}
+
+#[test]
+fn f32_and_f16_checkpoints_and_webp_images_answer_as_the_fixture() {
+    let case = &expected_json()["cases"]["understand.single"];
+    let answer = |model: &Path, image: &Path| {
+        let out = janus(&[
+            "understand",
+            "--model",
+            s(model),
+            "--image",
+            s(image),
+            "--question",
+            "Describe this image in detail.",
+            "--max-new-tokens",
+            "12",
+            "--json",
+        ]);
+        stdout_json(&out)["token_ids"].clone()
+    };
+    let png = fixture_dir().join("images/wide.png");
+    // The fixture's bf16 values are exact in f32 and f16 (tiny ones aside).
+    for dtype in [candle_core::DType::F32, candle_core::DType::F16] {
+        let dir = model_stored_as(dtype);
+        assert_eq!(
+            answer(dir.path(), &png),
+            case["generated_ids"],
+            "{dtype:?} checkpoint"
+        );
+    }
+    // The same pixels as lossless WebP.
+    let tmp = tempfile::tempdir().unwrap();
+    let webp = tmp.path().join("wide.webp");
+    let rgb = image::open(&png).unwrap().to_rgb8();
+    let file = std::fs::File::create(&webp).unwrap();
+    image::codecs::webp::WebPEncoder::new_lossless(file)
+        .encode(
+            rgb.as_raw(),
+            rgb.width(),
+            rgb.height(),
+            image::ExtendedColorType::Rgb8,
+        )
+        .unwrap();
+    assert_eq!(
+        answer(&fixture_dir(), &webp),
+        case["generated_ids"],
+        "WebP input"
+    );
+}
