@@ -322,8 +322,14 @@ def test_understand_workflow(env):
     prompt = harness.load_api_workflow("janus_rs_understand.api.json")
     result = env.run(prompt)
     answers = result["outputs"]["3"][0]
-    assert len(answers) == 1 and isinstance(answers[0], str)
     assert result["ui"]["4"] == [{"text": (answers[0],)}]
+    # The node hands the loaded image and its options to janus_rs unchanged.
+    from PIL import Image
+
+    inputs = {k: v for k, v in prompt["3"]["inputs"].items() if k not in ("model", "image", "question")}
+    pixels = np.asarray(Image.open(TINY / "images" / "square.png").convert("RGB"))
+    model = janus_rs.JanusPro.load(str(TINY), device="cpu", dtype="f32")
+    assert answers == [model.understand(pixels, prompt["3"]["inputs"]["question"], **inputs)]
     max_new = prompt["3"]["inputs"]["max_new_tokens"]
     assert env.ticks and env.ticks[-1] == (max_new, max_new)
     steps = [value for value, _ in env.ticks]
@@ -355,8 +361,16 @@ def test_vq_roundtrip_workflow(env):
     assert codes.shape == (1, TINY_TOKENS) and np.issubdtype(codes.dtype, np.integer)
     images = image_array(result["outputs"]["4"][0][0])
     assert images.shape == (1, 16, 16, 3) and images.dtype == np.float32
-    assert 0.0 <= images.min() and images.max() <= 1.0
     assert len(result["ui"]["5"][0]["images"]) == 1
+    # The codes and pixels janus_rs gives for the loaded image.
+    from PIL import Image
+
+    model = janus_rs.JanusPro.load(str(TINY), device="cpu", dtype="f32")
+    pixels = np.asarray(Image.open(TINY / "images" / "square.png").convert("RGB"))
+    want = model.vq_encode(pixels)
+    np.testing.assert_array_equal(np.asarray(codes)[0], want)
+    decoded = model.vq_decode(want)
+    assert np.array_equal(np.rint(images[0] * 255).astype(np.uint8), decoded)
 
 
 @pytest.mark.parametrize("name", ["janus_rs_generate", "janus_rs_understand", "janus_rs_vq_roundtrip"])

@@ -57,6 +57,50 @@ def test_cancel_event_stops_within_one_step(model):
     assert len(seen) == 4 < model.image_token_count
 
 
+def test_cancel_event_without_progress(model):
+    event = threading.Event()
+    event.set()
+    with pytest.raises(janus_rs.Cancelled):
+        model.generate_tokens(PROMPT, cancel_event=event)
+    with pytest.raises(janus_rs.Cancelled):
+        model.understand(None, "What is a cat?", cancel_event=event)
+    with pytest.raises(janus_rs.Cancelled):
+        list(model.stream_understand(None, "What is a cat?", cancel_event=event))
+
+    # Anything with is_set() will do.
+    class Flag:
+        def is_set(self):
+            return False
+
+    answer = model.understand(None, "What is a cat?", max_new_tokens=2, cancel_event=Flag())
+    assert answer == model.understand(None, "What is a cat?", max_new_tokens=2)
+
+
+def test_cancel_understanding(model):
+    event = threading.Event()
+    progress, seen, t, _ = cancel_at(5, event.set)
+    with pytest.raises(janus_rs.Cancelled):
+        model.understand(None, "What is a cat?", max_new_tokens=200, progress=progress, cancel_event=event)
+    t.join()
+    assert len(seen) == 5
+
+
+def test_cancel_a_stream(model):
+    event = threading.Event()
+    stream = model.stream_understand(None, "What is a cat?", max_new_tokens=500, cancel_event=event)
+    next(stream)
+    event.set()
+    with pytest.raises(janus_rs.Cancelled):
+        for _ in stream:
+            pass
+    # model.cancel() reaches streams too.
+    stream = model.stream_understand(None, "What is a cat?", max_new_tokens=500)
+    next(stream)
+    assert model.cancel() >= 1
+    with pytest.raises(janus_rs.Cancelled):
+        stream.read()
+
+
 def test_keyboard_interrupt_stops_a_call(model):
     progress, seen, t, _ = cancel_at(2, _thread.interrupt_main)
     with pytest.raises(KeyboardInterrupt):

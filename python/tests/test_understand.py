@@ -70,7 +70,9 @@ def test_max_new_tokens_and_progress(model, expected):
     assert answer == c["answer"]
     # Every token is reported, EOS or not (the fixture's 12 greedy ids have none).
     assert steps == [(i, 12) for i in range(1, 13)]
-    assert isinstance(model.understand(None, c["conversation"][0]["content"], max_new_tokens=3), str)
+    # Fewer tokens: the start of the same greedy answer.
+    short = model.understand(None, c["conversation"][0]["content"], max_new_tokens=3)
+    assert short and short != c["answer"] and c["answer"].startswith(short)
     assert model.understand(None, c["conversation"][0]["content"], max_new_tokens=0) == ""
 
 
@@ -109,7 +111,7 @@ def test_stream_understand_joins_to_the_answer(model, expected, fixture_dir):
 def test_stream_close_stops_early(model):
     stream = model.stream_understand(None, "What is a cat?", max_new_tokens=400)
     first = next(stream)
-    assert isinstance(first, str)
+    assert first and model.understand(None, "What is a cat?", max_new_tokens=12).startswith(first)
     stream.close()
     assert list(stream) == []
 
