@@ -6,7 +6,7 @@ mod common;
 use candle_core::{DType, Device, IndexOp, Tensor};
 use common::*;
 use janus::Message;
-use janus::{GenerateOptions, ImageProcessor, JanusPro, SamplingParams, UnderstandOptions};
+use janus::{ImageProcessor, JanusPro, UnderstandOptions};
 
 const TOL: f64 = 1e-4;
 
@@ -142,19 +142,7 @@ fn text_to_image_matches_every_stage() {
                 TOL,
             );
 
-            let opts = GenerateOptions {
-                parallel_size: parallel,
-                cfg_weight,
-                sampling: SamplingParams::greedy(),
-                seed: None,
-            };
-            let mut steps = 0;
-            let tokens = model
-                .generate_tokens(prompt, &opts, &mut |p| {
-                    steps = p.step;
-                    Ok(())
-                })
-                .unwrap();
+            let (tokens, steps) = greedy_image_tokens(&model, prompt, parallel, cfg_weight);
             assert_eq!(steps, case["image_token_num"].as_u64().unwrap() as usize);
             let want: Vec<Vec<u32>> = serde_json::from_value(case["image_tokens"].clone()).unwrap();
             assert_eq!(tokens, want, "{name}: greedy image tokens");

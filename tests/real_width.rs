@@ -8,11 +8,14 @@
 //! exact, pixels within 1 level); bf16 and q8_0 / q4_K to looser, measured
 //! ones stated at each constant.
 
+mod common;
+
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::OnceLock;
 
 use candle_core::{DType, Device, IndexOp, Tensor};
+use common::ids;
 use janus::{
     GenerateOptions, ImageProcessor, JanusPro, Message, Quant, SamplingParams, UnderstandOptions,
 };
@@ -58,18 +61,6 @@ fn assert_close(what: &str, got: &Tensor, want: &Tensor, tol: f64) {
     let err = rel_l2(got, want);
     println!("{what}: relative L2 {err:.3e} (tolerance {tol:.0e})");
     assert!(err <= tol, "{what}: relative L2 error {err:e} > {tol:e}");
-}
-
-fn ids(t: &Tensor) -> Vec<u32> {
-    t.to_dtype(DType::I64)
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .to_vec1::<i64>()
-        .unwrap()
-        .into_iter()
-        .map(|x| x as u32)
-        .collect()
 }
 
 /// Largest difference and count of differing values of two u8 buffers.
@@ -227,19 +218,7 @@ fn text_to_image_matches_every_stage() {
         assert_close(&key(name), &got.get(0).unwrap(), &exp[&key(name)], TOL);
     }
 
-    let opts = GenerateOptions {
-        parallel_size: parallel,
-        cfg_weight,
-        sampling: SamplingParams::greedy(),
-        seed: None,
-    };
-    let mut steps = 0;
-    let tokens = model
-        .generate_tokens(prompt, &opts, &mut |p| {
-            steps = p.step;
-            Ok(())
-        })
-        .unwrap();
+    let (tokens, steps) = common::greedy_image_tokens(model, prompt, parallel, cfg_weight);
     assert_eq!(steps, 576);
     let want: Vec<Vec<u32>> = serde_json::from_value(case["image_tokens"].clone()).unwrap();
     let first_diff = tokens[0].iter().zip(&want[0]).position(|(a, b)| a != b);

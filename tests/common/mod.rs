@@ -49,3 +49,27 @@ pub fn ids(t: &Tensor) -> Vec<u32> {
         .map(|x| x as u32)
         .collect()
 }
+
+/// The greedy image tokens of `prompt` (argmax of the CFG-mixed logits) and
+/// the steps the progress callback saw.
+pub fn greedy_image_tokens(
+    model: &janus::JanusPro,
+    prompt: &str,
+    parallel_size: usize,
+    cfg_weight: f64,
+) -> (Vec<Vec<u32>>, usize) {
+    let opts = janus::GenerateOptions {
+        parallel_size,
+        cfg_weight,
+        sampling: janus::SamplingParams::greedy(),
+        seed: None,
+    };
+    let mut steps = 0;
+    let tokens = model
+        .generate_tokens(prompt, &opts, &mut |p| {
+            steps = p.step;
+            Ok(())
+        })
+        .unwrap();
+    (tokens, steps)
+}
