@@ -3,7 +3,7 @@
 
 mod common;
 
-use candle_core::{DType, Device, IndexOp, Tensor};
+use candle_core::{DType, Device, Tensor};
 use common::*;
 use janus::Message;
 use janus::{ImageProcessor, JanusPro, UnderstandOptions};
@@ -70,11 +70,7 @@ fn understanding_matches_every_stage() {
                 TOL,
             );
 
-            let lm = &model.modules().language;
-            let mut cache = lm.new_cache();
-            let hidden = lm.forward_embeds(&embeds, &mut cache).unwrap();
-            let last_hidden = hidden.i((.., hidden.dim(1).unwrap() - 1)).unwrap();
-            let last = lm.lm_logits(&last_hidden).unwrap().squeeze(0).unwrap();
+            let last = last_prompt_logits(&model, &embeds);
             assert_close(&key("last_logits"), &last, &exp[&key("last_logits")], TOL);
 
             let opts = UnderstandOptions {

@@ -139,10 +139,7 @@ fn understanding_matches_every_stage() {
         &exp[&key("inputs_embeds")],
         TOL,
     );
-    let lm = &model.modules().language;
-    let hidden = lm.forward_embeds(&embeds, &mut lm.new_cache()).unwrap();
-    let last_hidden = hidden.i((.., hidden.dim(1).unwrap() - 1)).unwrap();
-    let last = lm.lm_logits(&last_hidden).unwrap().squeeze(0).unwrap();
+    let last = common::last_prompt_logits(model, &embeds);
     assert_close(&key("last_logits"), &last, &exp[&key("last_logits")], TOL);
 
     let opts = UnderstandOptions {

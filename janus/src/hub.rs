@@ -5,7 +5,7 @@
 
 use std::path::{Path, PathBuf};
 
-use hf_hub::api::sync::{ApiBuilder, ApiRepo};
+use hf_hub::api::sync::{ApiBuilder, ApiError, ApiRepo};
 use hf_hub::{Cache, Repo};
 
 use crate::checkpoint::files::{index_shard_names, SIDE_FILES, WEIGHT_ENTRIES};
@@ -74,11 +74,11 @@ pub(crate) fn fetch(model_id: &str, offline: bool, progress: bool) -> Result<Pat
         .with_retries(RETRIES)
         .with_progress(progress)
         .build()
-        .map_err(|e| hub.failed(&e.to_string()))?;
+        .map_err(|e| hub.api_failed(e))?;
     let repo = api.model(model_id.to_owned());
     let listed: Vec<String> = repo
         .info()
-        .map_err(|e| hub.failed(&e.to_string()))?
+        .map_err(|e| hub.api_failed(e))?
         .siblings
         .into_iter()
         .map(|s| s.rfilename)
@@ -116,23 +116,40 @@ struct Remote<'a> {
 }
 
 impl Remote<'_> {
-    fn failed(&self, reason: &str) -> JanusError {
+    /// The error for a failed hub call: a 404 or a refused token said as
+    /// such, anything else with its reason.
+    fn failed(&self, status: Option<u16>, reason: &str) -> JanusError {
         let (model_id, endpoint) = (self.model_id, self.endpoint);
-        if reason.contains("status code 404") {
-            return JanusError::Input(format!(
+        match status {
+            Some(404) => JanusError::Input(format!(
                 "hub model {model_id:?} (or one of its files) was not found at {endpoint}"
-            ));
-        }
-        if reason.contains("status code 401") || reason.contains("status code 403") {
-            return JanusError::Input(format!(
+            )),
+            Some(401 | 403) => JanusError::Input(format!(
                 "{endpoint} refused access to hub model {model_id:?}: set HF_TOKEN to a token with access to it"
-            ));
+            )),
+            _ => JanusError::Input(format!(
+                "model {model_id:?} is not in the Hugging Face cache ({}) and could not be downloaded from {endpoint}: \
+                 {reason}; check the id and your network, or pass a local model folder",
+                self.cache.path().display()
+            )),
         }
-        JanusError::Input(format!(
-            "model {model_id:?} is not in the Hugging Face cache ({}) and could not be downloaded from {endpoint}: \
-             {reason}; check the id and your network, or pass a local model folder",
-            self.cache.path().display()
-        ))
+    }
+
+    /// [`Self::failed`] for an error of hf-hub (its HTTP status, through retries).
+    fn api_failed(&self, e: ApiError) -> JanusError {
+        fn status(e: &ApiError) -> Option<u16> {
+            match e {
+                ApiError::RequestError(e) => http_status(e),
+                ApiError::TooManyRetries(e) => status(e),
+                _ => None,
+            }
+        }
+        self.failed(status(&e), &e.to_string())
+    }
+
+    /// [`Self::failed`] for an error of a request of ours.
+    fn http_failed(&self, e: ureq::Error) -> JanusError {
+        self.failed(http_status(&e), &e.to_string())
     }
 
     /// `name` from the cache, else downloaded. The hub's commit and ETag
@@ -148,13 +165,16 @@ impl Remote<'_> {
         }
         let url = repo.url(name);
         let size = self.check_headers(&url, name)?;
-        let path = repo.get(name).map_err(|e| self.failed(&e.to_string()))?;
+        let path = repo.get(name).map_err(|e| self.api_failed(e))?;
         let got = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
         if got != size {
             remove_download(&path);
-            return Err(self.failed(&format!(
-                "{name} arrived with {got} of its {size} bytes; run again to fetch it anew"
-            )));
+            return Err(self.failed(
+                None,
+                &format!(
+                    "{name} arrived with {got} of its {size} bytes; run again to fetch it anew"
+                ),
+            ));
         }
         Ok(path)
     }
@@ -170,7 +190,7 @@ impl Remote<'_> {
             if let Some(token) = &self.token {
                 request = request.set("Authorization", &format!("Bearer {token}"));
             }
-            request.call().map_err(|e| self.failed(&e.to_string()))
+            request.call().map_err(|e| self.http_failed(e))
         };
         let mut response = call(&agent, url)?;
         for _ in 0..5 {
@@ -195,9 +215,10 @@ impl Remote<'_> {
             .unwrap_or("")
             .replace('"', "");
         if !plain(&commit) || !plain(&etag) {
-            return Err(self.failed(&format!(
-                "the hub sent an unusable commit {commit:?} or ETag {etag:?} for {name}"
-            )));
+            return Err(self.failed(
+                None,
+                &format!("the hub sent an unusable commit {commit:?} or ETag {etag:?} for {name}"),
+            ));
         }
         let total = |r: &ureq::Response| {
             r.header("content-range")
@@ -215,11 +236,19 @@ impl Remote<'_> {
                 &ureq::get(cdn)
                     .set("Range", "bytes=0-0")
                     .call()
-                    .map_err(|e| self.failed(&e.to_string()))?,
+                    .map_err(|e| self.http_failed(e))?,
             ),
             _ => None,
         };
-        size.ok_or_else(|| self.failed(&format!("the hub sent no size for {name}")))
+        size.ok_or_else(|| self.failed(None, &format!("the hub sent no size for {name}")))
+    }
+}
+
+/// The HTTP status of a response that was an error.
+fn http_status(e: &ureq::Error) -> Option<u16> {
+    match e {
+        ureq::Error::Status(code, _) => Some(*code),
+        ureq::Error::Transport(_) => None,
     }
 }
 

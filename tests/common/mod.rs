@@ -73,3 +73,13 @@ pub fn greedy_image_tokens(
         .unwrap();
     (tokens, steps)
 }
+
+/// The language model's logits after the last position of `embeds` [1, T, D]
+/// (a prompt prefilled from a fresh cache).
+pub fn last_prompt_logits(model: &janus::JanusPro, embeds: &Tensor) -> Tensor {
+    use candle_core::IndexOp;
+    let lm = &model.modules().language;
+    let hidden = lm.forward_embeds(embeds, &mut lm.new_cache()).unwrap();
+    let last_hidden = hidden.i((.., hidden.dim(1).unwrap() - 1)).unwrap();
+    lm.lm_logits(&last_hidden).unwrap().squeeze(0).unwrap()
+}
