@@ -10,7 +10,7 @@ process, so every peak RSS is that configuration's own. The workloads mirror
 `janus bench` (janus/src/bench.rs): ViT encode of one 384x384 image (+ aligner),
 a 620-token understanding prefill (14 text + 576 image + 30 text embeddings)
 with the last position's text logits, greedy decoding per token, one CFG
-text-to-image step (parallel 1 and 4: LM step + generation head + CFG mix +
+text-to-image step (parallel 1, 4 and 16: LM step + generation head + CFG mix +
 sampling + next embeddings), and the VQ decode of one 24x24 code grid. Timed
 stages take the best of `--reps` runs after one warm-up; per-token stages
 average `--steps` steps after one warm-up step. `--rounds N` runs the whole
@@ -159,6 +159,7 @@ def worker(args):
 
         res["t2i_prefill_s"], res["t2i_step_s"] = t2i(1)
         _, res["t2i_step_p4_s"] = t2i(4)
+        _, res["t2i_step_p16_s"] = t2i(16)
 
         codes = torch.randint(0, config.vq_config.num_embeddings, (1, 576), generator=g)
         res["vq_decode_s"] = best(lambda: inner.vqmodel.decode(codes))
@@ -241,6 +242,7 @@ KEYS = [
     ("und_decode_token_s", "understanding decode / token"),
     ("t2i_step_s", "t2i step, CFG, parallel 1"),
     ("t2i_step_p4_s", "t2i step, CFG, parallel 4"),
+    ("t2i_step_p16_s", "t2i step, CFG, parallel 16"),
     ("vq_decode_s", "VQ decode / image"),
     ("full_image_s", "full image (estimate)"),
     ("load_s", "load (torch: random init)"),

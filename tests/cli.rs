@@ -509,6 +509,7 @@ fn bench_reports_its_json_contract_and_errors_against_f32() {
         "und_decode_token_s",
         "t2i_step_s",
         "t2i_step_p4_s",
+        "t2i_step_p16_s",
         "vq_decode_s",
         "load_s",
     ] {

@@ -279,8 +279,9 @@ fn reduced_precision_stays_close() {
         let what = format!("{dtype:?}/{quant}");
         let model = JanusPro::load_quantized(&dir(), &Device::Cpu, dtype, quant).unwrap();
         // Every LLM linear has in_dim 256 or 768: q4_K takes real 4-bit
-        // blocks of 256 (144 bytes each, 0.5625 B/weight), not the q8_0
-        // fallback (34 bytes per 32, 1.0625 B/weight).
+        // blocks of 256 (144 bytes each, 0.5625 B/weight; repacked 16 rows
+        // at a time where the packed kernel runs: 2368 bytes per 16 x 256),
+        // not the q8_0 fallback (34 bytes per 32, 1.0625 B/weight).
         let lm_cfg = &model.config().language;
         let (h, i, l) = (
             lm_cfg.hidden_size,
@@ -291,7 +292,14 @@ fn reduced_precision_stays_close() {
         let per_weight = model.modules().language.linear_weight_bytes() as f64 / weights as f64;
         println!("{what} LLM linear weights: {per_weight:.4} bytes per weight");
         match quant {
-            Quant::Q4K => assert!((per_weight - 0.5625).abs() < 1e-9, "q4_K blocks"),
+            Quant::Q4K => {
+                let want = if janus_kernels::quant::packed_q4k::available() {
+                    2368.0 / 4096.0
+                } else {
+                    0.5625
+                };
+                assert!((per_weight - want).abs() < 1e-9, "q4_K blocks")
+            }
             Quant::Q8_0 => assert!((per_weight - 1.0625).abs() < 1e-9, "q8_0 blocks"),
             _ => {}
         }

@@ -163,12 +163,13 @@ fn error_cell(e: Option<f64>) -> String {
 
 fn print_table(results: &[BenchResult]) {
     let mut out = std::io::stdout().lock();
-    let cols: [(&str, fn(&BenchResult) -> String); 13] = [
+    let cols: [(&str, fn(&BenchResult) -> String); 14] = [
         ("ViT encode s", |r| format!("{:.3}", r.vit_encode_s)),
         ("prefill s", |r| format!("{:.3}", r.und_prefill_s)),
         ("decode s/tok", |r| format!("{:.4}", r.und_decode_token_s)),
         ("t2i step s", |r| format!("{:.4}", r.t2i_step_s)),
         ("t2i step p4 s", |r| format!("{:.4}", r.t2i_step_p4_s)),
+        ("t2i step p16 s", |r| format!("{:.4}", r.t2i_step_p16_s)),
         ("VQ decode s", |r| format!("{:.3}", r.vq_decode_s)),
         ("image s", |r| format!("{:.1}", r.full_image_s)),
         ("load s", |r| format!("{:.1}", r.load_s)),

@@ -71,6 +71,10 @@ pub struct BenchResult {
     pub t2i_step_s: f64,
     /// One image-token step for four images at once.
     pub t2i_step_p4_s: f64,
+    /// One image-token step for sixteen images at once (the official
+    /// script's `parallel_size`).
+    #[serde(default)]
+    pub t2i_step_p16_s: f64,
     /// VQ decoding of one image.
     pub vq_decode_s: f64,
     /// Prompt prefill + 576 steps + VQ decode, for one image.
@@ -467,7 +471,7 @@ pub fn run_configuration(settings: &BenchSettings) -> Result<BenchResult> {
     let und_decode_token_s = t.elapsed().as_secs_f64() / steps as f64;
     drop(cache);
 
-    // Text to image, CFG, parallel 1 and 4.
+    // Text to image, CFG, parallel 1, 4 and 16.
     let grid = img / cfg.gen_vision.downsample_factor();
     let n_tokens = grid * grid;
     let prompt = random_ids(24, vocab, 5);
@@ -475,6 +479,8 @@ pub fn run_configuration(settings: &BenchSettings) -> Result<BenchResult> {
     let (t2i_prefill_s, t2i_step_s, t2i_logits) = t2i(&model, &prompt, 1, steps, n_tokens)?;
     stage("text-to-image steps (parallel 4)");
     let (_, t2i_step_p4_s, _) = t2i(&model, &prompt, 4, steps, n_tokens)?;
+    stage("text-to-image steps (parallel 16)");
+    let (_, t2i_step_p16_s, _) = t2i(&model, &prompt, 16, steps, n_tokens)?;
 
     // VQ decode of one image.
     stage("VQ decode");
@@ -526,6 +532,7 @@ pub fn run_configuration(settings: &BenchSettings) -> Result<BenchResult> {
         t2i_prefill_s,
         t2i_step_s,
         t2i_step_p4_s,
+        t2i_step_p16_s,
         vq_decode_s,
         full_image_s: t2i_prefill_s + n_tokens as f64 * t2i_step_s + vq_decode_s,
         load_s,

@@ -15,7 +15,9 @@ use janus_kernels::bf16_gemm::{self, Rhs};
 use janus_kernels::cpu::{dispatch, QuantPrefill};
 use janus_kernels::f32_gemm::{gemm_f32_transposed, parallelism};
 use janus_kernels::math::gelu_erf;
-use janus_kernels::quant::{dequant_row, few_row_matmul, quantize_rows, RowFormat, FEW_ROWS_MAX};
+use janus_kernels::quant::{
+    dequant_row, few_row_matmul, packed_q4k, quantize_rows, RowFormat, FEW_ROWS_MAX,
+};
 use janus_kernels::tensor::{map_rows, widen_bf16, with_cpu_slice};
 
 use crate::quant::Quant;
@@ -40,6 +42,11 @@ enum Weight {
     /// candle's quantized matmul, few rows through [`janus_kernels::quant::few_row_matmul`], which
     /// reads the same blocks and keeps the activations in f32.
     Quantized(std::sync::Arc<QTensor>, QMatMul),
+    /// q4_K blocks repacked 16 rows at a time ([`packed_q4k`]) on CPUs with
+    /// AVX-512 VNNI: every row count goes through the packed integer kernel
+    /// (inputs rounded to 8 bits, as llama.cpp does), so a row's result
+    /// does not depend on the rows beside it.
+    PackedQ4K(Vec<u8>),
 }
 
 /// A linear layer `y = x W^T + b` whose weight is stored as f32, bf16 or
@@ -122,9 +129,18 @@ impl QLinear {
     /// [`Quant::for_in_dim`]).
     pub fn from_blocks(q: QTensor, bias: Option<Tensor>, quant: Quant) -> Result<Self> {
         let (out_dim, in_dim) = q.shape().dims2()?;
-        let q = std::sync::Arc::new(q);
+        let packs = q.dtype() == GgmlDType::Q4K
+            && q.device().is_cpu()
+            && packed_q4k::packable(out_dim, in_dim)
+            && packed_q4k::available();
+        let weight = if packs {
+            Weight::PackedQ4K(packed_q4k::pack(&q.data()?, out_dim, in_dim))
+        } else {
+            let q = std::sync::Arc::new(q);
+            Weight::Quantized(q.clone(), QMatMul::from_arc(q)?)
+        };
         Ok(Self {
-            weight: Weight::Quantized(q.clone(), QMatMul::from_arc(q)?),
+            weight,
             bias,
             in_dim,
             out_dim,
@@ -210,15 +226,20 @@ impl QLinear {
             Weight::Plain(l) => l.weight().elem_count() * l.weight().dtype().size_in_bytes(),
             Weight::Bf16(w) => w.elem_count() * 2,
             Weight::Quantized(q, _) => q.storage_size_in_bytes(),
+            Weight::PackedQ4K(p) => p.len(),
         }
     }
 
-    /// The few-row kernel for this weight, when there is one.
+    /// The few-row kernel for this weight (any row count for packed q4_K),
+    /// when there is one.
     fn small_format(&self, x: &Tensor) -> Option<RowFormat> {
         if !x.device().is_cpu() || x.dtype() != DType::F32 {
             return None;
         }
         let m = x.elem_count() / self.in_dim.max(1);
+        if let Weight::PackedQ4K(_) = self.weight {
+            return Some(RowFormat::Q4K);
+        }
         if m == 0 || m > FEW_ROWS_MAX {
             return None;
         }
@@ -250,6 +271,7 @@ impl QLinear {
                 }
                 Weight::Bf16(w) => with_cpu_slice::<half::bf16, _>(w, |v| with_bytes(as_bytes(v))),
                 Weight::Quantized(q, _) => Ok(with_bytes(&q.data()?)),
+                Weight::PackedQ4K(p) => Ok(packed_q4k::matmul(p, xv, m, k, n, out)),
             }
         })
     }
@@ -262,7 +284,7 @@ impl QLinear {
         let weight = match &self.weight {
             Weight::Bf16(_) => true,
             Weight::Quantized(q, _) => matches!(q.dtype(), GgmlDType::Q8_0 | GgmlDType::Q4K),
-            Weight::Plain(_) => false,
+            Weight::PackedQ4K(_) | Weight::Plain(_) => false,
         };
         weight && x.device().is_cpu() && x.dtype() == DType::F32 && bf16_gemm::available()
     }
@@ -300,7 +322,9 @@ impl QLinear {
                 };
                 run(&Rhs::Rows(row))
             }
-            Weight::Plain(_) => candle_core::bail!("the bf16 GEMM takes bf16 or quantised weights"),
+            Weight::PackedQ4K(_) | Weight::Plain(_) => {
+                candle_core::bail!("the bf16 GEMM takes bf16 or GGUF-layout quantised weights")
+            }
         }
     }
 
@@ -345,6 +369,11 @@ impl Module for QLinear {
                     self.bf16_gemm_product(x, None)?
                 }
                 Weight::Bf16(w) => bf16_large_matmul(w, x)?,
+                // Packed only on the CPU, where activations are f32; any
+                // other dtype passes through f32.
+                Weight::PackedQ4K(_) => self
+                    .forward_small(&x.to_dtype(DType::F32)?, RowFormat::Q4K)?
+                    .to_dtype(x.dtype())?,
                 Weight::Quantized(q, qm) => {
                     let x = if x.is_contiguous() {
                         x.clone()

@@ -64,14 +64,14 @@ impl InputRows for Int8Rows {
 /// float-add trick (llama.cpp's `nearest_int`): `f32::round` is a libm call
 /// per value on baseline x86-64, and this vectorises.
 #[inline(always)]
-fn nearest(v: f32) -> i32 {
+pub(crate) fn nearest(v: f32) -> i32 {
     (v + 12582912.0).to_bits() as i32 - 0x4B40_0000
 }
 
 /// The largest |value| of `xs`, NaN if one is NaN or infinite: its chunk's
 /// scale then makes the row's sums NaN, as f32 arithmetic would, instead
 /// of rounding the value to some integer.
-fn abs_max(xs: &[f32]) -> f32 {
+pub(crate) fn abs_max(xs: &[f32]) -> f32 {
     // `f32::max` skips NaN; v * 0 is NaN exactly for NaN and infinities.
     // Sixteen independent lanes, so both loops vectorise.
     let mut bad = [0f32; 16];

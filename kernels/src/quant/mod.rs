@@ -16,7 +16,8 @@ use input_rows::InputRows;
 
 /// Rows up to which the direct kernels are used (decoding: 1 row per
 /// sequence, CFG pairs); above, the matmul is compute bound and goes to gemm
-/// or candle's quantized matmul.
+/// or candle's quantized matmul. (Packed q4_K weights, [`packed_q4k`], take
+/// one kernel for every row count.)
 pub const FEW_ROWS_MAX: usize = 16;
 
 /// `out[i, j] = sum_l x[i, l] * W[j, l]` for few rows `m`: every weight
@@ -236,6 +237,7 @@ macro_rules! by_rows {
 mod avx2;
 #[cfg(target_arch = "x86_64")]
 mod avx512;
+pub mod packed_q4k;
 mod portable;
 
 #[cfg(not(target_arch = "x86_64"))]
