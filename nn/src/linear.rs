@@ -16,7 +16,7 @@ use janus_kernels::cpu::{dispatch, QuantPrefill};
 use janus_kernels::f32_gemm::{gemm_f32_transposed, parallelism};
 use janus_kernels::math::gelu_erf;
 use janus_kernels::quant::{
-    dequant_row, few_row_matmul, packed_q4k, quantize_rows, RowFormat, FEW_ROWS_MAX,
+    dequant_row, few_row_matmul, packed_q4k, packed_q8_0, quantize_rows, RowFormat, FEW_ROWS_MAX,
 };
 use janus_kernels::tensor::{map_rows, widen_bf16, with_cpu_slice};
 
@@ -42,11 +42,12 @@ enum Weight {
     /// candle's quantized matmul, few rows through [`janus_kernels::quant::few_row_matmul`], which
     /// reads the same blocks and keeps the activations in f32.
     Quantized(std::sync::Arc<QTensor>, QMatMul),
-    /// q4_K blocks repacked 16 rows at a time ([`packed_q4k`]) on CPUs with
-    /// AVX-512 VNNI: every row count goes through the packed integer kernel
-    /// (inputs rounded to 8 bits, as llama.cpp does), so a row's result
+    /// q4_K or q8_0 blocks repacked 16 rows at a time ([`packed_q4k`],
+    /// [`packed_q8_0`]) on CPUs with AVX-512 VNNI: every row count goes
+    /// through the packed integer kernel (inputs rounded to 8 bits for
+    /// q4_K, as llama.cpp does, and to 16 bits for q8_0), so a row's result
     /// does not depend on the rows beside it.
-    PackedQ4K(Vec<u8>),
+    Packed(RowFormat, Vec<u8>),
 }
 
 /// A linear layer `y = x W^T + b` whose weight is stored as f32, bf16 or
@@ -129,12 +130,21 @@ impl QLinear {
     /// [`Quant::for_in_dim`]).
     pub fn from_blocks(q: QTensor, bias: Option<Tensor>, quant: Quant) -> Result<Self> {
         let (out_dim, in_dim) = q.shape().dims2()?;
-        let packs = q.dtype() == GgmlDType::Q4K
-            && q.device().is_cpu()
-            && packed_q4k::packable(out_dim, in_dim)
-            && packed_q4k::available();
-        let weight = if packs {
-            Weight::PackedQ4K(packed_q4k::pack(&q.data()?, out_dim, in_dim))
+        let packed = match q.dtype() {
+            _ if !q.device().is_cpu() || !packed_q4k::available() => None,
+            GgmlDType::Q4K if packed_q4k::packable(out_dim, in_dim) => Some(RowFormat::Q4K),
+            GgmlDType::Q8_0 if packed_q8_0::packable(out_dim, in_dim) => Some(RowFormat::Q8_0),
+            _ => None,
+        };
+        let weight = if let Some(fmt) = packed {
+            let data = q.data()?;
+            Weight::Packed(
+                fmt,
+                match fmt {
+                    RowFormat::Q4K => packed_q4k::pack(&data, out_dim, in_dim),
+                    _ => packed_q8_0::pack(&data, out_dim, in_dim),
+                },
+            )
         } else {
             let q = std::sync::Arc::new(q);
             Weight::Quantized(q.clone(), QMatMul::from_arc(q)?)
@@ -226,19 +236,19 @@ impl QLinear {
             Weight::Plain(l) => l.weight().elem_count() * l.weight().dtype().size_in_bytes(),
             Weight::Bf16(w) => w.elem_count() * 2,
             Weight::Quantized(q, _) => q.storage_size_in_bytes(),
-            Weight::PackedQ4K(p) => p.len(),
+            Weight::Packed(_, p) => p.len(),
         }
     }
 
-    /// The few-row kernel for this weight (any row count for packed q4_K),
+    /// The few-row kernel for this weight (any row count for packed ones),
     /// when there is one.
     fn small_format(&self, x: &Tensor) -> Option<RowFormat> {
         if !x.device().is_cpu() || x.dtype() != DType::F32 {
             return None;
         }
         let m = x.elem_count() / self.in_dim.max(1);
-        if let Weight::PackedQ4K(_) = self.weight {
-            return Some(RowFormat::Q4K);
+        if let Weight::Packed(fmt, _) = self.weight {
+            return Some(fmt);
         }
         if m == 0 || m > FEW_ROWS_MAX {
             return None;
@@ -271,7 +281,8 @@ impl QLinear {
                 }
                 Weight::Bf16(w) => with_cpu_slice::<half::bf16, _>(w, |v| with_bytes(as_bytes(v))),
                 Weight::Quantized(q, _) => Ok(with_bytes(&q.data()?)),
-                Weight::PackedQ4K(p) => Ok(packed_q4k::matmul(p, xv, m, k, n, out)),
+                Weight::Packed(RowFormat::Q4K, p) => Ok(packed_q4k::matmul(p, xv, m, k, n, out)),
+                Weight::Packed(_, p) => Ok(packed_q8_0::matmul(p, xv, m, k, n, out)),
             }
         })
     }
@@ -284,9 +295,17 @@ impl QLinear {
         let weight = match &self.weight {
             Weight::Bf16(_) => true,
             Weight::Quantized(q, _) => matches!(q.dtype(), GgmlDType::Q8_0 | GgmlDType::Q4K),
-            Weight::PackedQ4K(_) | Weight::Plain(_) => false,
+            Weight::Packed(..) | Weight::Plain(_) => false,
         };
         weight && x.device().is_cpu() && x.dtype() == DType::F32 && bf16_gemm::available()
+    }
+
+    /// Whether many-row calls on `x` round the inputs on the CPU: through
+    /// the bf16 GEMM, or a packed integer kernel. Layers whose other
+    /// products may then be rounded alike (the ViT's fused attention) ask.
+    pub fn rounds_inputs(&self, x: &Tensor) -> bool {
+        let packed = matches!(self.weight, Weight::Packed(..));
+        self.uses_bf16_gemm(x) || (packed && x.device().is_cpu() && x.dtype() == DType::F32)
     }
 
     /// `x Wᵀ` through the bf16 GEMM (inputs rounded to bf16, f32 sums, as
@@ -322,7 +341,7 @@ impl QLinear {
                 };
                 run(&Rhs::Rows(row))
             }
-            Weight::PackedQ4K(_) | Weight::Plain(_) => {
+            Weight::Packed(..) | Weight::Plain(_) => {
                 candle_core::bail!("the bf16 GEMM takes bf16 or GGUF-layout quantised weights")
             }
         }
@@ -371,8 +390,8 @@ impl Module for QLinear {
                 Weight::Bf16(w) => bf16_large_matmul(w, x)?,
                 // Packed only on the CPU, where activations are f32; any
                 // other dtype passes through f32.
-                Weight::PackedQ4K(_) => self
-                    .forward_small(&x.to_dtype(DType::F32)?, RowFormat::Q4K)?
+                Weight::Packed(fmt, _) => self
+                    .forward_small(&x.to_dtype(DType::F32)?, *fmt)?
                     .to_dtype(x.dtype())?,
                 Weight::Quantized(q, qm) => {
                     let x = if x.is_contiguous() {

@@ -80,7 +80,7 @@ impl Attention {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let (b, n, c) = x.dims3()?;
         let head_dim = c / self.heads;
-        if self.qkv.uses_bf16_gemm(x) {
+        if self.qkv.rounds_inputs(x) {
             return self
                 .proj
                 .forward(&self.attention_bf16(&self.qkv.forward(x)?)?);

@@ -238,6 +238,7 @@ mod avx2;
 #[cfg(target_arch = "x86_64")]
 mod avx512;
 pub mod packed_q4k;
+pub mod packed_q8_0;
 mod portable;
 
 #[cfg(not(target_arch = "x86_64"))]
