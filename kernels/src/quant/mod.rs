@@ -202,6 +202,43 @@ fn column_runs<const G: usize>(
     });
 }
 
+/// `out [m, n]` of a packed kernel ([`packed_q4k`], [`packed_q8_0`]):
+/// threads take pairs of 16-row groups (`group_bytes` each) and
+/// `kernel(group, i0, rows, acc)` fills `acc[r]` with the group's 16
+/// outputs for input row `i0 + r`, for up to 8 rows a pass.
+fn packed_groups(
+    packed: &[u8],
+    group_bytes: usize,
+    m: usize,
+    n: usize,
+    out: &mut [f32],
+    kernel: impl Fn(&[u8], usize, usize, &mut [[f32; 16]; 8]) + Sync,
+) {
+    use rayon::prelude::*;
+    // Two groups per task: enough tasks to balance, few enough to be cheap.
+    const TASK: usize = 2;
+    let groups = n / 16;
+    assert!(packed.len() >= groups * group_bytes && out.len() >= m * n);
+    let ptr = SendPtr(out.as_mut_ptr());
+    let ptr = &ptr;
+    (0..groups.div_ceil(TASK)).into_par_iter().for_each(|t| {
+        for g in t * TASK..((t + 1) * TASK).min(groups) {
+            let w = &packed[g * group_bytes..(g + 1) * group_bytes];
+            for i0 in (0..m).step_by(8) {
+                let rows = (m - i0).min(8);
+                let mut acc = [[0f32; 16]; 8];
+                kernel(w, i0, rows, &mut acc);
+                for (r, a) in acc[..rows].iter().enumerate() {
+                    for (c, v) in a.iter().enumerate() {
+                        // SAFETY: row i0 + r, column 16 g + c is written by this task only.
+                        unsafe { *ptr.get().add((i0 + r) * n + 16 * g + c) = *v };
+                    }
+                }
+            }
+        }
+    });
+}
+
 /// [`few_row_matmul`] for q8_0 weights: the input rows rounded to 16 bits
 /// ([`input_rows::Int16Rows`]) meet each block widened to 16 bits in one `vpmaddwd`
 /// per row. Widening every weight to f32 instead (two conversions per 16

@@ -21,7 +21,6 @@
 //!   `32s + 16 + 4t + i` in its high nibble (2048 bytes).
 
 use super::blocks::q4k_scale_min;
-use crate::SendPtr;
 
 /// Rows per packed group.
 pub const GROUP: usize = 16;
@@ -125,39 +124,22 @@ impl Int8Natural {
 /// `out[i, j] = sum_l x[i, l] * W[j, l]` for `m` input rows and a packed
 /// weight of `n` rows of `k` values; the inputs are rounded to 8 bits per
 /// 256 values (as the GGUF-layout q4_K kernel does). Groups of 16 weight
-/// rows are split across threads; each meets up to 8 input rows per pass.
+/// rows are split across threads ([`super::packed_groups`]).
 /// Needs [`available`].
 pub fn matmul(packed: &[u8], x: &[f32], m: usize, k: usize, n: usize, out: &mut [f32]) {
-    use rayon::prelude::*;
     assert!(available() && packable(n, k));
     let nb = k / 256;
     assert!(packed.len() >= n / GROUP * nb * PACKED_BLOCK && x.len() >= m * k);
     assert!(out.len() >= m * n);
     let xq = Int8Natural::new(x, m, k);
-    let ptr = SendPtr(out.as_mut_ptr());
-    let ptr = &ptr;
-    // Two groups per task: enough tasks to balance, few enough to be cheap.
-    const TASK: usize = 2;
-    let groups = n / GROUP;
-    (0..groups.div_ceil(TASK)).into_par_iter().for_each(|t| {
-        for g in t * TASK..((t + 1) * TASK).min(groups) {
-            let w = &packed[g * nb * PACKED_BLOCK..(g + 1) * nb * PACKED_BLOCK];
-            for i0 in (0..m).step_by(8) {
-                let rows = (m - i0).min(8);
-                let mut acc = [[0f32; GROUP]; 8];
-                #[cfg(target_arch = "x86_64")]
-                // SAFETY: `available()` checked the CPU; sizes checked above.
-                unsafe {
-                    by_rows!(rows, group_rows(w.as_ptr(), &xq, i0, k, &mut acc))
-                };
-                for (r, a) in acc[..rows].iter().enumerate() {
-                    for (c, v) in a.iter().enumerate() {
-                        // SAFETY: row i0 + r, column g * 16 + c is written by this task only.
-                        unsafe { *ptr.get().add((i0 + r) * n + g * GROUP + c) = *v };
-                    }
-                }
-            }
-        }
+    super::packed_groups(packed, nb * PACKED_BLOCK, m, n, out, |w, i0, rows, acc| {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: `available()` checked the CPU; sizes checked above.
+        unsafe {
+            by_rows!(rows, group_rows(w.as_ptr(), &xq, i0, k, acc))
+        };
+        #[cfg(not(target_arch = "x86_64"))]
+        let _ = (w, i0, rows, acc, &xq);
     });
 }
 

@@ -14,7 +14,6 @@
 //! `p` (0..16) 32 bytes: byte `2j + e` is weight `2p + e` of row `j`.
 
 use super::input_rows::{InputRows, Int16Rows};
-use crate::SendPtr;
 
 /// Rows per packed group.
 pub const GROUP: usize = 16;
@@ -54,39 +53,22 @@ pub fn pack(blocks: &[u8], n: usize, k: usize) -> Vec<u8> {
 /// `out[i, j] = sum_l x[i, l] * W[j, l]` for `m` input rows and a packed
 /// weight of `n` rows of `k` values; the inputs are rounded to 16 bits per
 /// 256 values (32 where `k` is not a multiple of 256). Groups of 16 weight
-/// rows are split across threads; each meets up to 8 input rows per pass.
+/// rows are split across threads ([`super::packed_groups`]).
 /// Needs [`available`].
 pub fn matmul(packed: &[u8], x: &[f32], m: usize, k: usize, n: usize, out: &mut [f32]) {
-    use rayon::prelude::*;
     assert!(available() && packable(n, k));
     let nb = k / 32;
     assert!(packed.len() >= n / GROUP * nb * PACKED_BLOCK && x.len() >= m * k);
     assert!(out.len() >= m * n);
     let xq = Int16Rows::new(x, m, k);
-    let ptr = SendPtr(out.as_mut_ptr());
-    let ptr = &ptr;
-    // Two groups per task: enough tasks to balance, few enough to be cheap.
-    const TASK: usize = 2;
-    let groups = n / GROUP;
-    (0..groups.div_ceil(TASK)).into_par_iter().for_each(|t| {
-        for g in t * TASK..((t + 1) * TASK).min(groups) {
-            let w = &packed[g * nb * PACKED_BLOCK..(g + 1) * nb * PACKED_BLOCK];
-            for i0 in (0..m).step_by(8) {
-                let rows = (m - i0).min(8);
-                let mut acc = [[0f32; GROUP]; 8];
-                #[cfg(target_arch = "x86_64")]
-                // SAFETY: `available()` checked the CPU; sizes checked above.
-                unsafe {
-                    by_rows!(rows, group_rows(w.as_ptr(), &xq, i0, k, &mut acc))
-                };
-                for (r, a) in acc[..rows].iter().enumerate() {
-                    for (c, v) in a.iter().enumerate() {
-                        // SAFETY: row i0 + r, column g * 16 + c is written by this task only.
-                        unsafe { *ptr.get().add((i0 + r) * n + g * GROUP + c) = *v };
-                    }
-                }
-            }
-        }
+    super::packed_groups(packed, nb * PACKED_BLOCK, m, n, out, |w, i0, rows, acc| {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: `available()` checked the CPU; sizes checked above.
+        unsafe {
+            by_rows!(rows, group_rows(w.as_ptr(), &xq, i0, k, acc))
+        };
+        #[cfg(not(target_arch = "x86_64"))]
+        let _ = (w, i0, rows, acc, &xq);
     });
 }
 
