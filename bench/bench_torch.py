@@ -336,9 +336,13 @@ def main():
             lines.append("| peak RSS vs torch f32 | " + " | ".join(f"{r[k] / ref:.2f}x" for r in ours) + " |")
         else:
             lines.append(f"| {name} | " + " | ".join(f"{best / r[k]:.2f}x" for r in ours) + " |")
-    err = [(f"{r.get('und_logits_rel_l2', 0) or 0:.2e} / {r.get('t2i_logits_rel_l2', 0) or 0:.2e}") for r in ours]
+    def e(r, k):
+        # Absent when no f32 run of the same weights left its reference.
+        return "-" if r.get(k) is None else f"{r[k]:.2e}"
+
+    err = [f"{e(r, 'und_logits_rel_l2')} / {e(r, 't2i_logits_rel_l2')}" for r in ours]
     lines.append("| logits rel. L2 vs f32 (und / t2i) | " + " | ".join(err) + " |")
-    err = [f"{r.get('vq_image_rel_l2', 0) or 0:.2e}" for r in ours]
+    err = [e(r, "vq_image_rel_l2") for r in ours]
     lines.append("| VQ image rel. L2 vs f32 | " + " | ".join(err) + " |")
     torch_quality = None
     if not args.no_quality:

@@ -124,7 +124,7 @@ impl Int8Natural {
 /// `out[i, j] = sum_l x[i, l] * W[j, l]` for `m` input rows and a packed
 /// weight of `n` rows of `k` values; the inputs are rounded to 8 bits per
 /// 256 values (as the GGUF-layout q4_K kernel does). Groups of 16 weight
-/// rows are split across threads ([`super::packed_groups`]).
+/// rows are split across threads, two groups per task.
 /// Needs [`available`].
 pub fn matmul(packed: &[u8], x: &[f32], m: usize, k: usize, n: usize, out: &mut [f32]) {
     assert!(available() && packable(n, k));

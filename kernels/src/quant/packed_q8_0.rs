@@ -5,7 +5,7 @@
 //! 16 bits, so one `vpdpwssd` against a broadcast pair of 16-bit inputs
 //! advances 16 outputs, and each block's scale is applied once for all 16
 //! rows. The inputs keep the 16-bit rounding of the GGUF-layout q8_0
-//! kernel ([`super::input_rows::Int16Rows`]), so the results are those of
+//! kernel (`Int16Rows`), so the results are those of
 //! that kernel up to the order of f32 sums. The bytes stay those of q8_0:
 //! 544 per 16 x 32 weights.
 //!
@@ -53,7 +53,7 @@ pub fn pack(blocks: &[u8], n: usize, k: usize) -> Vec<u8> {
 /// `out[i, j] = sum_l x[i, l] * W[j, l]` for `m` input rows and a packed
 /// weight of `n` rows of `k` values; the inputs are rounded to 16 bits per
 /// 256 values (32 where `k` is not a multiple of 256). Groups of 16 weight
-/// rows are split across threads ([`super::packed_groups`]).
+/// rows are split across threads, two groups per task.
 /// Needs [`available`].
 pub fn matmul(packed: &[u8], x: &[f32], m: usize, k: usize, n: usize, out: &mut [f32]) {
     assert!(available() && packable(n, k));
