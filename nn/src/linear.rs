@@ -246,10 +246,10 @@ impl QLinear {
         if !x.device().is_cpu() || x.dtype() != DType::F32 {
             return None;
         }
-        let m = x.elem_count() / self.in_dim.max(1);
         if let Weight::Packed(fmt, _) = self.weight {
             return Some(fmt);
         }
+        let m = x.elem_count() / self.in_dim.max(1);
         if m == 0 || m > FEW_ROWS_MAX {
             return None;
         }

@@ -62,21 +62,15 @@ pub fn pack(blocks: &[u8], n: usize, k: usize) -> Vec<u8> {
                 dst[64 + 16 * s + j] = sc;
                 dst[64 + 128 + 16 * s + j] = mn;
             }
-            // q4_K: byte 32p + i holds weight 64p + i (low nibble) and
-            // 64p + 32 + i (high nibble).
-            let weight = |l: usize| {
-                let byte = src[16 + 32 * (l / 64) + l % 32];
-                if l % 64 < 32 {
-                    byte & 15
-                } else {
-                    byte >> 4
-                }
-            };
+            // q4_K: sub-block s is the low (even s) or high (odd s) nibbles
+            // of bytes 16 + 32 (s / 2) .. + 32, in order.
             for s in 0..8 {
+                let bytes = &src[16 + 32 * (s / 2)..][..32];
+                let shift = 4 * (s % 2);
                 for t in 0..4 {
                     for i in 0..4 {
-                        let lo = weight(32 * s + 4 * t + i);
-                        let hi = weight(32 * s + 16 + 4 * t + i);
+                        let lo = (bytes[4 * t + i] >> shift) & 15;
+                        let hi = (bytes[16 + 4 * t + i] >> shift) & 15;
                         dst[QS + 256 * s + 64 * t + 4 * j + i] = lo | hi << 4;
                     }
                 }
@@ -129,12 +123,12 @@ impl Int8Natural {
 pub fn matmul(packed: &[u8], x: &[f32], m: usize, k: usize, n: usize, out: &mut [f32]) {
     assert!(available() && packable(n, k));
     let nb = k / 256;
-    assert!(packed.len() >= n / GROUP * nb * PACKED_BLOCK && x.len() >= m * k);
-    assert!(out.len() >= m * n);
+    // The rounded rows hold m x k values (or this panics); packed_groups
+    // checks the weight's and the output's sizes.
     let xq = Int8Natural::new(x, m, k);
     super::packed_groups(packed, nb * PACKED_BLOCK, m, n, out, |w, i0, rows, acc| {
         #[cfg(target_arch = "x86_64")]
-        // SAFETY: `available()` checked the CPU; sizes checked above.
+        // SAFETY: `available()` checked the CPU; sizes checked as above.
         unsafe {
             by_rows!(rows, group_rows(w.as_ptr(), &xq, i0, k, acc))
         };

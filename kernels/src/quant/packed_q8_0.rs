@@ -58,12 +58,12 @@ pub fn pack(blocks: &[u8], n: usize, k: usize) -> Vec<u8> {
 pub fn matmul(packed: &[u8], x: &[f32], m: usize, k: usize, n: usize, out: &mut [f32]) {
     assert!(available() && packable(n, k));
     let nb = k / 32;
-    assert!(packed.len() >= n / GROUP * nb * PACKED_BLOCK && x.len() >= m * k);
-    assert!(out.len() >= m * n);
+    // The rounded rows hold m x k values (or this panics); packed_groups
+    // checks the weight's and the output's sizes.
     let xq = Int16Rows::new(x, m, k);
     super::packed_groups(packed, nb * PACKED_BLOCK, m, n, out, |w, i0, rows, acc| {
         #[cfg(target_arch = "x86_64")]
-        // SAFETY: `available()` checked the CPU; sizes checked above.
+        // SAFETY: `available()` checked the CPU; sizes checked as above.
         unsafe {
             by_rows!(rows, group_rows(w.as_ptr(), &xq, i0, k, acc))
         };
