@@ -161,12 +161,7 @@ fn fuzz(target: &str, original: &[u8], mut run: impl FnMut(&[u8])) {
 /// (written fresh for each input).
 fn folder_like(source: &Path, replaced: &str) -> tempfile::TempDir {
     let dir = tempfile::tempdir().unwrap();
-    for entry in std::fs::read_dir(source).unwrap() {
-        let entry = entry.unwrap();
-        if entry.file_type().unwrap().is_file() && entry.file_name() != replaced {
-            std::os::unix::fs::symlink(entry.path(), dir.path().join(entry.file_name())).unwrap();
-        }
-    }
+    common::link_files(source, dir.path(), &[replaced]);
     dir
 }
 

@@ -190,19 +190,7 @@ fn random_schedules_keep_every_requests_codes() {
 #[test]
 fn waves_of_long_images_with_chats_in_between_keep_their_codes() {
     let tmp = tempfile::tempdir().unwrap();
-    let dir = tmp.path().join("tiny576");
-    std::fs::create_dir_all(&dir).unwrap();
-    for entry in std::fs::read_dir(fixture_dir()).unwrap() {
-        let path = entry.unwrap().path();
-        let name = path.file_name().unwrap().to_owned();
-        if path.is_file() && name != "processor_config.json" {
-            std::os::unix::fs::symlink(&path, dir.join(name)).unwrap();
-        }
-    }
-    let config = std::fs::read_to_string(fixture_dir().join("processor_config.json")).unwrap();
-    let mut config: serde_json::Value = serde_json::from_str(&config).unwrap();
-    config["num_image_tokens"] = serde_json::json!(576);
-    std::fs::write(dir.join("processor_config.json"), config.to_string()).unwrap();
+    let dir = tiny_576(tmp.path());
     let model = JanusPro::load(&dir, &Device::Cpu, DType::F32).unwrap();
     let requests: Vec<(String, GenerateOptions)> = (0..10)
         .map(|i| {

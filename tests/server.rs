@@ -12,12 +12,9 @@ use janus::{question_conversation, GenerateOptions, ImageProcessor, JanusPro, Lo
 use janus_server::ServerOptions;
 use serde_json::{json, Value};
 
-fn fixture_dir() -> PathBuf {
-    PathBuf::from(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../tests/fixtures/tiny"
-    ))
-}
+#[path = "common/folders.rs"]
+mod folders;
+use folders::{fixture_dir, tiny_576};
 
 /// The tests of this file run one at a time: the metrics recorder is the
 /// process's, and one test counts image steps.
@@ -599,27 +596,6 @@ fn the_page_and_progress_events() {
     let (status, v) = server.post("/v1/images/generations", &too_many);
     assert_eq!(status, 400, "{v}");
     assert_eq!(v["error"]["param"], "partial_images");
-}
-
-/// The tiny model drawing a 24x24 grid (576 steps per image, as the
-/// released models), in a folder of links under `tmp`.
-fn tiny_576(tmp: &std::path::Path) -> PathBuf {
-    let dir = tmp.join("tiny576");
-    std::fs::create_dir_all(&dir).unwrap();
-    for entry in std::fs::read_dir(fixture_dir()).unwrap() {
-        let path = entry.unwrap().path();
-        let name = path.file_name().unwrap().to_owned();
-        if path.is_file() && name != "processor_config.json" {
-            std::os::unix::fs::symlink(&path, dir.join(name)).unwrap();
-        }
-    }
-    let mut config: Value = serde_json::from_str(
-        &std::fs::read_to_string(fixture_dir().join("processor_config.json")).unwrap(),
-    )
-    .unwrap();
-    config["num_image_tokens"] = json!(576);
-    std::fs::write(dir.join("processor_config.json"), config.to_string()).unwrap();
-    dir
 }
 
 /// Image requests sent at once are generated together (fewer steps than

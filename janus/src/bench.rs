@@ -20,6 +20,7 @@ use crate::error::{JanusError, Result};
 use crate::models::{JanusModel, KvCache};
 use crate::quantize::{plan, write_gguf};
 use crate::sampling::{argmax, Sampler, SamplingParams};
+use janus_kernels::random::SplitMix;
 use janus_nn::Quant;
 
 /// What one benchmark run measures: a config, a dtype/quantisation and
@@ -119,27 +120,6 @@ fn cpu_kernels() -> String {
 }
 
 // ---------------------------------------------------------------- random weights
-
-/// splitmix64: a small, fast, well-mixed generator for bulk random weights.
-struct SplitMix(u64);
-
-impl SplitMix {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-
-    /// Approximately N(0, 1): the centred sum of four 16-bit uniforms, scaled.
-    fn normal(&mut self) -> f32 {
-        let r = self.next();
-        let s = (r & 0xFFFF) + ((r >> 16) & 0xFFFF) + ((r >> 32) & 0xFFFF) + (r >> 48);
-        // Sum of 4 U(0,1): mean 2, variance 1/3.
-        ((s as f32 / 65536.0) - 2.0) * 3f32.sqrt()
-    }
-}
 
 fn name_seed(name: &str) -> u64 {
     // FNV-1a, so each tensor's values depend only on its name.
@@ -281,7 +261,7 @@ fn best_of(reps: usize, mut f: impl FnMut() -> Result<()>) -> Result<f64> {
 fn random_ids(n: usize, vocab: usize, seed: u64) -> Vec<u32> {
     let mut rng = SplitMix(seed);
     let hi = vocab.saturating_sub(1000).max(2) as u64;
-    (0..n).map(|_| (100 + rng.next() % hi) as u32).collect()
+    (0..n).map(|_| (100 + rng.next_u64() % hi) as u32).collect()
 }
 
 /// One t2i run of `parallel` images: prompt prefill, then `steps` timed steps
@@ -408,7 +388,7 @@ pub fn run_configuration(settings: &BenchSettings) -> Result<BenchResult> {
     let pixels = {
         let mut rng = SplitMix(11);
         let v: Vec<f32> = (0..3 * img * img)
-            .map(|_| (rng.next() % 2000) as f32 / 1000.0 - 1.0)
+            .map(|_| (rng.next_u64() % 2000) as f32 / 1000.0 - 1.0)
             .collect();
         Tensor::from_vec(v, (1, 3, img, img), &dev)?
     };
@@ -487,7 +467,7 @@ pub fn run_configuration(settings: &BenchSettings) -> Result<BenchResult> {
     let codes = {
         let mut rng = SplitMix(13);
         let v: Vec<u32> = (0..n_tokens)
-            .map(|_| (rng.next() % cfg.gen_vision.codebook_size as u64) as u32)
+            .map(|_| (rng.next_u64() % cfg.gen_vision.codebook_size as u64) as u32)
             .collect();
         Tensor::from_vec(v, (1, n_tokens), &dev)?
     };

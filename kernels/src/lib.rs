@@ -9,7 +9,8 @@
 //! - [`quant`]: few-row matmuls over f32 / bf16 / q8_0 / q4_K weight rows,
 //!   and the GGUF block formats;
 //! - [`attention`]: fused attention for prefill and decoding;
-//! - [`cpu`]: which kernels this CPU may run, and every switch that changes it.
+//! - [`cpu`]: which kernels this CPU may run, and every switch that changes it;
+//! - [`random`]: seeded random values for the benchmark's weights and the tests.
 
 #![warn(missing_docs)]
 
@@ -19,7 +20,18 @@ pub mod cpu;
 pub mod f32_gemm;
 pub mod math;
 pub mod quant;
+pub mod random;
 pub mod tensor;
+
+/// Says on the terminal that a test did not run a kernel this CPU lacks.
+/// Written to the process's stderr directly: libtest captures `eprintln!`
+/// of passing tests, which would hide the skip.
+#[cfg(test)]
+pub(crate) fn untested(what: &str) {
+    use std::io::Write;
+    let test = std::thread::current().name().unwrap_or("?").to_owned();
+    let _ = writeln!(std::io::stderr(), "SKIPPED in {test}: {what}");
+}
 
 /// A raw pointer into one output buffer, shared by parallel tasks that each
 /// write a disjoint part of it (which the borrow checker cannot see).

@@ -6,12 +6,8 @@ use std::path::PathBuf;
 
 use candle_core::{DType, Device, Tensor};
 
-pub fn fixture_dir() -> PathBuf {
-    PathBuf::from(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../tests/fixtures/tiny"
-    ))
-}
+pub mod folders;
+pub use folders::{fixture_dir, link_files, tiny_576};
 
 /// The two copies of the tiny model: bf16 safetensors, and sharded bf16 pickles.
 pub fn model_dirs() -> [PathBuf; 2] {

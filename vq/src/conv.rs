@@ -283,7 +283,7 @@ mod tests {
     use super::{conv3x3, conv3x3_planes, Input};
     use crate::norm::{group_norm, group_norm_planes};
     use crate::planes::Scratch;
-    use candle_core::{Device, Module, Tensor};
+    use candle_core::{Module, Tensor};
 
     fn rel(a: &Tensor, b: &Tensor) -> f64 {
         janus_kernels::tensor::rel_l2(a, b).unwrap()
@@ -291,10 +291,9 @@ mod tests {
 
     #[test]
     fn conv_and_norm_match_candle() {
-        let dev = Device::Cpu;
-        let x = Tensor::randn(0f32, 1.0, (2, 64, 9, 7), &dev).unwrap();
-        let w = Tensor::randn(0f32, 0.1, (48, 64, 3, 3), &dev).unwrap();
-        let b = Tensor::randn(0f32, 0.1, 48, &dev).unwrap();
+        let x = janus_kernels::random::randn(0f32, 1.0, (2, 64, 9, 7), 1).unwrap();
+        let w = janus_kernels::random::randn(0f32, 0.1, (48, 64, 3, 3), 2).unwrap();
+        let b = janus_kernels::random::randn(0f32, 0.1, 48, 3).unwrap();
         let cfg = candle_nn::Conv2dConfig {
             padding: 1,
             ..Default::default()
@@ -309,7 +308,7 @@ mod tests {
                 x.clone()
             };
             let want = conv.forward(&xin).unwrap();
-            let res = Tensor::randn(0f32, 1.0, want.dims(), &dev).unwrap();
+            let res = janus_kernels::random::randn(0f32, 1.0, want.dims(), 4).unwrap();
             let got = conv3x3(&x, &w, Some(&b), input, None, false).unwrap();
             assert!(rel(&got, &want) < 1e-5, "conv upsample={up}");
             let got = conv3x3(&x, &w, Some(&b), input, Some(&res), false).unwrap();
@@ -336,8 +335,8 @@ mod tests {
                 assert!(e < 5e-3, "bf16 conv + residual upsample={up}: {e}");
             }
         }
-        let gw = Tensor::randn(1f32, 0.1, 64, &dev).unwrap();
-        let gb = Tensor::randn(0f32, 0.1, 64, &dev).unwrap();
+        let gw = janus_kernels::random::randn(1f32, 0.1, 64, 5).unwrap();
+        let gb = janus_kernels::random::randn(0f32, 0.1, 64, 6).unwrap();
         let gn = candle_nn::GroupNorm::new(gw.clone(), gb.clone(), 64, 32, 1e-6).unwrap();
         let want = gn.forward(&x).unwrap();
         let wb = (&gw, &gb);
@@ -361,15 +360,14 @@ mod tests {
     /// holding the first one's values: both as candle's convolution.
     #[test]
     fn f32_tiles_cover_many_channels_and_reuse_their_buffers() {
-        let dev = Device::Cpu;
         let cfg = candle_nn::Conv2dConfig {
             padding: 1,
             ..Default::default()
         };
         for (c_in, h, w) in [(160, 80, 40), (16, 9, 7)] {
-            let x = Tensor::randn(0f32, 1.0, (1, c_in, h, w), &dev).unwrap();
-            let wt = Tensor::randn(0f32, 0.1, (8, c_in, 3, 3), &dev).unwrap();
-            let b = Tensor::randn(0f32, 0.1, 8, &dev).unwrap();
+            let x = janus_kernels::random::randn(0f32, 1.0, (1, c_in, h, w), 7).unwrap();
+            let wt = janus_kernels::random::randn(0f32, 0.1, (8, c_in, 3, 3), 8).unwrap();
+            let b = janus_kernels::random::randn(0f32, 0.1, 8, 9).unwrap();
             let want = candle_nn::Conv2d::new(wt.clone(), Some(b.clone()), cfg)
                 .forward(&x)
                 .unwrap();
@@ -382,13 +380,12 @@ mod tests {
     /// bf16 one at a size that goes by Winograd, plain and upsampled).
     #[test]
     fn a_batch_gives_each_image_its_own_result() {
-        let dev = Device::Cpu;
-        let x = Tensor::randn(0f32, 1.0, (2, 16, 32, 34), &dev).unwrap();
-        let w = Tensor::randn(0f32, 0.1, (8, 16, 3, 3), &dev).unwrap();
-        let b = Tensor::randn(0f32, 0.1, 8, &dev).unwrap();
+        let x = janus_kernels::random::randn(0f32, 1.0, (2, 16, 32, 34), 10).unwrap();
+        let w = janus_kernels::random::randn(0f32, 0.1, (8, 16, 3, 3), 11).unwrap();
+        let b = janus_kernels::random::randn(0f32, 0.1, 8, 12).unwrap();
         let up = x.upsample_nearest2d(64, 68).unwrap();
         for (x, input) in [(&x, Input::Upsampled), (&up, Input::Plain)] {
-            let res = Tensor::randn(0f32, 1.0, (2, 8, 64, 68), &dev).unwrap();
+            let res = janus_kernels::random::randn(0f32, 1.0, (2, 8, 64, 68), 13).unwrap();
             for bf16 in [false, true] {
                 let all = conv3x3(x, &w, Some(&b), input, Some(&res), bf16).unwrap();
                 for i in 0..2 {
@@ -405,13 +402,12 @@ mod tests {
     /// (here NaN): the padded planes' rings must still come out zero.
     #[test]
     fn reused_buffers_give_the_same_values() {
-        let dev = Device::Cpu;
-        let x = Tensor::randn(0f32, 1.0, (1, 64, 9, 7), &dev).unwrap();
+        let x = janus_kernels::random::randn(0f32, 1.0, (1, 64, 9, 7), 14).unwrap();
         let xv: Vec<f32> = x.flatten_all().unwrap().to_vec1().unwrap();
-        let w = Tensor::randn(0f32, 0.1, (48, 64, 3, 3), &dev).unwrap();
-        let b = Tensor::randn(0f32, 0.1, 48, &dev).unwrap();
-        let gw = Tensor::randn(1f32, 0.1, 64, &dev).unwrap();
-        let gb = Tensor::randn(0f32, 0.1, 64, &dev).unwrap();
+        let w = janus_kernels::random::randn(0f32, 0.1, (48, 64, 3, 3), 15).unwrap();
+        let b = janus_kernels::random::randn(0f32, 0.1, 48, 16).unwrap();
+        let gw = janus_kernels::random::randn(1f32, 0.1, 64, 17).unwrap();
+        let gb = janus_kernels::random::randn(0f32, 0.1, 64, 18).unwrap();
         let dirty = || {
             let mut s = Scratch::default();
             s.give(vec![f32::NAN; 64 * 20 * 18]);

@@ -187,12 +187,12 @@ fn q8_0_to_f32(bytes: &[u8], out: &mut [f32]) {
 #[cfg(test)]
 mod tests {
     use candle_core::quantized::k_quants::{BlockQ4K, BlockQ8_0, GgmlType};
-    use candle_core::{Device, Tensor};
+    use candle_core::Device;
 
     /// Row 2 from value `l0` (and row 0 from 0) of a [3, k] weight in `T`
     /// blocks, dequantised by `dequant_row`, equal candle's dequantisation.
     fn rows_match_candle<T: GgmlType>(k: usize, l0: usize) {
-        let w = Tensor::randn(0f32, 1.0, (3, k), &Device::Cpu).unwrap();
+        let w = crate::random::randn(0f32, 1.0, (3, k), 1).unwrap();
         let q = super::quantize_rows(&w, T::DTYPE).unwrap();
         let want: Vec<f32> = q
             .dequantize(&Device::Cpu)

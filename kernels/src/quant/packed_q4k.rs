@@ -203,7 +203,6 @@ mod tests {
     use super::*;
     use candle_core::quantized::k_quants::BlockQ4K;
     use candle_core::quantized::GgmlDType;
-    use candle_core::{Device, Tensor};
 
     /// Row `j` of a packed weight of rows of `k` values, as f32:
     /// `d·scale·q − dmin·min`, the products of the GGUF-layout dequantisation.
@@ -230,7 +229,7 @@ mod tests {
     }
 
     fn q4k_weight(n: usize, k: usize) -> Vec<u8> {
-        let w = Tensor::randn(0f32, 0.05, (n, k), &Device::Cpu).unwrap();
+        let w = crate::random::randn(0f32, 0.05, (n, k), 1).unwrap();
         super::super::quantize_rows(&w, GgmlDType::Q4K)
             .unwrap()
             .data()
@@ -259,7 +258,7 @@ mod tests {
     #[test]
     fn packed_kernel_equals_dequantised_weights_times_rounded_inputs() {
         if !available() {
-            eprintln!("no AVX-512 VNNI: the packed kernel is not used here");
+            crate::untested("no AVX-512 VNNI, so no packed q4_K kernel");
             return;
         }
         let (n, k) = (48, 512);
@@ -267,7 +266,7 @@ mod tests {
         let packed = pack(&blocks, n, k);
         let wd: Vec<f32> = (0..n).flat_map(|j| packed_row(&packed, k, j)).collect();
         for m in [1, 2, 3, 8, 11] {
-            let mut x: Vec<f32> = Tensor::randn(0f32, 1.0, (m, k), &Device::Cpu)
+            let mut x: Vec<f32> = crate::random::randn(0f32, 1.0, (m, k), 2)
                 .unwrap()
                 .flatten_all()
                 .unwrap()

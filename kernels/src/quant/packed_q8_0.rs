@@ -127,7 +127,6 @@ mod tests {
     use super::*;
     use candle_core::quantized::k_quants::BlockQ8_0;
     use candle_core::quantized::GgmlDType;
-    use candle_core::{Device, Tensor};
 
     /// The kernel against f64 sums of the dequantised blocks times the
     /// inputs as rounded ([`Int16Rows`]): only the order of f32 sums
@@ -136,11 +135,11 @@ mod tests {
     #[test]
     fn packed_kernel_equals_dequantised_weights_times_rounded_inputs() {
         if !available() {
-            eprintln!("no AVX-512 VNNI: the packed kernel is not used here");
+            crate::untested("no AVX-512 VNNI, so no packed q8_0 kernel");
             return;
         }
         for (n, k) in [(32, 512), (16, 96)] {
-            let w = Tensor::randn(0f32, 0.05, (n, k), &Device::Cpu).unwrap();
+            let w = crate::random::randn(0f32, 0.05, (n, k), 1).unwrap();
             let q = super::super::quantize_rows(&w, GgmlDType::Q8_0).unwrap();
             let blocks = q.data().unwrap().to_vec();
             let packed = pack(&blocks, n, k);
@@ -150,7 +149,7 @@ mod tests {
                 super::super::dequant_row::<BlockQ8_0>(&blocks, k, j, 0, row);
             }
             for m in [1, 2, 3, 8, 11] {
-                let mut x: Vec<f32> = Tensor::randn(0f32, 1.0, (m, k), &Device::Cpu)
+                let mut x: Vec<f32> = crate::random::randn(0f32, 1.0, (m, k), 2)
                     .unwrap()
                     .flatten_all()
                     .unwrap()
