@@ -86,7 +86,7 @@ def test_input_types_are_valid(env, node_id):
     params = inspect.signature(function).parameters
     for name in {**spec["required"], **spec.get("optional", {})}:
         assert name in params, f"{cls.FUNCTION}() does not take {name}"
-    assert isinstance(cls.DESCRIPTION, str)
+    assert isinstance(cls.DESCRIPTION, str) and cls.DESCRIPTION.strip()
 
 
 def test_node_options_match_the_issue(env):
@@ -248,8 +248,13 @@ def test_auto_device_falls_back_to_the_cpu(env):
     """ComfyUI on a GPU with a CPU-only janus_rs build: auto still loads."""
     harness.comfy.model_management.torch_device = types.SimpleNamespace(type="cuda", index=0)
     loaded = env.module.NODE_CLASS_MAPPINGS["JanusRSModelLoader"]().load("tiny", "auto", "auto")[0]
-    if loaded.device != "cuda":  # a CPU-only build of janus_rs (as in CI)
-        assert (loaded.device, loaded.dtype) == ("cpu", "f32")
+    try:  # what this janus_rs build can do on CUDA (a CPU-only build in CI)
+        janus_rs.JanusPro.load(str(TINY), device="cuda", dtype="bf16")
+        want = ("cuda", "bf16")
+    except Exception:
+        want = ("cpu", "f32")
+    assert (loaded.device, loaded.dtype) == want
+    assert loaded.model.device.split(":")[0] == want[0] and loaded.model.dtype == want[1]
 
 
 def test_loader_caches_and_frees(env):
@@ -404,10 +409,20 @@ def test_interrupt_stops_generation(env):
     with pytest.raises(harness.comfy.model_management.InterruptProcessingException):
         env.run(harness.load_api_workflow("janus_rs_generate.api.json"))
     assert env.ticks[-1][0] == 5 and len(env.ticks) == 5
-    # The model is still usable after the cancelled run.
+    # The model is still usable after the cancelled run: the pixels of a direct call.
     env.on_tick, env.ticks = None, []
-    env.run(harness.load_api_workflow("janus_rs_generate.api.json"))
-    assert len(env.ticks) == TINY_TOKENS
+    prompt = harness.load_api_workflow("janus_rs_generate.api.json")
+    images = image_array(env.run(prompt)["outputs"]["2"][0][0])
+    assert env.ticks == [(step, TINY_TOKENS) for step in range(1, TINY_TOKENS + 1)]
+    inputs = prompt["2"]["inputs"]
+    direct = janus_rs.JanusPro.load(str(TINY), device="cpu", dtype="f32").generate_array(
+        inputs["prompt"],
+        parallel_size=inputs["batch_size"],
+        cfg_weight=inputs["cfg_weight"],
+        temperature=inputs["temperature"],
+        seed=inputs["seed"],
+    )
+    assert np.array_equal(np.rint(images * 255).astype(np.uint8), direct)
 
 
 def test_interrupt_stops_understanding(env):
@@ -426,9 +441,12 @@ def test_image_conversion(env):
     out = images.to_uint8_list(batch)
     assert len(out) == 2 and out[0].shape == (5, 7, 3) and out[0].dtype == np.uint8
     assert np.array_equal(out[1], np.rint(batch[1] * 255).astype(np.uint8))
-    assert images.to_uint8_list(batch[0])[0].shape == (5, 7, 3)
-    assert images.to_uint8_list(np.ones((1, 4, 4, 1), np.float32))[0].shape == (4, 4, 3)
-    assert images.to_uint8_list(np.ones((1, 4, 4, 4), np.float32))[0].shape == (4, 4, 3)
+    # One image without its batch axis; gray replicated to RGB; alpha dropped.
+    assert [a.tolist() for a in images.to_uint8_list(batch[0])] == [out[0].tolist()]
+    gray = images.to_uint8_list(batch[..., :1])
+    assert [g.tolist() for g in gray] == [np.repeat(o[..., :1], 3, axis=-1).tolist() for o in out]
+    alpha = np.concatenate([batch, np.zeros_like(batch[..., :1])], axis=-1)
+    assert [a.tolist() for a in images.to_uint8_list(alpha)] == [o.tolist() for o in out]
     with pytest.raises(ValueError):
         images.to_uint8_list(np.ones((4, 4), np.float32))
     back = images.from_uint8(np.stack(out))

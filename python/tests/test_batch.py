@@ -23,21 +23,40 @@ def test_understand_batch_equals_single_calls(model, fixture_dir):
         model.understand(paths[2], "What is it?", **SAMPLED),
         model.understand([paths[3], paths[4]], "What is it?", **SAMPLED),
     ]
+    token_ids = {}
     for batch_size in (1, 3):
         got = model.understand_batch(rows, "What is it?", batch_size=batch_size, **SAMPLED)
         assert [r["answer"] for r in got] == want
-        assert all(r["error"] is None and len(r["token_ids"]) >= 1 for r in got)
+        assert all(r["error"] is None for r in got)
+        token_ids[batch_size] = [r["token_ids"] for r in got]
+    # The same tokens whatever the batch, every one of the 10 asked for (no EOS here).
+    assert token_ids[1] == token_ids[3]
+    assert [len(ids) for ids in token_ids[1]] == [SAMPLED["max_new_tokens"]] * len(rows)
 
 
-def test_temperature_and_seed_change_the_answer(model, fixture_dir):
-    path = str(fixture_dir / "images" / "wide.png")
-    greedy = model.understand_batch([path], "Describe it.", max_new_tokens=10)[0]["token_ids"]
+def test_greedy_rows_give_the_fixture_answer_and_tokens(model, expected, fixture_dir):
+    c = expected["cases"]["understand.single"]
+    path = fixture_dir / c["conversation"][0]["images"][0]
+    question = c["conversation"][0]["content"].replace("<image_placeholder>\n", "")
+    got = model.understand_batch([str(path), path.read_bytes()], question, max_new_tokens=12)
+    want = {"answer": c["answer"], "token_ids": c["generated_ids"], "error": None}
+    assert got == [want, want]
+
+
+def test_temperature_and_seed_change_the_answer(model, expected, fixture_dir):
+    c = expected["cases"]["understand.single"]
+    path = str(fixture_dir / c["conversation"][0]["images"][0])
+    question = c["conversation"][0]["content"].replace("<image_placeholder>\n", "")
+    greedy = model.understand_batch([path], question, max_new_tokens=12)[0]["token_ids"]
+    assert greedy == c["generated_ids"]
     a, b = (
-        model.understand_batch([path], "Describe it.", max_new_tokens=10, temperature=1.0, seed=s)[0]["token_ids"]
+        model.understand_batch([path], question, max_new_tokens=12, temperature=1.0, seed=s)[0]
         for s in (1, 2)
     )
-    assert a != b, "another seed, another answer"
-    assert greedy not in (a, b), "sampling is not greedy"
+    assert a["token_ids"] != b["token_ids"], "another seed, another answer"
+    assert greedy not in (a["token_ids"], b["token_ids"]), "sampling is not greedy"
+    # The seed fixes the draw: the single call's answer with that seed.
+    assert a["answer"] == model.understand(path, question, max_new_tokens=12, temperature=1.0, seed=1)
 
 
 def test_bad_rows_get_errors_and_the_others_go_on(model, fixture_dir, tmp_path):

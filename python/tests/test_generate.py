@@ -64,7 +64,7 @@ def test_progress_sees_every_step(model, expected):
     assert seen == [(i, n) for i in range(1, n + 1)]
     seen.clear()
     model.generate_tokens(c["prompt"], **opts(c), progress=lambda *a: seen.append(a))
-    assert len(seen) == n
+    assert seen == [(i, n) for i in range(1, n + 1)]
 
 
 def test_sampling_is_reproducible_with_a_seed(model):
@@ -92,14 +92,30 @@ def test_vq_decode_matches_fixture(model, expected_tensors):
     assert model.vq_decode(np.zeros((0, model.image_token_count), np.int64)).shape == (0, 16, 16, 3)
 
 
+def test_vq_encode_matches_fixture(model, expected_tensors):
+    # The fixture's encoder input: one 16x16 image (the generation size, so
+    # not resized) in [-1, 1], to uint8 as vq_encode scales it back.
+    image = expected_tensors["vq.encode.input"][0].transpose(1, 2, 0)
+    pixels = np.round((image + 1) * 127.5).astype(np.uint8)
+    codes = model.vq_encode(pixels)
+    assert codes.dtype == np.int64 and codes.shape == (model.image_token_count,)
+    assert codes.tolist() == expected_tensors["vq.encode.indices"][0].tolist()
+
+
 def test_vq_encode_round_trip(model, fixture_dir):
+    from PIL import Image
+
     codes = model.vq_encode(fixture_dir / "images" / "square.png")
     assert codes.dtype == np.int64 and codes.shape == (model.image_token_count,)
     assert ((codes >= 0) & (codes < model.codebook_size)).all()
     pixels = model.vq_decode(codes)
     assert pixels.shape == (16, 16, 3)
-    # Encoding a decoded image is deterministic.
-    assert np.array_equal(model.vq_encode(pixels), model.vq_encode(pixels.copy()))
+    # A non-square image is encoded as its centred square crop.
+    wide = np.asarray(Image.open(fixture_dir / "images" / "wide.png").convert("RGB"))  # 200 x 120
+    h, w = wide.shape[:2]
+    centre = wide[:, (w - h) // 2 : (w - h) // 2 + h]
+    assert model.vq_encode(fixture_dir / "images" / "wide.png").tolist() == model.vq_encode(centre).tolist()
+    assert model.vq_encode(centre).tolist() != model.vq_encode(wide[:, :h]).tolist()
 
 
 def test_generate_many_batches_prompts_without_changing_images(model, expected):

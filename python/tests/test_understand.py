@@ -78,9 +78,14 @@ def test_max_new_tokens_and_progress(model, expected):
 
 def test_sampling_is_reproducible_with_a_seed(model, expected):
     q = expected["cases"]["understand.text"]["conversation"][0]["content"]
-    a = model.understand(None, q, max_new_tokens=16, temperature=1.0, top_p=0.9, seed=11)
-    b = model.understand(None, q, max_new_tokens=16, temperature=1.0, top_p=0.9, seed=11)
+    sampled = dict(max_new_tokens=16, temperature=1.0, top_p=0.9)
+    a = model.understand(None, q, seed=11, **sampled)
+    b = model.understand(None, q, seed=11, **sampled)
     assert a == b
+    # Sampled, not greedy; another seed draws another answer; the stream draws the same.
+    assert a != model.understand(None, q, max_new_tokens=16)
+    assert a != model.understand(None, q, seed=12, **sampled)
+    assert "".join(model.stream_understand(None, q, seed=11, **sampled)) == a
 
 
 @pytest.mark.parametrize("case", CASES)

@@ -46,6 +46,12 @@ def _column(values: Any) -> List[Any]:
     return out
 
 
+def _error(value: Any) -> Optional[str]:
+    """An error column's value: its text, or None for a row without one
+    (Ray hands a column of only missing values as NaN, not None)."""
+    return value if isinstance(value, str) else None
+
+
 def _object_array(values: List[Any]) -> np.ndarray:
     """A column of ragged values (lists, bytes, None) that numpy must not broadcast."""
     arr = np.empty(len(values), dtype=object)
@@ -132,7 +138,7 @@ class Renderer:
         prompts = [str(p) for p in _column(batch[self.prompt_column])]
         seeds = _column(batch["seed"]) if "seed" in batch else [self.seed] * len(prompts)
         counts = _column(batch["n"]) if "n" in batch else [self.n] * len(prompts)
-        given = _column(batch["error"]) if "error" in batch else [None] * len(prompts)
+        given = [_error(e) for e in _column(batch["error"])] if "error" in batch else [None] * len(prompts)
         run = [i for i, e in enumerate(given) if e is None]
         rendered = self.model.generate_batch(
             [prompts[i] for i in run], seeds=[seeds[i] for i in run], n=[counts[i] for i in run], **self.options
@@ -197,7 +203,8 @@ def _write_jsonl(rows: Iterable[Dict[str, Any]], path: str, drop: Iterable[str] 
             for key in ("token_ids", "codes"):
                 if isinstance(row.get(key), str):
                     row[key] = json.loads(row[key])
-            failed += row.get("error") is not None
+            row["error"] = _error(row.get("error"))
+            failed += row["error"] is not None
             f.write(json.dumps(row, default=_plain) + "\n")
     os.replace(tmp, path)
     return failed
@@ -261,7 +268,7 @@ def main(argv: Optional[List[str]] = None) -> int:
             failed = _write_jsonl(ds.iter_rows(), args.output)
         else:
             ds.write_parquet(args.output)
-            failed = sum(1 for r in ray.data.read_parquet(args.output).iter_rows() if r["error"] is not None)
+            failed = sum(1 for r in ray.data.read_parquet(args.output).iter_rows() if _error(r["error"]) is not None)
     else:
         options = dict(common, cfg_weight=args.cfg_weight, temperature=1.0 if args.temperature is None
                        else args.temperature)
