@@ -198,31 +198,36 @@ fn bad_rows_are_refused_and_leave_the_batch_as_it_was() {
     assert_eq!(last.unwrap().0, want[0]);
 }
 
-/// bf16 compute keeps a bf16 cache: rows still join, leave and finish.
+/// bf16 compute keeps a bf16 cache: rows still join, leave and finish, each
+/// with the answer it gets alone in bf16.
 #[test]
 fn bf16_rows_join_and_leave() {
     let model = JanusPro::load(&fixture_dir(), &Device::Cpu, DType::BF16).unwrap();
     let cases = cases();
+    let want = one_by_one(&model, &cases);
     let mut batch = model.answer_batch();
-    let mut finished = 0;
+    let mut got = HashMap::new();
     for (key, c) in cases.iter().enumerate() {
         batch
             .add(key as u64, &c.conversation, &c.images, c.system, &c.opts)
             .unwrap();
         for s in batch.step().unwrap() {
-            finished += usize::from(s.finished.is_some());
+            got.extend(s.finished.map(|f| (s.key, f)));
         }
     }
     batch.remove(3).unwrap();
     while !batch.is_empty() {
         for s in batch.step().unwrap() {
-            if let Some((a, _)) = &s.finished {
-                assert!(a.token_ids.len() <= cases[s.key as usize].opts.max_new_tokens);
-                finished += 1;
-            }
+            got.extend(s.finished.map(|f| (s.key, f)));
         }
     }
-    assert_eq!(finished, 3, "every row but the removed one finished once");
+    assert_eq!(got.len(), 3, "every row but the removed one finished once");
+    for (key, (answer, finish)) in got {
+        let (alone, c) = (&want[key as usize], &cases[key as usize]);
+        let length = answer.token_ids.len() == c.opts.max_new_tokens;
+        assert_eq!(finish, if length { Finish::Length } else { Finish::Stop });
+        assert_eq!(answer.token_ids, alone.token_ids, "row {key}");
+    }
 }
 
 /// `answer_all` reads rows as places free up; bad rows get their errors.

@@ -3,7 +3,9 @@
 //! torch pickles (the archive's `data.pkl` mutated and re-zipped, so the
 //! unpickler sees it), a `janus quantize`d model.gguf, conversation JSON and
 //! image files. Each input is loaded as a user's would be; it must end in
-//! `Ok` or an error, never a panic, an abort or a hang.
+//! `Ok` or an error, never a panic, an abort or a hang. The unmutated input
+//! must get all the way through (so a harness that never reaches the code
+//! under test fails), and each target says how many mutated inputs did.
 //!
 //! Each target runs for `JANUS_FUZZ_SECONDS` (default 2) from seed
 //! `JANUS_FUZZ_SEED` (default 1); a failing input is written to the cargo
@@ -103,8 +105,14 @@ fn seed() -> u64 {
 }
 
 /// Runs `run` on mutations of `original` for the time budget; `run` gets
-/// the mutated bytes. Panics (with the saved input's path) on a panic or hang.
-fn fuzz(target: &str, original: &[u8], mut run: impl FnMut(&[u8])) {
+/// the mutated bytes and says whether they went all the way through.
+/// Panics (with the saved input's path) on a panic or hang, and when the
+/// unmutated input does not go through.
+fn fuzz(target: &str, original: &[u8], mut run: impl FnMut(&[u8]) -> bool) {
+    assert!(
+        run(original),
+        "fuzz {target}: the unmutated input fails, so the mutations test nothing past it"
+    );
     let saved =
         PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("fuzz-{target}-seed{}", seed()));
     let started = Arc::new(AtomicU64::new(0));
@@ -137,24 +145,27 @@ fn fuzz(target: &str, original: &[u8], mut run: impl FnMut(&[u8])) {
     };
     let mut rng = Rng(seed());
     let deadline = Instant::now() + Duration::from_secs_f64(seconds());
-    let mut runs = 0;
+    let (mut runs, mut through) = (0, 0);
     while Instant::now() < deadline || runs < 5 {
         let input = mutate(original, &mut rng);
         *current.lock().unwrap() = input.clone();
         started.store(clock.elapsed().as_millis() as u64 + 1, Ordering::SeqCst);
-        if catch_unwind(AssertUnwindSafe(|| run(&input))).is_err() {
+        let Ok(ok) = catch_unwind(AssertUnwindSafe(|| run(&input))) else {
             std::fs::write(&saved, &input).unwrap();
             panic!(
                 "fuzz {target}: input {runs} panicked; saved at {}",
                 saved.display()
             );
-        }
+        };
+        through += ok as usize;
         started.store(0, Ordering::SeqCst);
         runs += 1;
     }
     started.store(u64::MAX, Ordering::SeqCst);
     watchdog.join().unwrap();
-    eprintln!("fuzz {target}: {runs} inputs, no panic, abort or hang");
+    eprintln!(
+        "fuzz {target}: {runs} inputs ({through} all the way through), no panic, abort or hang"
+    );
 }
 
 /// A model folder whose files link to `source`'s, but for `replaced`
@@ -166,17 +177,21 @@ fn folder_like(source: &Path, replaced: &str) -> tempfile::TempDir {
 }
 
 /// Loads the folder as `janus` does and, where that works, answers a
-/// question (reaching the tokenizer, the ViT and the LLM with its weights).
-fn load_and_use(dir: &Path) {
-    if let Ok(model) = JanusPro::load(dir, &Device::Cpu, DType::F32) {
-        let image = ImageProcessor::open(&fixture_dir().join("images/small.png")).unwrap();
-        let opts = UnderstandOptions {
-            max_new_tokens: 2,
-            sampling: SamplingParams::greedy(),
-            seed: None,
-        };
-        let _ = model.understand(&question_conversation("What is it?", 1), &[image], &opts);
-    }
+/// question (reaching the tokenizer, the ViT and the LLM with its weights);
+/// whether both worked.
+fn load_and_use(dir: &Path) -> bool {
+    let Ok(model) = JanusPro::load(dir, &Device::Cpu, DType::F32) else {
+        return false;
+    };
+    let image = ImageProcessor::open(&fixture_dir().join("images/small.png")).unwrap();
+    let opts = UnderstandOptions {
+        max_new_tokens: 2,
+        sampling: SamplingParams::greedy(),
+        seed: None,
+    };
+    model
+        .understand(&question_conversation("What is it?", 1), &[image], &opts)
+        .is_ok()
 }
 
 fn fuzz_model_file(target: &str, source: &Path, file: &str) {
@@ -184,7 +199,7 @@ fn fuzz_model_file(target: &str, source: &Path, file: &str) {
     let dir = folder_like(source, file);
     fuzz(target, &original, |bytes| {
         std::fs::write(dir.path().join(file), bytes).unwrap();
-        load_and_use(dir.path());
+        load_and_use(dir.path())
     });
 }
 
@@ -193,7 +208,7 @@ fn fuzz_config_files() {
     let tiny = fixture_dir();
     let config = std::fs::read(tiny.join("config.json")).unwrap();
     fuzz("config-parse", &config, |bytes| {
-        let _ = JanusConfig::from_json_str(&String::from_utf8_lossy(bytes));
+        JanusConfig::from_json_str(&String::from_utf8_lossy(bytes)).is_ok()
     });
     fuzz_model_file("config", &tiny, "config.json");
     fuzz_model_file("processor-config", &tiny, "processor_config.json");
@@ -242,7 +257,7 @@ fn fuzz_pickles() {
                 .unwrap();
         }
         out.finish().unwrap();
-        load_and_use(dir.path());
+        load_and_use(dir.path())
     });
     fuzz_model_file("pickle-archive", &source, shard);
 }
@@ -264,7 +279,7 @@ fn fuzz_conversations_and_images() {
     let path = tmp.path().join("conversation.json");
     fuzz("conversation", &conversation, |bytes| {
         std::fs::write(&path, bytes).unwrap();
-        let _ = load_conversation(&path);
+        load_conversation(&path).is_ok()
     });
     for image in [
         "images/wide.png",
@@ -279,7 +294,7 @@ fn fuzz_conversations_and_images() {
             .to_string_lossy()
             .into_owned();
         fuzz(&format!("image-{name}"), &original, |bytes| {
-            let _ = ImageProcessor::decode(bytes, "fuzzed");
+            ImageProcessor::decode(bytes, "fuzzed").is_ok()
         });
     }
 }

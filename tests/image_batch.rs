@@ -277,5 +277,6 @@ fn previews_fill_the_undrawn_grid() {
     }
     let first_row = model.preview_images(&[codes[0][..2].to_vec()]).unwrap();
     assert_eq!(first_row, model.decode_images(&[row]).unwrap());
-    assert!(model.preview_images(&[vec![]]).is_err());
+    let err = model.preview_images(&[vec![]]).unwrap_err().to_string();
+    assert!(err.contains("no code to preview"), "{err}");
 }

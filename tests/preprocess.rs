@@ -295,7 +295,8 @@ fn zero_sized_image_is_an_error() {
     let img = DynamicImage::ImageRgb8(image::RgbImage::new(0, 5));
     let err = proc.resize_and_pad(&img).unwrap_err().to_string();
     assert!(err.contains("0x5"), "{err}");
-    assert!(proc.preprocess(&[], &Device::Cpu).is_err());
+    let err = proc.preprocess(&[], &Device::Cpu).unwrap_err().to_string();
+    assert!(err.contains("no images to preprocess"), "{err}");
 }
 
 #[test]

@@ -348,8 +348,11 @@ fn reduced_precision_stays_close() {
             tol,
         );
 
-        // Greedy tokens are not compared (a reduced-precision run may take
-        // another path at any close decision); how far they agree is printed.
+        // Greedy tokens agree only up to the first close decision that a
+        // reduced-precision run takes the other way: printed, and bounded
+        // below (measured here at every CPU level: bf16 576, q8_0 47-74,
+        // q4k 1 of 576). The first token follows from the first logits
+        // checked above.
         let opts = GenerateOptions {
             sampling: SamplingParams::greedy(),
             cfg_weight,
@@ -365,6 +368,11 @@ fn reduced_precision_stays_close() {
             .count();
         println!("{what} greedy image tokens: first {same}/576 as the reference");
         assert_eq!(tokens[0].len(), 576);
+        let least = if quant == Quant::None { 100 } else { 1 };
+        assert!(
+            same >= least,
+            "{what}: only the first {same} greedy image tokens agree"
+        );
 
         // The VQ decoder: with bf16 compute its 3x3 convolutions go by
         // Winograd from 64x64 up; with f32 they are the exact im2col tiles.

@@ -78,7 +78,12 @@ fn generation_seed_fixes_every_image_whatever_the_batching() {
         .generate_tokens_many(&[prompt, "A red apple."], &opts(7, 3), 2, &mut |_| Ok(()))
         .unwrap();
     assert_eq!(two[0], a.tokens);
-    assert_eq!(two[1].len(), 3);
+    // Images are numbered across prompts: the second prompt's three are
+    // images 3 to 5 of the seed.
+    let six = model
+        .generate_tokens_many(&["A red apple."], &opts(7, 6), 2, &mut |_| Ok(()))
+        .unwrap();
+    assert_eq!(two[1], six[0][3..]);
 }
 
 #[test]
@@ -236,7 +241,11 @@ fn chat_reuses_the_cache_and_matches_a_full_recompute() {
     );
     assert_eq!(session.messages().len(), 4);
 
-    // A cancelled turn keeps what was said; reset forgets everything.
+    // A cancelled turn keeps what was said (the start of the whole
+    // answer); reset forgets everything.
+    let mut conv3: Vec<Message> = session.messages().to_vec();
+    conv3.extend([Message::user("And then?"), Message::assistant("")]);
+    let whole = model.understand(&conv3, &imgs, &opts).unwrap();
     let token = CancelToken::new();
     let third = model
         .chat_turn(&mut session, "And then?", vec![], &opts, &mut |_, p| {
@@ -247,7 +256,7 @@ fn chat_reuses_the_cache_and_matches_a_full_recompute() {
         })
         .unwrap();
     assert!(third.stopped);
-    assert_eq!(third.answer.token_ids.len(), 2);
+    assert_eq!(third.answer.token_ids, whole.token_ids[..2]);
     session.reset();
     assert!(session.messages().is_empty());
 }
@@ -359,7 +368,8 @@ fn prompts_with_their_own_seeds_match_single_runs() {
         images: 0,
         ..rows[0].clone()
     }];
-    assert!(model
+    let err = model
         .generate_tokens_for(&none, &opts, 4, &mut |_| Ok(()))
-        .is_err());
+        .unwrap_err();
+    assert!(err.to_string().contains("asks for no image"), "{err}");
 }

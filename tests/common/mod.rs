@@ -7,6 +7,7 @@ use std::path::PathBuf;
 use candle_core::{DType, Device, Tensor};
 
 pub mod folders;
+#[allow(unused_imports)]
 pub use folders::{fixture_dir, link_files, tiny_576};
 
 /// The two copies of the tiny model: bf16 safetensors, and sharded bf16 pickles.
