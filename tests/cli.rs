@@ -449,7 +449,12 @@ fn quantize_saves_a_folder_that_answers_as_a_quantising_load() {
     };
     let saved = answer(&out_dir, "none");
     assert_eq!(saved, answer(&dir, "q8_0"));
-    assert!(!saved["token_ids"].as_array().unwrap().is_empty());
+    // q8_0 keeps the fixture's greedy answer (its first 8 tokens).
+    let greedy = expected_json()["cases"]["understand.single"]["generated_ids"]
+        .as_array()
+        .unwrap()[..8]
+        .to_vec();
+    assert_eq!(saved["token_ids"], serde_json::Value::Array(greedy));
 
     let refused = janus(&[
         "quantize",
@@ -840,7 +845,15 @@ fn vq_decode_reads_each_code_form_and_encode_crops_the_centre() {
     let codes_file = tmp.path().join("list.json");
     let out = vq_decode(&codes_file, &big, &["--size", "40"]);
     assert!(out.status.success());
-    assert_eq!(image::open(&big).unwrap().to_rgb8().dimensions(), (40, 40));
+    let big = image::open(&big).unwrap().to_rgb8();
+    assert_eq!(big.dimensions(), (40, 40));
+    // The native decode of the same codes (checked above), Lanczos-resized.
+    let native = image::open(tmp.path().join("list.png")).unwrap().to_rgb8();
+    assert_eq!(
+        big.as_raw(),
+        janus::resize_square(&native, 40).unwrap().as_raw(),
+        "--size 40 is the resized native image"
+    );
 
     // encode: wide.png (200 x 120) gives the codes of its centre 120 x 120 square.
     let wide = model.join("images/wide.png");
@@ -863,6 +876,34 @@ fn vq_decode_reads_each_code_form_and_encode_crops_the_centre() {
         "{codes:?}"
     );
     assert_eq!(of_wide, of_square);
+    // The official encoder's input (16 x 16, [-1, 1]) as a PNG, converted as
+    // the official code writes images (clip((x + 1) / 2 * 255) as uint8,
+    // truncated), gives the official codes.
+    let input = exp["vq.encode.input"]
+        .squeeze(0)
+        .unwrap()
+        .permute((1, 2, 0))
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .to_vec1::<f32>()
+        .unwrap();
+    let bytes: Vec<u8> = input
+        .iter()
+        .map(|x| ((x + 1.0) / 2.0 * 255.0).clamp(0.0, 255.0) as u8)
+        .collect();
+    let official = tmp.path().join("official_input.png");
+    image::RgbImage::from_raw(16, 16, bytes)
+        .unwrap()
+        .save(&official)
+        .unwrap();
+    let of_official = encode(&official);
+    assert_eq!(of_official["grid"], serde_json::json!([4, 4]));
+    assert_eq!(
+        of_official["codes"],
+        serde_json::json!(ids(&exp["vq.encode.indices"])),
+        "the official encoder's codes"
+    );
     // Another crop gives other codes (the crop is what is encoded).
     let left = tmp.path().join("left.png");
     image::open(&wide)
@@ -955,7 +996,40 @@ fn generate_numbers_images_over_prompts_whatever_the_batch_size() {
         v["image_tokens"].clone()
     };
     let flags = run("flags", &["--prompt", "A red apple", "--prompt", "A cat"]);
-    assert_eq!(flags.as_array().unwrap().len(), 4);
+    // Image k of the call is seeded image_seed(7, k): the first prompt's two
+    // images are those of its own run with seed 7, and each image k of the
+    // second prompt is the one image of a run seeded so that its image 0
+    // gets image_seed(7, k) (image_seed(s, 0) is s ^ image_seed(0, 0)).
+    let single = |name: &str, prompt: &str, n: &str, seed: u64| {
+        let out_dir = tmp.path().join(name);
+        let seed = seed.to_string();
+        stdout_json(&janus(&[
+            "generate",
+            "--model",
+            s(&model),
+            "--prompt",
+            prompt,
+            "--parallel-size",
+            n,
+            "--seed",
+            &seed,
+            "--out",
+            s(&out_dir),
+            "--json",
+            "--quiet",
+        ]))["image_tokens"]
+            .as_array()
+            .unwrap()
+            .clone()
+    };
+    let mut want = single("apple", "A red apple", "2", 7);
+    for k in [2, 3] {
+        let seed = janus::image_seed(janus::image_seed(7, k), 0);
+        want.extend(single(&format!("cat{k}"), "A cat", "1", seed));
+    }
+    assert_eq!(want.len(), 4);
+    assert_eq!(flags, serde_json::Value::Array(want));
+    assert_ne!(flags[2], flags[3], "each image has its own seed");
     // The same prompts from a file (blank line skipped), in batches of 1 or 3
     // images: image k keeps its codes (f32 is exact whatever the batching).
     assert_eq!(run("file", &["--prompts", s(&prompts)]), flags);
@@ -967,27 +1041,49 @@ fn generate_numbers_images_over_prompts_whatever_the_batch_size() {
         run("batch3", &["--prompts", s(&prompts), "--batch-size", "3"]),
         flags
     );
-    // --size upscales every image.
-    let out = janus(&[
-        "generate",
-        "--model",
-        s(&model),
-        "--prompt",
-        "A cat",
-        "--size",
-        "48",
-        "--quiet",
-        "--out",
-        s(&tmp.path().join("sized")),
-    ]);
-    assert!(out.status.success());
-    assert_eq!(
-        image::open(tmp.path().join("sized/0.png"))
-            .unwrap()
-            .to_rgb8()
-            .dimensions(),
-        (48, 48)
+    // --size upscales every image: the native images of the same run, resized.
+    let generate_to = |name: &str, extra: &[&str]| {
+        let mut args = vec![
+            "generate",
+            "--model",
+            s(&model),
+            "--prompt",
+            "A cat",
+            "--parallel-size",
+            "2",
+            "--seed",
+            "3",
+            "--quiet",
+        ];
+        let out_dir = tmp.path().join(name);
+        args.extend(["--out", s(&out_dir)]);
+        args.extend(extra);
+        let out = janus(&args);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        out_dir
+    };
+    let (native, sized) = (
+        generate_to("native", &[]),
+        generate_to("sized", &["--size", "48"]),
     );
+    for i in 0..2 {
+        let native = image::open(native.join(format!("{i}.png")))
+            .unwrap()
+            .to_rgb8();
+        let sized = image::open(sized.join(format!("{i}.png")))
+            .unwrap()
+            .to_rgb8();
+        assert_eq!(sized.dimensions(), (48, 48));
+        assert_eq!(
+            sized.as_raw(),
+            janus::resize_square(&native, 48).unwrap().as_raw(),
+            "image {i}: --size 48 is the resized native image"
+        );
+    }
 }
 
 /// Starts a 600-image generation, sends `signal` once image `after` is

@@ -139,6 +139,17 @@ fn library() -> JanusPro {
     JanusPro::from_pretrained(fixture_dir().to_str().unwrap(), &LoadOptions::default()).unwrap()
 }
 
+/// The length of the official processor's `input_ids` of `case`, read
+/// from the shape in expected.safetensors' header (8-byte length, JSON).
+fn official_prompt_len(case: &str) -> u64 {
+    let bytes = std::fs::read(fixture_dir().join("expected.safetensors")).unwrap();
+    let n = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
+    let header: Value = serde_json::from_slice(&bytes[8..8 + n]).unwrap();
+    let shape = &header[format!("{case}.input_ids")]["shape"];
+    assert_eq!(shape.as_array().map(Vec::len), Some(1), "{shape}");
+    shape[0].as_u64().unwrap()
+}
+
 fn image_url() -> String {
     let png = std::fs::read(fixture_dir().join("images/wide.png")).unwrap();
     format!(
@@ -182,10 +193,13 @@ fn chat_completions_answer_as_the_library_does() {
     assert_eq!(v["choices"][0]["finish_reason"], "length");
     assert_eq!(v["usage"]["completion_tokens"], 12);
     let prompt_tokens = v["usage"]["prompt_tokens"].as_u64().unwrap();
-    assert!(
-        prompt_tokens > 16,
-        "the image's tokens count: {prompt_tokens}"
-    );
+    // The library's prompt of the same conversation, image tokens included,
+    // and the official processor's (expected.safetensors' input_ids).
+    let image = ImageProcessor::open(&fixture_dir().join("images/wide.png")).unwrap();
+    let conv = question_conversation("Describe this image in detail.", 1);
+    let (ids, _) = library().understanding_inputs(&conv, &[image]).unwrap();
+    assert_eq!(prompt_tokens, ids.len() as u64);
+    assert_eq!(prompt_tokens, official_prompt_len("understand.single"));
 
     // Streamed: the deltas add up to the same answer.
     let mut body = chat_body(12);
@@ -279,7 +293,7 @@ fn health_models_metrics_and_errors() {
     assert_eq!(v["data"][0]["capabilities"]["image_generation"], true);
 
     let error = |status: u16, v: &Value, needle: &str| {
-        assert_eq!(v["error"]["type"].is_string(), true, "{v}");
+        assert_eq!(v["error"]["type"], "invalid_request_error", "{v}");
         let msg = v["error"]["message"].as_str().unwrap_or("");
         assert!(msg.contains(needle), "{status}: {msg:?} lacks {needle:?}");
     };
@@ -312,6 +326,7 @@ fn health_models_metrics_and_errors() {
     let (s, v) = server.post("/v1/nothing", &json!({}));
     assert_eq!(s, 404);
     error(s, &v, "no route");
+    assert_eq!(v["error"]["code"], "not_found", "{v}");
     // A body over the limit is refused from its Content-Length, before it
     // is read (a client still sending would see its connection closed, so
     // this one sends the headers alone and reads the answer).
@@ -338,6 +353,12 @@ fn health_models_metrics_and_errors() {
         let answer = String::from_utf8_lossy(&bytes);
         assert!(answer.starts_with("HTTP/1.1 413"), "{answer}");
         assert!(answer.contains("over the limit"), "{answer}");
+        for field in [
+            r#""type":"invalid_request_error""#,
+            r#""code":"request_too_large""#,
+        ] {
+            assert!(answer.contains(field), "{field} in {answer}");
+        }
     }
 
     let (status, text) = server.get("/metrics");
@@ -403,6 +424,8 @@ fn a_full_queue_answers_429_and_a_gone_client_is_cancelled() {
         .unwrap();
     let (s, v) = server.post("/v1/chat/completions", &chat_body(2));
     assert_eq!(s, 429, "{v}");
+    assert_eq!(v["error"]["type"], "rate_limit_error", "{v}");
+    assert_eq!(v["error"]["code"], "queue_full", "{v}");
     // The client goes away: the job stops within a step, short of its 16.
     drop(resp);
     let t = Instant::now();
@@ -520,6 +543,14 @@ fn json_events(server: &Server, path: &str, body: &Value) -> Vec<Value> {
         .collect()
 }
 
+/// The RGB pixels of an event's or a data item's `b64_json` PNG.
+fn png_pixels(v: &Value) -> Vec<u8> {
+    let png = base64::engine::general_purpose::STANDARD
+        .decode(v["b64_json"].as_str().unwrap())
+        .unwrap();
+    image::load_from_memory(&png).unwrap().to_rgb8().into_raw()
+}
+
 /// The page and its files are served with a strict content policy, and
 /// `stream_progress` adds one progress event per image-token step.
 #[test]
@@ -545,10 +576,27 @@ fn the_page_and_progress_events() {
         .map(|e| e["step"].as_u64().unwrap())
         .collect();
     assert_eq!(progress, (1..=steps as u64).collect::<Vec<_>>());
-    let completed = events
+    // The library's images of the same prompt, n and seed.
+    let model = library();
+    let generated = model
+        .generate(
+            "a red apple",
+            &GenerateOptions {
+                parallel_size: 2,
+                seed: Some(1),
+                ..Default::default()
+            },
+        )
+        .unwrap();
+    let completed: Vec<&Value> = events
         .iter()
-        .filter(|e| e["type"] == "image_generation.completed");
-    assert_eq!(completed.count(), 2);
+        .filter(|e| e["type"] == "image_generation.completed")
+        .collect();
+    assert_eq!(completed.len(), 2);
+    for (i, (e, img)) in completed.iter().zip(&generated.images).enumerate() {
+        assert_eq!(e["index"], i);
+        assert_eq!(png_pixels(e), img.as_raw().as_slice(), "image {i}");
+    }
 
     // Two previews of each image, before the images, as PNGs of their size.
     let mut body = body;
@@ -581,17 +629,37 @@ fn the_page_and_progress_events() {
     .map(|&(k, p, i)| (k.to_owned(), p, i))
     .collect();
     assert_eq!(kinds, want);
-    let side = library().generated_image_size().unwrap() as u32;
+    // Preview k (from 0) of p = 2 comes at step (k + 1) * steps / 3: the
+    // library's preview of the codes drawn by then; then the same images.
+    let side = model.generated_image_size().unwrap() as u32;
+    let previews: Vec<Vec<image::RgbImage>> = (0..2)
+        .map(|k| {
+            let drawn = (k + 1) * steps / 3;
+            let rows: Vec<Vec<u32>> = generated
+                .tokens
+                .iter()
+                .map(|t| t[..drawn].to_vec())
+                .collect();
+            model.preview_images(&rows).unwrap()
+        })
+        .collect();
     for e in events
         .iter()
-        .filter(|e| e["type"] == "image_generation.partial_image")
+        .filter(|e| e["type"] != "image_generation.progress")
     {
-        let png = base64::engine::general_purpose::STANDARD
-            .decode(e["b64_json"].as_str().unwrap())
-            .unwrap();
-        let img = image::load_from_memory(&png).unwrap();
-        assert_eq!((img.width(), img.height()), (side, side));
+        let i = e["index"].as_u64().unwrap() as usize;
+        let img = if e["type"] == "image_generation.partial_image" {
+            &previews[e["partial_image_index"].as_u64().unwrap() as usize][i]
+        } else {
+            &generated.images[i]
+        };
+        assert_eq!(img.dimensions(), (side, side));
+        assert_eq!(png_pixels(e), img.as_raw().as_slice(), "{}", e["type"]);
     }
+    // The previews show the image in the making: neither the final image
+    // nor each other.
+    assert_ne!(previews[0][0], previews[1][0]);
+    assert_ne!(previews[1][0], generated.images[0]);
     let too_many = json!({"prompt": "a", "partial_images": 4, "stream": true});
     let (status, v) = server.post("/v1/images/generations", &too_many);
     assert_eq!(status, 400, "{v}");
@@ -727,8 +795,12 @@ fn a_mixed_load_of_32_requests() {
                     {
                         Ok(r) => r,
                         Err(ureq::Error::Status(code, r)) => {
-                            assert_eq!(code, 429, "{}", r.into_string().unwrap());
-                            assert!(r.header("retry-after").is_some());
+                            assert_eq!(r.header("retry-after"), Some("1"));
+                            let text = r.into_string().unwrap();
+                            assert_eq!(code, 429, "{text}");
+                            let v: Value = serde_json::from_str(&text).unwrap();
+                            assert_eq!(v["error"]["type"], "rate_limit_error", "{v}");
+                            assert_eq!(v["error"]["code"], "queue_full", "{v}");
                             return (code, None);
                         }
                         Err(e) => panic!("{e}"),
