@@ -628,7 +628,8 @@ fn shard_indexes_cannot_reach_outside_the_model_folder() {
 }
 
 /// Outputs: an existing device is written into, never replaced by a file,
-/// and a closed stdout ends the program quietly (no panic).
+/// a closed stdout ends the program quietly (no panic), and a full one is
+/// a failure while running (exit 1).
 #[test]
 fn outputs_into_devices_and_closed_pipes() {
     let dir = fixture_dir();
@@ -659,14 +660,13 @@ fn outputs_into_devices_and_closed_pipes() {
         assert!(!meta.is_file(), "/dev/null was replaced by a file");
     }
 
-    let mut child = Command::new(env!("CARGO_BIN_EXE_janus"))
-        .args([
-            "vq",
-            "encode",
-            s(&dir.join("images/wide.png")),
-            "--model",
-            s(&dir),
-        ])
+    let wide = dir.join("images/wide.png");
+    let encode = || {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_janus"));
+        cmd.args(["vq", "encode", s(&wide), "--model", s(&dir)]);
+        cmd
+    };
+    let mut child = encode()
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
         .spawn()
@@ -677,6 +677,16 @@ fn outputs_into_devices_and_closed_pipes() {
     assert!(!err.contains("panicked"), "{err}");
     assert_eq!(out.status.code(), Some(141), "{err}");
     assert!(err.is_empty(), "quiet: {err:?}");
+
+    // A failure while running that no input caused (stdout on a full
+    // device): exit 1, not 2, with one line.
+    if let Ok(full) = std::fs::OpenOptions::new().write(true).open("/dev/full") {
+        let out = encode().stdout(full).output().unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{err}");
+        assert_eq!(err.lines().count(), 1, "{err}");
+        assert!(err.contains("No space left on device"), "{err}");
+    }
 }
 
 /// Configs that disagree with each other fail at load or before the first
@@ -914,6 +924,18 @@ fn vq_decode_reads_each_code_form_and_encode_crops_the_centre() {
     assert_ne!(encode(&left)["codes"], of_wide["codes"]);
 }
 
+/// `janus chat` on the tiny model, its three streams piped.
+fn spawn_chat(max_new_tokens: &str) -> std::process::Child {
+    Command::new(env!("CARGO_BIN_EXE_janus"))
+        .args(["chat", "--model", s(&fixture_dir())])
+        .args(["--max-new-tokens", max_new_tokens])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
 #[test]
 fn chat_attaches_images_resets_and_answers_as_understand() {
     let json = expected_json();
@@ -922,19 +944,7 @@ fn chat_attaches_images_resets_and_answers_as_understand() {
         .unwrap();
     let text = json["cases"]["understand.text"]["answer"].as_str().unwrap();
     let image = fixture_dir().join("images/wide.png");
-    let mut child = Command::new(env!("CARGO_BIN_EXE_janus"))
-        .args([
-            "chat",
-            "--model",
-            s(&fixture_dir()),
-            "--max-new-tokens",
-            "12",
-        ])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut child = spawn_chat("12");
     let script = format!(
         "/image {}\nDescribe this image in detail.\n/reset\nWhat is a cat?\n/image missing.png\n",
         image.display()
@@ -958,6 +968,47 @@ fn chat_attaches_images_resets_and_answers_as_understand() {
         stderr.contains("error: ") && stderr.contains("missing.png"),
         "{stderr}"
     );
+}
+
+/// Ctrl-C while an answer streams stops that answer (" [stopped]") and the
+/// chat goes on; Ctrl-D at the prompt then ends it with exit 0. The signal
+/// is sent once the answer's first bytes are out (an answer to the end of
+/// the tiny model's context takes far longer than the signal).
+#[test]
+fn chat_ctrl_c_stops_the_answer_and_the_chat_goes_on() {
+    use std::io::{Read, Write};
+    let mut child = spawn_chat("100000");
+    let mut stdin = child.stdin.take().unwrap();
+    writeln!(stdin, "What is a cat?").unwrap();
+    let mut stdout = child.stdout.take().unwrap();
+    let mut seen = Vec::new();
+    let mut byte = [0u8; 1];
+    while seen.len() < "janus> ".len() + 4 {
+        stdout.read_exact(&mut byte).unwrap();
+        seen.push(byte[0]);
+    }
+    assert!(seen.starts_with(b"janus> "));
+    let killed = Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    let mut line = Vec::new();
+    while !line.ends_with(b"\n") {
+        stdout.read_exact(&mut byte).unwrap();
+        line.push(byte[0]);
+    }
+    drop(stdin); // Ctrl-D at the next prompt
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    assert!(
+        line.ends_with(b" [stopped]\n"),
+        "{}",
+        String::from_utf8_lossy(&line)
+    );
+    // The prompt came back after the stopped answer.
+    assert_eq!(stderr.matches("you> ").count(), 2, "{stderr}");
 }
 
 #[test]

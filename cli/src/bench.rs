@@ -46,6 +46,11 @@ pub struct BenchArgs {
     /// Print one JSON object instead of a table.
     #[arg(long)]
     pub json: bool,
+    /// Instead of timings: each quantised weight's error and its layer's
+    /// output error against f32 (q8_0 and q4k, or --quant), on N Gaussian
+    /// input rows (default 16).
+    #[arg(long, value_name = "N", num_args = 0..=1, default_missing_value = "16")]
+    pub layer_errors: Option<usize>,
 }
 
 fn input_err(msg: impl Into<String>) -> JanusError {
@@ -78,6 +83,9 @@ pub fn run(args: BenchArgs) -> janus::Result<()> {
         .transpose()
         .map_err(input_err)?;
     let dtype = args.dtype.as_deref().map(parse_dtype).transpose()?;
+    if let Some(rows) = args.layer_errors {
+        return print_layer_errors(&args, quant, rows);
+    }
     if args.json || dtype.is_some() || quant.is_some() {
         let quant = quant.unwrap_or_default();
         let dtype = dtype.unwrap_or(if quant == Quant::None {
@@ -248,4 +256,53 @@ mod tests {
              --threads 1 --weights-dir /w --from-gguf"
         );
     }
+}
+
+/// `--layer-errors`: a Markdown table per quantisation, or JSON lines.
+fn print_layer_errors(args: &BenchArgs, quant: Option<Quant>, rows: usize) -> janus::Result<()> {
+    use janus::bench::layer_errors::layer_errors;
+    if rows == 0 {
+        return Err(input_err("--layer-errors needs at least 1 row"));
+    }
+    let quants = match quant {
+        Some(Quant::None) => {
+            return Err(input_err("--layer-errors: --quant none stores no blocks"))
+        }
+        Some(q) => vec![q],
+        None => vec![Quant::Q8_0, Quant::Q4K],
+    };
+    for q in quants {
+        let kinds = layer_errors(&args.config, q, rows)?;
+        if args.json {
+            for k in &kinds {
+                crate::output::print_line(serde_json::to_string(k).unwrap_or_default())?;
+            }
+            continue;
+        }
+        let pct = |v: [f64; 3]| {
+            format!(
+                "{:.2} / {:.2} / {:.2}",
+                100.0 * v[0],
+                100.0 * v[1],
+                100.0 * v[2]
+            )
+        };
+        let mut text = format!(
+            "\n--quant {q} ({rows} input rows): relative L2 error in %, smallest / median / largest\n\n\
+             | weight | format | shape | layers | weights | layer output |\n| --- | --- | --- | ---: | ---: | ---: |\n"
+        );
+        for k in &kinds {
+            text += &format!(
+                "| `{}` | {} | {:?} | {} | {} | {} |\n",
+                k.kind,
+                k.format,
+                k.shape,
+                k.count,
+                pct(k.weight_rel_l2),
+                pct(k.output_rel_l2)
+            );
+        }
+        crate::output::print_line(text)?;
+    }
+    Ok(())
 }

@@ -21,6 +21,8 @@ use crate::models::{JanusModel, KvCache};
 use crate::quantize::{plan, write_gguf};
 use crate::sampling::{argmax, Sampler, SamplingParams};
 use janus_kernels::random::SplitMix;
+
+pub mod layer_errors;
 use janus_nn::Quant;
 
 /// What one benchmark run measures: a config, a dtype/quantisation and
