@@ -36,7 +36,9 @@ def janus_hf_config(path):
 
     with open(path) as f:
         cfg = json.load(f)
-    lang = cfg["language_config"]
+    # The released 7B config leaves LlamaConfig's defaults unwritten (the
+    # official code fills them in: hidden 4096, MLP 11008, 32 heads).
+    lang = {"hidden_size": 4096, "intermediate_size": 11008, "num_attention_heads": 32, **cfg["language_config"]}
     hidden = lang["hidden_size"]
     text = dict(
         model_type="llama",
