@@ -32,11 +32,15 @@ impl SplitMix {
 /// for the same `seed`.
 pub fn randn(mean: f32, std: f32, shape: impl Into<Shape>, seed: u64) -> Result<Tensor> {
     let shape = shape.into();
-    let mut rng = SplitMix(seed);
-    let values: Vec<f32> = (0..shape.elem_count())
-        .map(|_| mean + std * rng.normal())
-        .collect();
+    let values = normal_values(mean, std, shape.elem_count(), seed);
     Tensor::from_vec(values, shape, &Device::Cpu)
+}
+
+/// `len` approximately N(`mean`, `std`²) values, the same for the same
+/// `seed` (those [`randn`] lays out as a tensor).
+pub fn normal_values(mean: f32, std: f32, len: usize, seed: u64) -> Vec<f32> {
+    let mut rng = SplitMix(seed);
+    (0..len).map(|_| mean + std * rng.normal()).collect()
 }
 
 #[cfg(test)]

@@ -399,12 +399,7 @@ mod tests {
             .unwrap();
         let blocks = q.data().unwrap();
         for m in 1..=9 {
-            let mut x: Vec<f32> = crate::random::randn(0f32, 1.0, (m, k), 2)
-                .unwrap()
-                .flatten_all()
-                .unwrap()
-                .to_vec1()
-                .unwrap();
+            let mut x: Vec<f32> = crate::random::normal_values(0.0, 1.0, m * k, 2);
             if m >= 3 {
                 x[k..2 * k].fill(0.0);
                 x[2 * k + 5] = 40.0;
@@ -476,19 +471,20 @@ mod tests {
             .unwrap()
             .to_vec();
         type Run<'a> = Box<dyn Fn(&[f32], usize, &mut [f32]) + 'a>;
-        let direct = |fmt: RowFormat, bytes: &'static [u8]| -> Run<'static> {
-            Box::new(move |x, m, out| few_row_matmul(fmt, bytes, x, m, k, n, out))
-        };
-        let leak = |v: Vec<u8>| -> &'static [u8] { Vec::leak(v) };
-        let mut kernels: Vec<(&str, Run)> = vec![
-            ("f32", direct(RowFormat::F32, leak(as_bytes(&wv).to_vec()))),
-            (
-                "bf16",
-                direct(RowFormat::Bf16, leak(as_bytes(&bf).to_vec())),
-            ),
-            ("q8_0", direct(RowFormat::Q8_0, leak(q8.clone()))),
-            ("q4_K", direct(RowFormat::Q4K, leak(q4.clone()))),
+        let direct = [
+            ("f32", RowFormat::F32, as_bytes(&wv)),
+            ("bf16", RowFormat::Bf16, as_bytes(&bf)),
+            ("q8_0", RowFormat::Q8_0, &q8[..]),
+            ("q4_K", RowFormat::Q4K, &q4[..]),
         ];
+        let mut kernels: Vec<(&str, Run)> = direct
+            .into_iter()
+            .map(|(name, fmt, bytes)| {
+                let run: Run =
+                    Box::new(move |x, m, out| few_row_matmul(fmt, bytes, x, m, k, n, out));
+                (name, run)
+            })
+            .collect();
         if packed_q4k::available() {
             let p8 = packed_q8_0::pack(&q8, n, k);
             let p4 = packed_q4k::pack(&q4, n, k);
@@ -552,8 +548,7 @@ mod tests {
             let wv: Vec<half::bf16> = w.flatten_all().unwrap().to_vec1().unwrap();
             let wb = as_bytes(&wv);
             for m in 3..=FEW_ROWS_MAX {
-                let x = crate::random::randn(0f32, 1.0, (m, k), 5).unwrap();
-                let xv: Vec<f32> = x.flatten_all().unwrap().to_vec1().unwrap();
+                let xv = crate::random::normal_values(0.0, 1.0, m * k, 5);
                 let mut out = vec![f32::NAN; m * n];
                 few_row_matmul(RowFormat::Bf16, wb, &xv, m, k, n, &mut out);
                 let r = |v: f32| half::bf16::from_f32(v).to_f64();

@@ -322,10 +322,7 @@ mod tests {
             let rb = fmt.row_bytes(k);
             assert_eq!(bytes.len(), n * rb);
             for rows in 1..=8 {
-                let x: Vec<f32> = crate::random::randn(0f32, 1.0, rows * k, 2)
-                    .unwrap()
-                    .to_vec1()
-                    .unwrap();
+                let x = crate::random::normal_values(0.0, 1.0, rows * k, 2);
                 for &avx2 in &builds {
                     let mut acc = vec![[f32::NAN; 8]; n];
                     dot_rows_on(avx2, fmt, &bytes, rb, &x, k, rows, &mut acc);
